@@ -1,0 +1,154 @@
+//! Stable numeric error codes and WebSocket close codes.
+//!
+//! Codes are five digits: the HTTP status they belong with, then a number within it (ntfy's scheme).
+//! They never change meaning once released; clients may switch on them.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error code, sent in error frames and HTTP error bodies as `{"code": …, "message": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u32", try_from = "u32")]
+pub enum ErrorCode {
+    /// A frame or body that is not valid JSON, or not of the expected shape.
+    MalformedJson,
+    /// A frame whose `op` is not known.
+    UnknownOp,
+    /// A channel name that is not one of the known patterns.
+    UnknownChannel,
+    /// A cursor that is not `<ms>-<seq>`.
+    BadCursor,
+    /// A request that is well-formed but not valid (e.g. a recipient that contradicts the channel).
+    InvalidRequest,
+    /// No token was given.
+    TokenMissing,
+    /// The token's signature, algorithm or claims are wrong.
+    TokenInvalid,
+    /// The token has expired.
+    TokenExpired,
+    /// The user in the path is not the token's subject.
+    WrongUser,
+    /// The token does not grant the channel.
+    ChannelForbidden,
+    /// The token's role may not do this.
+    RoleForbidden,
+    /// Nothing is at that path.
+    NotFound,
+    /// A frame or body larger than the limit.
+    TooLarge,
+    /// Too many connections from one address.
+    RateLimited,
+    /// Too many frames on one connection.
+    Flood,
+    /// The relay failed in a way that is its own fault.
+    Internal,
+    /// The broker (Redis, or the embedded store) cannot be reached.
+    BrokerUnavailable,
+    /// The relay is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(self) -> u32 {
+        match self {
+            ErrorCode::MalformedJson => 40001,
+            ErrorCode::UnknownOp => 40002,
+            ErrorCode::UnknownChannel => 40003,
+            ErrorCode::BadCursor => 40004,
+            ErrorCode::InvalidRequest => 40005,
+            ErrorCode::TokenMissing => 40101,
+            ErrorCode::TokenInvalid => 40102,
+            ErrorCode::TokenExpired => 40103,
+            ErrorCode::WrongUser => 40301,
+            ErrorCode::ChannelForbidden => 40302,
+            ErrorCode::RoleForbidden => 40303,
+            ErrorCode::NotFound => 40401,
+            ErrorCode::TooLarge => 41301,
+            ErrorCode::RateLimited => 42901,
+            ErrorCode::Flood => 42902,
+            ErrorCode::Internal => 50001,
+            ErrorCode::BrokerUnavailable => 50301,
+            ErrorCode::ShuttingDown => 50302,
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        (self.code() / 100) as u16
+    }
+
+    const ALL: [ErrorCode; 18] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::UnknownOp,
+        ErrorCode::UnknownChannel,
+        ErrorCode::BadCursor,
+        ErrorCode::InvalidRequest,
+        ErrorCode::TokenMissing,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::WrongUser,
+        ErrorCode::ChannelForbidden,
+        ErrorCode::RoleForbidden,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Flood,
+        ErrorCode::Internal,
+        ErrorCode::BrokerUnavailable,
+        ErrorCode::ShuttingDown,
+    ];
+}
+
+impl From<ErrorCode> for u32 {
+    fn from(code: ErrorCode) -> u32 {
+        code.code()
+    }
+}
+
+impl TryFrom<u32> for ErrorCode {
+    type Error = String;
+
+    fn try_from(value: u32) -> Result<ErrorCode, String> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.code() == value)
+            .ok_or_else(|| format!("unknown error code {value}"))
+    }
+}
+
+/// WebSocket close codes the relay uses.
+pub mod close {
+    /// The relay is shutting down; reconnect (to another node) and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than the limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The broker is unreachable; reconnect later and resume.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token expired; get a new one before reconnecting.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The token does not allow this connection.
+    pub const FORBIDDEN: u16 = 4003;
+    /// The client read too slowly and its queue filled; reconnect at once and resume from the cursor.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client sent frames faster than allowed.
+    pub const FLOOD: u16 = 4029;
+    /// The client stopped answering heartbeats.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4408;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.code()), "duplicate {}", code.code());
+            assert_eq!(ErrorCode::try_from(code.code()), Ok(code));
+        }
+        assert_eq!(ErrorCode::TokenExpired.http_status(), 401);
+        assert_eq!(ErrorCode::BrokerUnavailable.http_status(), 503);
+        assert_eq!(serde_json::to_string(&ErrorCode::WrongUser).unwrap(), "40301");
+    }
+}

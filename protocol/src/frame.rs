@@ -1,0 +1,255 @@
+//! The `wardline.v1` WebSocket frames, in both directions, and the seed 004 frame shape.
+//!
+//! Every frame is one JSON object with an `op` field. `protocol/README.md` shows each with an example.
+
+use crate::{Channel, Cursor, ErrorCode, Priority, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// One channel of a `subscribe` frame: the channel and, to resume, the last cursor the client holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeChannel {
+    /// The channel to subscribe to.
+    pub channel: String,
+    /// Replay everything after this cursor before going live; absent means live only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Subscribe to channels, each optionally resumed from a cursor.
+    Subscribe {
+        /// The channels.
+        channels: Vec<SubscribeChannel>,
+    },
+    /// The client has stored these notifications of a channel.
+    Ack {
+        /// The channel the ids belong to.
+        channel: String,
+        /// The notifications' ids.
+        ids: Vec<String>,
+    },
+    /// Asks for a `pong`.
+    Ping,
+}
+
+/// Why a client frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON, not an object, or fields of the wrong shape.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// An `op` the relay does not know.
+    #[error("unknown op {0:?}: expected subscribe, ack or ping")]
+    UnknownOp(String),
+}
+
+impl FrameError {
+    /// The error code sent back for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::Malformed(_) => ErrorCode::MalformedJson,
+            FrameError::UnknownOp(_) => ErrorCode::UnknownOp,
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Parses a client frame, telling malformed JSON apart from an unknown `op`.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let op = match value.get("op") {
+            Some(Value::String(op)) => op.clone(),
+            Some(_) => return Err(FrameError::Malformed("`op` must be a string".into())),
+            None => return Err(FrameError::Malformed("missing `op`".into())),
+        };
+        if !matches!(op.as_str(), "subscribe" | "ack" | "ping") {
+            return Err(FrameError::UnknownOp(op));
+        }
+        serde_json::from_value(value).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+}
+
+/// A notification as a `wardline.v1` client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The notification's id: its cursor in its channel, stable across replays and relays.
+    pub id: Cursor,
+    /// The channel it was published to.
+    pub channel: Channel,
+    /// The payload's `type` field (`unknown` when it has none).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// How urgently it must reach a person.
+    pub priority: Priority,
+    /// When the relay stored it, RFC 3339 UTC with milliseconds.
+    pub sent_at: String,
+    /// The publisher's payload, untouched.
+    pub message: Value,
+}
+
+/// A frame from the relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The first frame: who the relay thinks you are and what you may subscribe to.
+    Welcome {
+        /// The token's subject.
+        user: String,
+        /// The token's role.
+        role: Role,
+        /// Every channel this token may read.
+        channels: Vec<Channel>,
+        /// Seconds between the relay's heartbeats; two missed heartbeats mean a dead connection.
+        heartbeat_s: u64,
+        /// When the token expires (Unix seconds); the connection closes with 4001 then.
+        expires_at: u64,
+    },
+    /// A notification.
+    Notification(Notification),
+    /// The outcome of subscribing to one channel.
+    Resumed {
+        /// The channel.
+        channel: Channel,
+        /// How many stored notifications were replayed before going live.
+        replayed: u64,
+        /// True when the cursor was older than the history kept: some notifications are lost.
+        gap: bool,
+        /// The channel's newest cursor after the replay, if any notification was ever stored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
+    },
+    /// The relay recorded these acknowledgements.
+    Acked {
+        /// The channel.
+        channel: Channel,
+        /// The ids recorded.
+        ids: Vec<Cursor>,
+    },
+    /// The answer to `ping`.
+    Pong,
+    /// A request failed; the connection stays open unless a close follows.
+    Error {
+        /// The stable error code.
+        code: ErrorCode,
+        /// What went wrong, for people.
+        message: String,
+        /// The channel concerned, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    /// Encodes the frame as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// RFC 3339 UTC with milliseconds for a Unix time in milliseconds.
+pub fn rfc3339_millis(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Encodes a notification envelope from a raw payload without parsing it into a tree: the payload is
+/// spliced in as it is when it is valid JSON, and as a JSON string otherwise.
+pub fn encode_notification(
+    id: Cursor,
+    channel: &Channel,
+    kind: &str,
+    priority: Priority,
+    payload: &str,
+) -> String {
+    let sent_at = rfc3339_millis(id.ms);
+    let message = if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_ok() {
+        payload.to_owned()
+    } else {
+        Value::String(payload.to_owned()).to_string()
+    };
+    format!(
+        r#"{{"op":"notification","id":"{id}","channel":{},"type":{},"priority":"{}","sent_at":"{sent_at}","message":{message}}}"#,
+        Value::String(channel.to_string()),
+        Value::String(kind.to_owned()),
+        priority.as_str(),
+    )
+}
+
+/// A notification in seed 004's shape, for `/v1/ws/notifications`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Seed004Frame {
+    /// The payload's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The recipient.
+    pub user_id: String,
+    /// A readable title.
+    pub title: String,
+    /// A readable body.
+    pub message: String,
+    /// The publisher's payload.
+    pub data: Value,
+    /// When the relay stored it.
+    pub timestamp: String,
+    /// The notification's id.
+    pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse() {
+        let frame = ClientFrame::parse(
+            r#"{"op":"subscribe","channels":[{"channel":"system:alerts","since":"5-0"},{"channel":"doctor:a:notifications"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Subscribe {
+                channels: vec![
+                    SubscribeChannel { channel: "system:alerts".into(), since: Some("5-0".into()) },
+                    SubscribeChannel { channel: "doctor:a:notifications".into(), since: None },
+                ]
+            }
+        );
+        assert_eq!(ClientFrame::parse(r#"{"op":"ping"}"#).unwrap(), ClientFrame::Ping);
+    }
+
+    #[test]
+    fn malformed_and_unknown_frames_are_told_apart() {
+        assert!(matches!(ClientFrame::parse("{not json"), Err(FrameError::Malformed(_))));
+        assert!(matches!(ClientFrame::parse("[1,2]"), Err(FrameError::Malformed(_))));
+        assert!(matches!(ClientFrame::parse(r#"{"op":1}"#), Err(FrameError::Malformed(_))));
+        assert!(matches!(ClientFrame::parse(r#"{"op":"ack"}"#), Err(FrameError::Malformed(_))));
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":"dance"}"#),
+            Err(FrameError::UnknownOp("dance".into()))
+        );
+    }
+
+    #[test]
+    fn encoded_notifications_read_back_as_server_frames() {
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let payload = r#"{"type":"critical_lab_result","test_type":"BMP"}"#;
+        let text = encode_notification(Cursor::new(1_732_370_000_123, 2), &channel, "critical_lab_result", Priority::Critical, payload);
+        let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else {
+            panic!("not a notification: {text}");
+        };
+        assert_eq!(n.id, Cursor::new(1_732_370_000_123, 2));
+        assert_eq!(n.channel, channel);
+        assert_eq!(n.priority, Priority::Critical);
+        assert_eq!(n.sent_at, "2024-11-23T13:53:20.123Z");
+        assert_eq!(n.message["test_type"], "BMP");
+
+        let text = encode_notification(Cursor::new(1, 0), &channel, "unknown", Priority::Normal, "plain \"text\"");
+        let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else { panic!() };
+        assert_eq!(n.message, Value::String("plain \"text\"".into()));
+    }
+}

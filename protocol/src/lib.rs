@@ -1,0 +1,32 @@
+//! Wardline's wire types, shared by the relay (`wardline-relay`) and the receiver.
+//!
+//! No I/O lives here, only the vocabulary both sides must agree on:
+//! - [`channel`]: channel names (`doctor:{id}:notifications`, …) and which ones a role reads by default;
+//! - [`cursor`]: a position in one channel's history (`<ms>-<seq>`, a Redis stream id);
+//! - [`message`]: priorities and the seed notification types, with readable titles and bodies;
+//! - [`frame`]: the `wardline.v1` WebSocket frames and the seed 004 frame shape;
+//! - [`error`]: stable numeric error codes and WebSocket close codes.
+//!
+//! The protocol is documented with an example of every frame in `protocol/README.md`.
+
+pub mod channel;
+pub mod cursor;
+pub mod error;
+pub mod frame;
+pub mod message;
+
+pub use channel::{Channel, ChannelError, ChannelKind, Role};
+pub use cursor::{Cursor, CursorError};
+pub use error::{ErrorCode, close};
+pub use frame::{ClientFrame, FrameError, Notification, ServerFrame, SubscribeChannel};
+pub use message::Priority;
+
+/// The WebSocket subprotocol of Wardline's envelope protocol.
+pub const SUBPROTOCOL_V1: &str = "wardline.v1";
+/// The WebSocket subprotocol a browser names to get seed-compatible raw frames while it passes its
+/// token as a `bearer.<jwt>` subprotocol (browsers cannot set headers on a WebSocket).
+pub const SUBPROTOCOL_RAW: &str = "wardline.raw";
+/// Prefix of the subprotocol entry that carries a token.
+pub const SUBPROTOCOL_BEARER_PREFIX: &str = "bearer.";
+/// Largest inbound frame the relay accepts, in bytes.
+pub const MAX_INBOUND_FRAME_BYTES: usize = 64 * 1024;

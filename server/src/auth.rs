@@ -1,0 +1,310 @@
+//! Tokens: HS256 JWTs with `sub`, a role claim, `exp` and an optional `channels` list, as hospitals mint
+//! them with their own JWT libraries; where a request carries its token; what each role may do.
+
+use crate::config::JwtConfig;
+use axum::http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wardline_protocol::{Channel, ErrorCode, Role, SUBPROTOCOL_BEARER_PREFIX};
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The user.
+    pub sub: String,
+    /// The user's role.
+    pub role: Role,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Extra channels the backend granted (e.g. `appointment:{id}:updates`).
+    pub channels: Vec<Channel>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the query, the `Authorization` header or the subprotocols.
+    #[error("a token is required: ?token=, Authorization: Bearer, or a bearer.<token> WebSocket subprotocol")]
+    Missing,
+    /// Bad signature, algorithm or claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+}
+
+impl AuthError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Missing => ErrorCode::TokenMissing,
+            AuthError::Invalid(_) => ErrorCode::TokenInvalid,
+            AuthError::Expired => ErrorCode::TokenExpired,
+        }
+    }
+}
+
+/// Verifies and mints tokens with one secret.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    role_claim: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl Authenticator {
+    /// An authenticator for the configured secret and claim checks.
+    pub fn new(config: &JwtConfig) -> Authenticator {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // An expired token is refused at once: clinicians' devices renew tokens, and a grace period
+        // would be a window in which a revoked session still reads patient data.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Authenticator {
+            decoding: DecodingKey::from_secret(config.secret.expose()),
+            encoding: EncodingKey::from_secret(config.secret.expose()),
+            validation,
+            role_claim: config.role_claim.clone(),
+        }
+    }
+
+    /// Verifies a token and reads its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        let claims = data.claims;
+        let sub = match claims.get("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
+            _ => return Err(AuthError::Invalid("`sub` must be a non-empty string".into())),
+        };
+        let role = claims
+            .get(&self.role_claim)
+            .and_then(Value::as_str)
+            .and_then(Role::parse)
+            .ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "claim `{}` must be doctor, patient, admin or service",
+                    self.role_claim
+                ))
+            })?;
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
+        let channels = match claims.get("channels") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(names)) => names
+                .iter()
+                .map(|name| {
+                    let name = name.as_str().unwrap_or_default();
+                    Channel::parse(name).map_err(|e| AuthError::Invalid(format!("`channels`: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(AuthError::Invalid("`channels` must be a list of names".into())),
+        };
+        Ok(Claims { sub, role, exp, channels })
+    }
+
+    /// Mints a token, as `wardline-relay token` does.
+    pub fn mint(&self, sub: &str, role: Role, channels: &[Channel], ttl: Duration) -> String {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), sub.into());
+        claims.insert(self.role_claim.clone(), role.as_str().into());
+        claims.insert("iat".into(), unix_now().into());
+        claims.insert("exp".into(), (unix_now() + ttl.as_secs()).into());
+        if !channels.is_empty() {
+            let names = channels.iter().map(|c| Value::from(c.as_str())).collect();
+            claims.insert("channels".into(), Value::Array(names));
+        }
+        if let Some(iss) = self.validation.iss.as_ref().and_then(|set| set.iter().next()) {
+            claims.insert("iss".into(), iss.as_str().into());
+        }
+        if let Some(aud) = self.validation.aud.as_ref().and_then(|set| set.iter().next()) {
+            claims.insert("aud".into(), aud.as_str().into());
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing of a JSON map cannot fail")
+    }
+}
+
+/// The token a request carries: `?token=`, then `Authorization: Bearer`, then a `bearer.<token>`
+/// entry of `Sec-WebSocket-Protocol` (the only place a browser WebSocket can put it).
+pub fn token_from_request(query_token: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = query_token.filter(|t| !t.is_empty()) {
+        return Some(token.to_owned());
+    }
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    if let Some(token) = bearer {
+        return Some(token.trim().to_owned());
+    }
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER_PREFIX).map(str::to_owned))
+}
+
+impl Claims {
+    /// Every channel this token may read: its role's defaults plus the granted ones.
+    pub fn readable_channels(&self) -> Vec<Channel> {
+        let mut channels = match self.role {
+            Role::Doctor | Role::Patient | Role::Admin => self.role.default_channels(&self.sub),
+            Role::Service => Vec::new(),
+        };
+        for channel in &self.channels {
+            if !channels.contains(channel) {
+                channels.push(channel.clone());
+            }
+        }
+        channels
+    }
+
+    /// Whether this token may read `channel`.
+    pub fn can_read(&self, channel: &Channel) -> bool {
+        self.readable_channels().contains(channel)
+    }
+
+    /// Whether this token may publish to `channel`: a service anywhere, an admin to `system:alerts`.
+    pub fn can_publish(&self, channel: &Channel) -> bool {
+        match self.role {
+            Role::Service => true,
+            Role::Admin => *channel == Channel::system_alerts(),
+            Role::Doctor | Role::Patient => false,
+        }
+    }
+
+    /// Whether this token may read relay statistics and delivery receipts.
+    pub fn can_read_stats(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Service)
+    }
+
+    /// Time left before the token expires.
+    pub fn time_left(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(unix_now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensitive::Sensitive;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            secret: Sensitive::new(b"unit-test-secret-0123456789".to_vec()),
+            issuer: None,
+            audience: None,
+            role_claim: "role".into(),
+        }
+    }
+
+    fn sign(claims: Value, secret: &[u8]) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+            .unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_their_claims() {
+        let auth = Authenticator::new(&config());
+        let extra = Channel::parse("appointment:a1:updates").unwrap();
+        let token = auth.mint("d1", Role::Doctor, std::slice::from_ref(&extra), Duration::from_secs(60));
+        let claims = auth.verify(&token).unwrap();
+        assert_eq!(claims.sub, "d1");
+        assert_eq!(claims.role, Role::Doctor);
+        assert_eq!(claims.channels, vec![extra.clone()]);
+        let names: Vec<_> = claims.readable_channels().iter().map(|c| c.to_string()).collect();
+        assert_eq!(names, ["doctor:d1:notifications", "system:alerts", "appointment:a1:updates"]);
+    }
+
+    #[test]
+    fn bad_signature_expiry_role_and_algorithm_are_refused() {
+        let auth = Authenticator::new(&config());
+        let exp = unix_now() + 60;
+        let other = sign(serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp}), b"another-secret-0123456789");
+        assert_eq!(auth.verify(&other), Err(AuthError::Invalid("bad signature".into())));
+        let expired = sign(
+            serde_json::json!({"sub": "d1", "role": "doctor", "exp": unix_now() - 1}),
+            b"unit-test-secret-0123456789",
+        );
+        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+        let no_role = sign(serde_json::json!({"sub": "d1", "exp": exp}), b"unit-test-secret-0123456789");
+        assert!(matches!(auth.verify(&no_role), Err(AuthError::Invalid(_))));
+        let bad_channel = sign(
+            serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp, "channels": ["nope"]}),
+            b"unit-test-secret-0123456789",
+        );
+        assert!(matches!(auth.verify(&bad_channel), Err(AuthError::Invalid(_))));
+        // alg "none": header {"alg":"none"}, claims, empty signature.
+        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkMSIsInJvbGUiOiJkb2N0b3IiLCJleHAiOjk5OTk5OTk5OTl9.";
+        assert!(matches!(auth.verify(none), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn issuer_audience_and_role_claim_are_configurable() {
+        let auth = Authenticator::new(&JwtConfig {
+            issuer: Some("healthhub".into()),
+            audience: Some("wardline".into()),
+            role_claim: "https://healthhub/role".into(),
+            ..config()
+        });
+        let exp = unix_now() + 60;
+        let good = sign(
+            serde_json::json!({"sub": "p1", "https://healthhub/role": "patient", "exp": exp, "iss": "healthhub", "aud": "wardline"}),
+            b"unit-test-secret-0123456789",
+        );
+        assert_eq!(auth.verify(&good).unwrap().role, Role::Patient);
+        let wrong_issuer = sign(
+            serde_json::json!({"sub": "p1", "https://healthhub/role": "patient", "exp": exp, "iss": "other", "aud": "wardline"}),
+            b"unit-test-secret-0123456789",
+        );
+        assert!(matches!(auth.verify(&wrong_issuer), Err(AuthError::Invalid(_))));
+        assert_eq!(auth.verify(&auth.mint("p1", Role::Patient, &[], Duration::from_secs(5))).unwrap().sub, "p1");
+    }
+
+    #[test]
+    fn roles_read_and_publish_only_what_they_should() {
+        let claims = |role| Claims { sub: "u1".into(), role, exp: 0, channels: vec![] };
+        let doctor_channel = Channel::parse("doctor:u1:notifications").unwrap();
+        let other_doctor = Channel::parse("doctor:u2:notifications").unwrap();
+        assert!(claims(Role::Doctor).can_read(&doctor_channel));
+        assert!(!claims(Role::Doctor).can_read(&other_doctor));
+        assert!(!claims(Role::Patient).can_read(&doctor_channel));
+        assert!(!claims(Role::Admin).can_read(&doctor_channel));
+        assert!(claims(Role::Admin).can_publish(&Channel::system_alerts()));
+        assert!(!claims(Role::Admin).can_publish(&doctor_channel));
+        assert!(claims(Role::Service).can_publish(&other_doctor));
+        assert!(!claims(Role::Doctor).can_publish(&doctor_channel));
+        assert!(claims(Role::Service).can_read_stats() && !claims(Role::Patient).can_read_stats());
+    }
+
+    #[test]
+    fn tokens_are_found_in_query_header_or_subprotocol() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(token_from_request(None, &headers), None);
+        headers.insert("sec-websocket-protocol", "wardline.v1, bearer.abc.def".parse().unwrap());
+        assert_eq!(token_from_request(None, &headers).as_deref(), Some("abc.def"));
+        headers.insert("authorization", "Bearer hdr".parse().unwrap());
+        assert_eq!(token_from_request(None, &headers).as_deref(), Some("hdr"));
+        assert_eq!(token_from_request(Some("q"), &headers).as_deref(), Some("q"));
+    }
+}

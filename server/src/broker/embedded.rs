@@ -1,0 +1,471 @@
+//! The embedded broker: one relay node, no Redis, history in a SQLite file in the data dir, so a
+//! single-node clinic survives restarts.
+//!
+//! Every write goes through one connection behind a mutex on a blocking thread. Ids are assigned,
+//! stored and handed to the hub under that mutex, so live delivery is in id order, and a subscriber
+//! that reads history after subscribing misses nothing in between (see `subscribe`).
+
+use super::{
+    Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
+    Retention, StoredMessage, now_ms,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use wardline_protocol::{Channel, Cursor, Priority};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    priority TEXT NOT NULL,
+    ttl_ms INTEGER,
+    idempotency_key TEXT,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (channel, ms, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
+    ON messages (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS trimmed (
+    channel TEXT PRIMARY KEY,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    acked_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, ms, seq, user)
+) WITHOUT ROWID;
+";
+
+struct Store {
+    conn: Connection,
+    last_id: Cursor,
+    writes_since_trim: HashMap<Channel, u64>,
+}
+
+/// A broker for a single relay node, on SQLite.
+pub struct EmbeddedBroker {
+    store: Arc<Mutex<Store>>,
+    subscribed: Arc<Mutex<HashSet<Channel>>>,
+    live: LiveSender,
+    health: watch::Sender<BrokerHealth>,
+    retention: Retention,
+}
+
+fn storage(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(e.to_string())
+}
+
+impl EmbeddedBroker {
+    /// Opens (or creates) `history.sqlite3` in `data_dir`.
+    pub fn open(data_dir: &Path, retention: Retention, live: LiveSender) -> Result<EmbeddedBroker, BrokerError> {
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        let path = data_dir.join("history.sqlite3");
+        let conn = Connection::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        // FULL: a publish answered "published" must survive a power cut, not only a crash.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let last_id = conn
+            .query_row("SELECT ms, seq FROM messages ORDER BY ms DESC, seq DESC LIMIT 1", [], |row| {
+                Ok(Cursor::new(row.get(0)?, row.get(1)?))
+            })
+            .optional()
+            .map_err(storage)?
+            .unwrap_or_default();
+        let store = Store { conn, last_id, writes_since_trim: HashMap::new() };
+        let broker = EmbeddedBroker {
+            store: Arc::new(Mutex::new(store)),
+            subscribed: Arc::new(Mutex::new(HashSet::new())),
+            live,
+            health: watch::Sender::new(BrokerHealth::Up),
+            retention,
+        };
+        broker.spawn_age_trimmer();
+        Ok(broker)
+    }
+
+    /// Trims every channel by age once a minute, so quiet channels age out too.
+    fn spawn_age_trimmer(&self) {
+        let store = Arc::downgrade(&self.store);
+        let retention = self.retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut store = store.lock().expect("store lock");
+                    let channels: Vec<String> = {
+                        let mut stmt = store.conn.prepare("SELECT DISTINCT channel FROM messages")?;
+                        stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?
+                    };
+                    for name in channels {
+                        if let Ok(channel) = Channel::parse(&name) {
+                            trim(&mut store, &channel, retention)?;
+                        }
+                    }
+                    Ok::<_, rusqlite::Error>(())
+                })
+                .await;
+                if let Ok(Err(e)) = result {
+                    tracing::error!(error = %e, "trimming history failed");
+                }
+            }
+        });
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> Result<T, BrokerError> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&mut store.lock().expect("store lock")))
+            .await
+            .map_err(storage)?
+    }
+}
+
+/// Deletes what is older than the retention or beyond its length, remembering the newest deleted id
+/// so that a cursor before it is reported as a gap.
+fn trim(store: &mut Store, channel: &Channel, retention: Retention) -> Result<(), rusqlite::Error> {
+    let cutoff_ms = now_ms().saturating_sub(retention.max_age.as_millis() as u64);
+    let by_age: Option<(u64, u64)> = store
+        .conn
+        .query_row(
+            "SELECT ms, seq FROM messages WHERE channel = ?1 AND ms < ?2 ORDER BY ms DESC, seq DESC LIMIT 1",
+            params![channel.as_str(), cutoff_ms],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let by_len: Option<(u64, u64)> = store
+        .conn
+        .query_row(
+            "SELECT ms, seq FROM messages WHERE channel = ?1 ORDER BY ms DESC, seq DESC LIMIT 1 OFFSET ?2",
+            params![channel.as_str(), retention.max_len],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some(through) = by_age.into_iter().chain(by_len).map(|(ms, seq)| Cursor::new(ms, seq)).max() else {
+        return Ok(());
+    };
+    let tx = store.conn.transaction()?;
+    tx.execute(
+        "DELETE FROM messages WHERE channel = ?1 AND (ms < ?2 OR (ms = ?2 AND seq <= ?3))",
+        params![channel.as_str(), through.ms, through.seq],
+    )?;
+    tx.execute(
+        "DELETE FROM receipts WHERE channel = ?1 AND (ms < ?2 OR (ms = ?2 AND seq <= ?3))",
+        params![channel.as_str(), through.ms, through.seq],
+    )?;
+    tx.execute(
+        "INSERT INTO trimmed (channel, ms, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (channel) DO UPDATE SET ms = excluded.ms, seq = excluded.seq
+         WHERE excluded.ms > trimmed.ms OR (excluded.ms = trimmed.ms AND excluded.seq > trimmed.seq)",
+        params![channel.as_str(), through.ms, through.seq],
+    )?;
+    tx.commit()
+}
+
+fn row_to_message(channel: &Channel, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let priority: String = row.get(2)?;
+    let ttl_ms: Option<u64> = row.get(3)?;
+    let payload: Vec<u8> = row.get(4)?;
+    Ok(StoredMessage {
+        id: Cursor::new(row.get(0)?, row.get(1)?),
+        channel: channel.clone(),
+        priority: Priority::parse(&priority).unwrap_or(Priority::Normal),
+        ttl: ttl_ms.map(Duration::from_millis),
+        payload: Bytes::from(payload),
+    })
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
+        let subscribed = self.subscribed.clone();
+        let live = self.live.clone();
+        let retention = self.retention;
+        self.blocking(move |store| {
+            if let Some(key) = &publish.idempotency_key {
+                let existing = store
+                    .conn
+                    .query_row(
+                        "SELECT ms, seq FROM messages WHERE channel = ?1 AND idempotency_key = ?2",
+                        params![publish.channel.as_str(), key],
+                        |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(storage)?;
+                if let Some(id) = existing {
+                    return Ok(Published { id, live_relays: 0, duplicate: true });
+                }
+            }
+            let now = now_ms();
+            let id = if now > store.last_id.ms { Cursor::new(now, 0) } else { store.last_id.next() };
+            store
+                .conn
+                .execute(
+                    "INSERT INTO messages (channel, ms, seq, priority, ttl_ms, idempotency_key, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        publish.channel.as_str(),
+                        id.ms,
+                        id.seq,
+                        publish.priority.as_str(),
+                        publish.ttl.map(|ttl| ttl.as_millis() as u64),
+                        publish.idempotency_key,
+                        publish.payload.as_ref(),
+                    ],
+                )
+                .map_err(storage)?;
+            store.last_id = id;
+            let writes = store.writes_since_trim.entry(publish.channel.clone()).or_default();
+            *writes += 1;
+            if *writes >= (retention.max_len / 100).max(1) {
+                *writes = 0;
+                trim(store, &publish.channel, retention).map_err(storage)?;
+            }
+            let message = StoredMessage {
+                id,
+                channel: publish.channel,
+                priority: publish.priority,
+                ttl: publish.ttl,
+                payload: publish.payload,
+            };
+            let is_live = subscribed.lock().expect("subscribed lock").contains(&message.channel);
+            // Handed over under the store lock, so live delivery follows id order.
+            if is_live && live.blocking_send(message).is_err() {
+                return Err(BrokerError::Unavailable("the relay is shutting down".into()));
+            }
+            Ok(Published { id, live_relays: u64::from(is_live), duplicate: false })
+        })
+        .await
+    }
+
+    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            let trimmed_through: Option<Cursor> = store
+                .conn
+                .query_row(
+                    "SELECT ms, seq FROM trimmed WHERE channel = ?1",
+                    params![channel.as_str()],
+                    |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(storage)?;
+            let mut stmt = store
+                .conn
+                .prepare_cached(
+                    "SELECT ms, seq, priority, ttl_ms, payload FROM messages
+                     WHERE channel = ?1 AND (ms > ?2 OR (ms = ?2 AND seq > ?3))
+                     ORDER BY ms, seq LIMIT ?4",
+                )
+                .map_err(storage)?;
+            let mut messages = stmt
+                .query_map(params![channel.as_str(), after.ms, after.seq, limit as u64 + 1], |row| {
+                    row_to_message(&channel, row)
+                })
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            let now = now_ms();
+            messages.retain(|m| !m.expired_at(now));
+            let gap = after > Cursor::ZERO && trimmed_through.is_some_and(|t| after < t);
+            Ok(HistoryPage { messages, gap, more })
+        })
+        .await
+    }
+
+    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            let newest = |sql: &str| {
+                store
+                    .conn
+                    .query_row(sql, params![channel.as_str()], |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)))
+                    .optional()
+                    .map_err(storage)
+            };
+            let stored = newest("SELECT ms, seq FROM messages WHERE channel = ?1 ORDER BY ms DESC, seq DESC LIMIT 1")?;
+            let trimmed = newest("SELECT ms, seq FROM trimmed WHERE channel = ?1")?;
+            Ok(stored.max(trimmed))
+        })
+        .await
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        self.subscribed.lock().expect("subscribed lock").insert(channel.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        self.subscribed.lock().expect("subscribed lock").remove(channel);
+        Ok(())
+    }
+
+    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError> {
+        let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
+        self.blocking(move |store| {
+            let tx = store.conn.transaction().map_err(storage)?;
+            let now = now_ms();
+            for id in ids {
+                tx.execute(
+                    "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, acked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![channel.as_str(), id.ms, id.seq, user, now],
+                )
+                .map_err(storage)?;
+            }
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            let mut stmt = store
+                .conn
+                .prepare_cached(
+                    "SELECT user, acked_at FROM receipts WHERE channel = ?1 AND ms = ?2 AND seq = ?3 ORDER BY acked_at",
+                )
+                .map_err(storage)?;
+            stmt.query_map(params![channel.as_str(), id.ms, id.seq], |row| {
+                Ok(Receipt { user: row.get(0)?, acked_at_ms: row.get(1)? })
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)
+        })
+        .await
+    }
+
+    fn health(&self) -> watch::Receiver<BrokerHealth> {
+        self.health.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        self.blocking(|store| store.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(storage)).await
+    }
+
+    async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn publish(channel: &Channel, n: u32) -> Publish {
+        Publish {
+            channel: channel.clone(),
+            payload: Bytes::from(format!(r#"{{"type":"t","n":{n}}}"#)),
+            priority: Priority::Normal,
+            ttl: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn retention(max_len: u64) -> Retention {
+        Retention { max_age: Duration::from_secs(3600), max_len }
+    }
+
+    #[tokio::test]
+    async fn history_survives_a_reopen_and_ids_keep_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let first = {
+            let broker = EmbeddedBroker::open(dir.path(), retention(100), tx.clone()).unwrap();
+            broker.publish(publish(&channel, 1)).await.unwrap().id
+        };
+        let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
+        let second = broker.publish(publish(&channel, 2)).await.unwrap().id;
+        assert!(second > first);
+        let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
+        let ids: Vec<_> = page.messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [first, second]);
+        assert!(!page.gap && !page.more);
+    }
+
+    #[tokio::test]
+    async fn live_delivery_only_for_subscribed_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
+        let channel = Channel::parse("patient:p1:notifications").unwrap();
+        assert_eq!(broker.publish(publish(&channel, 1)).await.unwrap().live_relays, 0);
+        broker.subscribe(&channel).await.unwrap();
+        let published = broker.publish(publish(&channel, 2)).await.unwrap();
+        assert_eq!(published.live_relays, 1);
+        assert_eq!(rx.recv().await.unwrap().id, published.id);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn trimming_reports_a_gap_only_for_cursors_before_the_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let broker = EmbeddedBroker::open(dir.path(), retention(3), tx).unwrap();
+        let channel = Channel::parse("system:alerts").unwrap();
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            ids.push(broker.publish(publish(&channel, n)).await.unwrap().id);
+        }
+        let page = broker.history(&channel, ids[0], 10).await.unwrap();
+        assert!(page.gap);
+        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
+        let page = broker.history(&channel, ids[2], 10).await.unwrap();
+        assert!(!page.gap);
+        let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
+        assert!(!page.gap, "a client starting from zero asks for what is kept");
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_store_once_and_receipts_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let keyed = Publish { idempotency_key: Some("k1".into()), ..publish(&channel, 1) };
+        let first = broker.publish(keyed.clone()).await.unwrap();
+        let again = broker.publish(keyed).await.unwrap();
+        assert_eq!((again.id, again.duplicate), (first.id, true));
+        assert_eq!(broker.history(&channel, Cursor::ZERO, 10).await.unwrap().messages.len(), 1);
+        broker.record_acks(&channel, &[first.id], "d1").await.unwrap();
+        broker.record_acks(&channel, &[first.id], "d1").await.unwrap();
+        let receipts = broker.receipts(&channel, first.id).await.unwrap();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].user, "d1");
+    }
+
+    #[tokio::test]
+    async fn expired_messages_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let short = Publish { ttl: Some(Duration::ZERO), ..publish(&channel, 1) };
+        broker.publish(short).await.unwrap();
+        let kept = broker.publish(publish(&channel, 2)).await.unwrap();
+        let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
+        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), [kept.id]);
+    }
+}

@@ -1,0 +1,171 @@
+//! The broker: where notifications are stored and how they reach every relay node.
+//!
+//! Two implementations behind one trait: [`embedded::EmbeddedBroker`] (one node, history in SQLite)
+//! and [`redis::RedisBroker`] (many nodes on one Redis: history in streams, fan-out over pub/sub,
+//! plain `PUBLISH`es from existing backends recorded by the node holding a lease). A broker hands
+//! live messages of the channels it was asked to subscribe to into one `mpsc` that the hub reads.
+
+pub mod embedded;
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use wardline_protocol::{Channel, Cursor, ErrorCode, Priority};
+
+/// A notification as stored: the publisher's payload, untouched, and what the relay knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its id and cursor in its channel.
+    pub id: Cursor,
+    /// Its channel.
+    pub channel: Channel,
+    /// Its priority.
+    pub priority: Priority,
+    /// How long after `id.ms` it stops being delivered, if it expires.
+    pub ttl: Option<Duration>,
+    /// The published bytes.
+    pub payload: Bytes,
+}
+
+impl StoredMessage {
+    /// Whether it has expired at `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.ttl
+            .is_some_and(|ttl| self.id.ms.saturating_add(ttl.as_millis() as u64) <= now_ms)
+    }
+}
+
+/// A notification to store and fan out.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The channel.
+    pub channel: Channel,
+    /// The payload (JSON text for `POST /v1/publish`).
+    pub payload: Bytes,
+    /// Its priority.
+    pub priority: Priority,
+    /// Expiry after storage, if any.
+    pub ttl: Option<Duration>,
+    /// A key that makes retries of the same publish store it once.
+    pub idempotency_key: Option<String>,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The stored notification's id.
+    pub id: Cursor,
+    /// How many relay nodes had a live subscriber for the channel.
+    pub live_relays: u64,
+    /// True when the idempotency key was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Notifications after the cursor, oldest first, expired ones left out.
+    pub messages: Vec<StoredMessage>,
+    /// True when notifications after the cursor were already trimmed away.
+    pub gap: bool,
+    /// True when the page was cut at the limit and more follow.
+    pub more: bool,
+}
+
+/// One recipient's acknowledgement of a notification.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Receipt {
+    /// Who acknowledged it.
+    pub user: String,
+    /// When, Unix milliseconds.
+    pub acked_at_ms: u64,
+}
+
+/// Whether the broker can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Reachable, subscriptions in place.
+    Up,
+    /// Unreachable, with the reason.
+    Down(String),
+}
+
+/// How long and how much history is kept per channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Oldest age kept.
+    pub max_age: Duration,
+    /// Most notifications kept per channel.
+    pub max_len: u64,
+}
+
+/// A broker failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now; retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused or failed the operation.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl BrokerError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::Unavailable(_) => ErrorCode::BrokerUnavailable,
+            BrokerError::Storage(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Where live messages go: the hub's inbox.
+pub type LiveSender = mpsc::Sender<StoredMessage>;
+
+/// Stores notifications, replays them, and fans them out to the relay nodes that subscribed.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// `"embedded"` or `"redis"`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores a notification, then fans it out live.
+    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError>;
+
+    /// Up to `limit` stored notifications of `channel` after `after`.
+    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError>;
+
+    /// The newest id ever stored in `channel`, if any is still known.
+    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError>;
+
+    /// Starts live delivery of `channel` to this node; returns once delivery is in place.
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
+
+    /// Stops live delivery of `channel` to this node.
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
+
+    /// Records that `user` acknowledged these notifications.
+    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError>;
+
+    /// The acknowledgements of one notification.
+    async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError>;
+
+    /// Follows the broker's health.
+    fn health(&self) -> watch::Receiver<BrokerHealth>;
+
+    /// Checks the broker answers now.
+    async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Releases what this node holds (the recorder lease) before the process exits.
+    async fn shutdown(&self);
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

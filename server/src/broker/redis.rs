@@ -1,0 +1,592 @@
+//! The Redis broker: several relay nodes on one Redis.
+//!
+//! - History: one stream per channel, `wardline:{<channel>}:stream`, trimmed by length and age;
+//!   stream ids are the cursors.
+//! - Publishing: one Lua script stores (`XADD`) and then `PUBLISH`es `<id>\n<priority>\n<ttl>\n<payload>`
+//!   on `wardline:live:<channel>`, atomically, so live order is id order.
+//! - Fan-out: each node holds one pub/sub connection and subscribes to the live channels its clients
+//!   need (the hub counts the references).
+//! - Plain `PUBLISH <channel> <json>` from existing backends: the node holding the recorder lease
+//!   (`wardline:recorder`, renewed every second, expiring after 5 s) pattern-subscribes to the seed
+//!   channels and runs the same script, fenced on the lease, so each message is stored once. If the
+//!   holder dies without releasing the lease, plain PUBLISHes in the next ≤5 s are neither stored nor
+//!   delivered: that is the failover window. A node that shuts down releases the lease at once.
+
+use super::{
+    Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
+    Retention, StoredMessage,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{AsyncCommands, Script};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, timeout};
+use wardline_protocol::{Channel, Cursor, Priority};
+
+const LIVE_PREFIX: &str = "wardline:live:";
+const LEASE_KEY: &str = "wardline:recorder";
+const LEASE_TTL: Duration = Duration::from_secs(5);
+const LEASE_RENEW: Duration = Duration::from_secs(1);
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stores, then fans out. KEYS: stream, idempotency key (or the stream again), lease (or the stream
+/// again). ARGV: payload, priority, ttl ms ('' for none), max len, max age ms, live channel,
+/// idempotency ttl s, fencing node ('' for none), '1' when an idempotency key is given.
+const PUBLISH_SCRIPT: &str = r#"
+if ARGV[8] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[8] then
+  return {'', -1}
+end
+if ARGV[9] == '1' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then return {existing, -2} end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARGV[3])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now_ms - tonumber(ARGV[5])))
+if ARGV[9] == '1' then redis.call('SET', KEYS[2], id, 'EX', ARGV[7]) end
+local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
+return {id, n}
+"#;
+
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+fn stream_key(channel: &Channel) -> String {
+    format!("wardline:{{{channel}}}:stream")
+}
+
+fn idempotency_key(channel: &Channel, key: &str) -> String {
+    format!("wardline:{{{channel}}}:idem:{key}")
+}
+
+fn receipts_key(channel: &Channel, id: Cursor) -> String {
+    format!("wardline:{{{channel}}}:acks:{id}")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("Redis: {e}"))
+}
+
+enum PubSubCommand {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+    Record(bool),
+}
+
+/// A plain `PUBLISH` seen on a seed channel, waiting to be recorded.
+struct LegacyMessage {
+    channel: String,
+    payload: Bytes,
+}
+
+/// A broker on Redis shared by several relay nodes.
+pub struct RedisBroker {
+    commands: ConnectionManager,
+    pubsub: mpsc::Sender<PubSubCommand>,
+    health: watch::Receiver<BrokerHealth>,
+    node_id: String,
+    retention: Retention,
+    publish_script: Arc<Script>,
+}
+
+/// What the node's tasks share.
+#[derive(Clone)]
+struct Shared {
+    commands: ConnectionManager,
+    node_id: String,
+    retention: Retention,
+    publish_script: Arc<Script>,
+}
+
+impl RedisBroker {
+    /// Connects to Redis and starts this node's pub/sub connection and, if `recorder`, its bid for
+    /// the recorder lease. Fails if Redis cannot be reached now.
+    pub async fn connect(
+        url: &str,
+        retention: Retention,
+        recorder: bool,
+        live: LiveSender,
+    ) -> Result<RedisBroker, BrokerError> {
+        let client = redis::Client::open(url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let commands = timeout(REDIS_TIMEOUT * 2, client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|_| unavailable("timed out connecting"))?
+            .map_err(unavailable)?;
+        let node_id = format!("{:016x}", rand::random::<u64>());
+        let shared = Shared {
+            commands: commands.clone(),
+            node_id: node_id.clone(),
+            retention,
+            publish_script: Arc::new(Script::new(PUBLISH_SCRIPT)),
+        };
+        let (health_tx, health) = watch::channel(BrokerHealth::Down("connecting to Redis".into()));
+        let (pubsub_tx, pubsub_rx) = mpsc::channel(1024);
+        let (legacy_tx, legacy_rx) = mpsc::channel(10_000);
+        tokio::spawn(run_pubsub(client, pubsub_rx, live, legacy_tx, health_tx));
+        if recorder {
+            tokio::spawn(run_recorder(shared.clone(), legacy_rx));
+            tokio::spawn(hold_lease(shared.clone(), pubsub_tx.clone()));
+        }
+        let mut ready = health.clone();
+        let _ = timeout(REDIS_TIMEOUT * 2, ready.wait_for(|h| *h == BrokerHealth::Up)).await;
+        tracing::info!(node = %node_id, recorder, "connected to Redis");
+        Ok(RedisBroker {
+            commands,
+            pubsub: pubsub_tx,
+            health,
+            node_id,
+            retention,
+            publish_script: shared.publish_script,
+        })
+    }
+}
+
+/// Runs the publish script; `fence` makes it store only while this node holds the lease.
+async fn run_publish_script(
+    shared: &Shared,
+    publish: &Publish,
+    fence: bool,
+) -> Result<Option<Published>, BrokerError> {
+    let stream = stream_key(&publish.channel);
+    let idem = publish.idempotency_key.as_deref().map(|k| idempotency_key(&publish.channel, k));
+    let mut conn = shared.commands.clone();
+    let (id, live): (String, i64) = shared
+        .publish_script
+        .key(&stream)
+        .key(idem.as_deref().unwrap_or(&stream))
+        .key(if fence { LEASE_KEY } else { &stream })
+        .arg(publish.payload.as_ref())
+        .arg(publish.priority.as_str())
+        .arg(publish.ttl.map(|t| t.as_millis().to_string()).unwrap_or_default())
+        .arg(shared.retention.max_len)
+        .arg(shared.retention.max_age.as_millis() as u64)
+        .arg(format!("{LIVE_PREFIX}{}", publish.channel))
+        .arg(shared.retention.max_age.as_secs().max(1))
+        .arg(if fence { shared.node_id.as_str() } else { "" })
+        .arg(if idem.is_some() { "1" } else { "0" })
+        .invoke_async(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    if live == -1 {
+        return Ok(None);
+    }
+    let id: Cursor = id.parse().map_err(|e| BrokerError::Storage(format!("Redis returned {e}")))?;
+    Ok(Some(Published { id, live_relays: live.max(0) as u64, duplicate: live == -2 }))
+}
+
+/// Parses `<id>\n<priority>\n<ttl>\n<payload>` from a live channel.
+fn parse_live(channel: &str, data: &[u8]) -> Option<StoredMessage> {
+    let channel = Channel::parse(channel.strip_prefix(LIVE_PREFIX)?).ok()?;
+    let mut parts = data.splitn(4, |b| *b == b'\n');
+    let id: Cursor = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let priority = Priority::parse(std::str::from_utf8(parts.next()?).ok()?)?;
+    let ttl = std::str::from_utf8(parts.next()?).ok()?;
+    let ttl = if ttl.is_empty() { None } else { Some(Duration::from_millis(ttl.parse().ok()?)) };
+    let payload = Bytes::copy_from_slice(parts.next()?);
+    Some(StoredMessage { id, channel, priority, ttl, payload })
+}
+
+/// The node's one pub/sub connection: (re)connects, keeps the subscriptions the hub asked for, and
+/// hands live messages to the hub and plain PUBLISHes to the recorder.
+async fn run_pubsub(
+    client: redis::Client,
+    mut commands: mpsc::Receiver<PubSubCommand>,
+    live: LiveSender,
+    legacy: mpsc::Sender<LegacyMessage>,
+    health: watch::Sender<BrokerHealth>,
+) {
+    let mut channels: HashSet<String> = HashSet::new();
+    let mut recording = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let (mut sink, stream) = timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| unavailable("timed out connecting"))?
+                .map_err(unavailable)?
+                .split();
+            if !channels.is_empty() {
+                sink.subscribe(channels.iter().collect::<Vec<_>>()).await.map_err(unavailable)?;
+            }
+            if recording {
+                sink.psubscribe(&Channel::legacy_patterns()[..]).await.map_err(unavailable)?;
+            }
+            Ok::<_, BrokerError>((sink, stream))
+        }
+        .await;
+        let (mut sink, mut stream) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                health.send_replace(BrokerHealth::Down(e.to_string()));
+                // Keep answering the hub while Redis is away: subscriptions fail fast.
+                let deadline = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        command = commands.recv() => match command {
+                            None => return,
+                            Some(PubSubCommand::Subscribe(_, reply)) => {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                            Some(PubSubCommand::Unsubscribe(channel)) => { channels.remove(&channel); }
+                            Some(PubSubCommand::Record(on)) => recording = on,
+                        },
+                    }
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        health.send_replace(BrokerHealth::Up);
+        tracing::info!(channels = channels.len(), recording, "Redis pub/sub connected");
+        let mut ping = tokio::time::interval(REDIS_TIMEOUT);
+        let reason = loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(message) = message else { break "connection to Redis lost".to_owned() };
+                    let name = message.get_channel_name().to_owned();
+                    if message.from_pattern() {
+                        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                        if legacy.send(LegacyMessage { channel: name, payload }).await.is_err() {
+                            tracing::warn!("recorder stopped; a plain PUBLISH was not recorded");
+                        }
+                    } else if let Some(stored) = parse_live(&name, message.get_payload_bytes()) {
+                        if live.send(stored).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        tracing::warn!(channel = %name, "unreadable message on a live channel");
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    if let Err(e) = apply(&mut sink, command, &mut channels, &mut recording).await {
+                        break e;
+                    }
+                }
+                _ = ping.tick() => {
+                    match timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => break format!("Redis ping failed: {e}"),
+                        Err(_) => break "Redis did not answer a ping in time".to_owned(),
+                    }
+                }
+            }
+        };
+        tracing::error!(reason = %reason, "Redis pub/sub down; reconnecting");
+        health.send_replace(BrokerHealth::Down(reason));
+    }
+}
+
+async fn apply(
+    sink: &mut PubSubSink,
+    command: PubSubCommand,
+    channels: &mut HashSet<String>,
+    recording: &mut bool,
+) -> Result<(), String> {
+    match command {
+        PubSubCommand::Subscribe(channel, reply) => {
+            let result = sink.subscribe(&channel).await;
+            let failed = result.as_ref().err().map(|e| e.to_string());
+            if result.is_ok() {
+                channels.insert(channel);
+            }
+            let _ = reply.send(result.map_err(unavailable));
+            failed.map_or(Ok(()), Err)
+        }
+        PubSubCommand::Unsubscribe(channel) => {
+            channels.remove(&channel);
+            sink.unsubscribe(&channel).await.map_err(|e| e.to_string())
+        }
+        PubSubCommand::Record(on) if on != *recording => {
+            *recording = on;
+            let patterns = &Channel::legacy_patterns()[..];
+            let result = if on { sink.psubscribe(patterns).await } else { sink.punsubscribe(patterns).await };
+            result.map_err(|e| e.to_string())
+        }
+        PubSubCommand::Record(_) => Ok(()),
+    }
+}
+
+/// Bids for the recorder lease every second; records plain PUBLISHes while holding it.
+async fn hold_lease(shared: Shared, pubsub: mpsc::Sender<PubSubCommand>) {
+    let renew = Script::new(RENEW_SCRIPT);
+    let mut holding = false;
+    let mut last_renewed = Instant::now();
+    let mut tick = tokio::time::interval(LEASE_RENEW);
+    loop {
+        tick.tick().await;
+        let mut conn = shared.commands.clone();
+        let result: redis::RedisResult<bool> = if holding {
+            renew
+                .key(LEASE_KEY)
+                .arg(&shared.node_id)
+                .arg(LEASE_TTL.as_millis() as u64)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(|renewed| renewed == 1)
+        } else {
+            redis::cmd("SET")
+                .arg(LEASE_KEY)
+                .arg(&shared.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(LEASE_TTL.as_millis() as u64)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map(|ok| ok.is_some())
+        };
+        let now_holding = match result {
+            Ok(held) => {
+                if held {
+                    last_renewed = Instant::now();
+                }
+                held
+            }
+            // Unsure whether the lease is still ours: keep recording until it must have expired.
+            Err(_) => holding && last_renewed.elapsed() < LEASE_TTL,
+        };
+        if now_holding != holding {
+            holding = now_holding;
+            if holding {
+                tracing::info!(node = %shared.node_id, "holding the recorder lease: recording plain PUBLISHes");
+            } else {
+                tracing::warn!(node = %shared.node_id, "lost the recorder lease");
+            }
+            if pubsub.send(PubSubCommand::Record(holding)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Stores plain PUBLISHes in arrival order, fenced on the lease.
+async fn run_recorder(shared: Shared, mut legacy: mpsc::Receiver<LegacyMessage>) {
+    while let Some(message) = legacy.recv().await {
+        let channel = match Channel::parse(&message.channel) {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::warn!(error = %e, "plain PUBLISH to an invalid channel name was not recorded");
+                continue;
+            }
+        };
+        let priority = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+            Ok(value) => Priority::default_for(&value),
+            Err(_) => {
+                tracing::warn!(%channel, "plain PUBLISH is not JSON; recorded as text");
+                Priority::Normal
+            }
+        };
+        let publish = Publish { channel, payload: message.payload, priority, ttl: None, idempotency_key: None };
+        match run_publish_script(&shared, &publish, true).await {
+            Ok(Some(published)) => {
+                tracing::debug!(channel = %publish.channel, id = %published.id, "recorded a plain PUBLISH");
+            }
+            Ok(None) => {
+                tracing::warn!(channel = %publish.channel, "not the recorder any more; left to the new holder")
+            }
+            Err(e) => {
+                tracing::error!(channel = %publish.channel, error = %e, "a plain PUBLISH could not be recorded")
+            }
+        }
+    }
+}
+
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
+        let shared = Shared {
+            commands: self.commands.clone(),
+            node_id: self.node_id.clone(),
+            retention: self.retention,
+            publish_script: self.publish_script.clone(),
+        };
+        run_publish_script(&shared, &publish, false)
+            .await?
+            .ok_or_else(|| BrokerError::Storage("unfenced publish reported a fence".into()))
+    }
+
+    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError> {
+        let mut conn = self.commands.clone();
+        let key = stream_key(channel);
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit + 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let more = entries.len() > limit;
+        let now = super::now_ms();
+        let mut messages = Vec::with_capacity(entries.len().min(limit));
+        for (id, fields) in entries.into_iter().take(limit) {
+            let id: Cursor = id.parse().map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
+            let priority = field(&fields, "p")
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(Priority::parse)
+                .unwrap_or(Priority::Normal);
+            let ttl = field(&fields, "x")
+                .and_then(|x| std::str::from_utf8(x).ok())
+                .and_then(|x| x.parse().ok())
+                .map(Duration::from_millis);
+            let payload = Bytes::copy_from_slice(field(&fields, "m").unwrap_or_default());
+            let message = StoredMessage { id, channel: channel.clone(), priority, ttl, payload };
+            if !message.expired_at(now) {
+                messages.push(message);
+            }
+        }
+        let gap = after > Cursor::ZERO && max_deleted_id(&mut conn, &key).await?.is_some_and(|d| after < d);
+        Ok(HistoryPage { messages, gap, more })
+    }
+
+    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
+        let mut conn = self.commands.clone();
+        let newest: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+            .arg(stream_key(channel))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        newest
+            .first()
+            .map(|(id, _)| id.parse().map_err(|e| BrokerError::Storage(format!("{e}"))))
+            .transpose()
+    }
+
+    async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.pubsub
+            .send(PubSubCommand::Subscribe(format!("{LIVE_PREFIX}{channel}"), reply))
+            .await
+            .map_err(|_| unavailable("pub/sub task stopped"))?;
+        answer.await.map_err(|_| unavailable("pub/sub connection lost"))?
+    }
+
+    async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
+        self.pubsub
+            .send(PubSubCommand::Unsubscribe(format!("{LIVE_PREFIX}{channel}")))
+            .await
+            .map_err(|_| unavailable("pub/sub task stopped"))
+    }
+
+    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        let now = super::now_ms();
+        for id in ids {
+            let key = receipts_key(channel, *id);
+            pipe.hset_nx(&key, user, now).ignore();
+            pipe.expire(&key, self.retention.max_age.as_secs() as i64).ignore();
+        }
+        let mut conn = self.commands.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
+        let mut conn = self.commands.clone();
+        let entries: Vec<(String, u64)> = conn.hgetall(receipts_key(channel, id)).await.map_err(unavailable)?;
+        let mut receipts: Vec<Receipt> =
+            entries.into_iter().map(|(user, acked_at_ms)| Receipt { user, acked_at_ms }).collect();
+        receipts.sort_by_key(|r| r.acked_at_ms);
+        Ok(receipts)
+    }
+
+    fn health(&self) -> watch::Receiver<BrokerHealth> {
+        self.health.clone()
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let mut conn = self.commands.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn shutdown(&self) {
+        let mut conn = self.commands.clone();
+        let released: redis::RedisResult<i64> =
+            Script::new(RELEASE_SCRIPT).key(LEASE_KEY).arg(&self.node_id).invoke_async(&mut conn).await;
+        if let Ok(1) = released {
+            tracing::info!("released the recorder lease");
+        }
+    }
+}
+
+/// The newest id trimmed from a stream (Redis ≥ 7 reports it in `XINFO STREAM`).
+async fn max_deleted_id(conn: &mut ConnectionManager, key: &str) -> Result<Option<Cursor>, BrokerError> {
+    let info: redis::Value = match redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn).await {
+        Ok(info) => info,
+        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let pairs: Vec<redis::Value> = match info {
+        redis::Value::Array(items) => items,
+        redis::Value::Map(map) => map.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return Ok(None),
+    };
+    for pair in pairs.chunks(2) {
+        let [redis::Value::BulkString(name), value] = pair else { continue };
+        if name.as_slice() == b"max-deleted-entry-id" {
+            let text: String = redis::from_redis_value(value.clone()).map_err(unavailable)?;
+            let id: Cursor = text.parse().map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
+            return Ok((id > Cursor::ZERO).then_some(id));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_frames_parse_with_newlines_in_the_payload() {
+        let stored = parse_live("wardline:live:system:alerts", b"5-1\ncritical\n\n{\"a\":\n1}").unwrap();
+        assert_eq!(stored.id, Cursor::new(5, 1));
+        assert_eq!(stored.priority, Priority::Critical);
+        assert_eq!(stored.ttl, None);
+        assert_eq!(&stored.payload[..], b"{\"a\":\n1}");
+        let with_ttl = parse_live("wardline:live:system:alerts", b"5-1\nlow\n1000\n{}").unwrap();
+        assert_eq!(with_ttl.ttl, Some(Duration::from_secs(1)));
+        assert!(parse_live("system:alerts", b"5-1\nlow\n\n{}").is_none());
+        assert!(parse_live("wardline:live:system:alerts", b"garbage").is_none());
+    }
+
+    #[test]
+    fn keys_share_a_cluster_slot_per_channel() {
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        assert_eq!(stream_key(&channel), "wardline:{doctor:d1:notifications}:stream");
+        assert_eq!(idempotency_key(&channel, "k"), "wardline:{doctor:d1:notifications}:idem:k");
+    }
+}

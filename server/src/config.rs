@@ -1,0 +1,365 @@
+//! The relay's configuration: command-line flags, `WARDLINE_*` environment variables, a TOML file,
+//! then defaults, in that order of precedence. Redis also falls back to seed 002's `REDIS_URL` and
+//! seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
+
+use crate::sensitive::Sensitive;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Flags of `wardline-relay serve`; every one can also be set as `WARDLINE_<NAME>` or in the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8851; port 0 picks a free port).
+    #[arg(long, env = "WARDLINE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Redis URL (redis://host:port/db); without one the relay runs on its embedded broker.
+    #[arg(long, env = "WARDLINE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// HS256 secret tokens are signed with (default: generated once into the data dir).
+    #[arg(long, env = "WARDLINE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Directory for the generated secret and the embedded broker's history.
+    #[arg(long, env = "WARDLINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML file with any of these settings (names with underscores).
+    #[arg(long, env = "WARDLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Required `iss` claim, if any.
+    #[arg(long, env = "WARDLINE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, if any.
+    #[arg(long, env = "WARDLINE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Name of the claim that holds the role (default `role`).
+    #[arg(long, env = "WARDLINE_JWT_ROLE_CLAIM")]
+    pub jwt_role_claim: Option<String>,
+    /// How long history is kept (default 7d).
+    #[arg(long, env = "WARDLINE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub history_max_age: Option<Duration>,
+    /// Most notifications kept per channel (default 10000).
+    #[arg(long, env = "WARDLINE_HISTORY_MAX_LEN")]
+    pub history_max_len: Option<u64>,
+    /// Notifications queued per connection before it counts as a slow consumer (default 256).
+    #[arg(long, env = "WARDLINE_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Interval of WebSocket pings and SSE heartbeat comments (default 15s).
+    #[arg(long, env = "WARDLINE_HEARTBEAT", value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// New connections one IP address may open per second, sustained (default 20).
+    #[arg(long, env = "WARDLINE_CONNECTIONS_PER_IP_PER_S")]
+    pub connections_per_ip_per_s: Option<u32>,
+    /// New connections one IP address may open at once (default 100).
+    #[arg(long, env = "WARDLINE_CONNECTIONS_PER_IP_BURST")]
+    pub connections_per_ip_burst: Option<u32>,
+    /// Frames a client may send per second, sustained (default 20).
+    #[arg(long, env = "WARDLINE_FRAMES_PER_S")]
+    pub frames_per_s: Option<u32>,
+    /// Frames a client may send at once (default 60).
+    #[arg(long, env = "WARDLINE_FRAME_BURST")]
+    pub frame_burst: Option<u32>,
+    /// Longest a shutdown waits for connections to close (default 10s).
+    #[arg(long, env = "WARDLINE_SHUTDOWN_DEADLINE", value_parser = humantime::parse_duration)]
+    pub shutdown_deadline: Option<Duration>,
+    /// Whether this node may hold the recorder lease for plain Redis PUBLISHes (default true).
+    #[arg(long, env = "WARDLINE_RECORDER")]
+    pub recorder: Option<bool>,
+    /// Log format: text or json (default text).
+    #[arg(long, env = "WARDLINE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    redis_url: Option<String>,
+    jwt_secret: Option<String>,
+    data_dir: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_role_claim: Option<String>,
+    #[serde(default, with = "humantime_opt")]
+    history_max_age: Option<Duration>,
+    history_max_len: Option<u64>,
+    queue_capacity: Option<usize>,
+    #[serde(default, with = "humantime_opt")]
+    heartbeat: Option<Duration>,
+    connections_per_ip_per_s: Option<u32>,
+    connections_per_ip_burst: Option<u32>,
+    frames_per_s: Option<u32>,
+    frame_burst: Option<u32>,
+    #[serde(default, with = "humantime_opt")]
+    shutdown_deadline: Option<Duration>,
+    recorder: Option<bool>,
+    log_format: Option<LogFormat>,
+}
+
+mod humantime_opt {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| humantime::parse_duration(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The HS256 secret.
+    pub secret: Sensitive<Vec<u8>>,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+    /// The claim that holds the role.
+    pub role_claim: String,
+}
+
+/// Everything the relay needs to run, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Redis URL; `None` runs the embedded broker.
+    pub redis_url: Option<Sensitive<String>>,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// How long history is kept.
+    pub history_max_age: Duration,
+    /// Most notifications kept per channel.
+    pub history_max_len: u64,
+    /// Per-connection queue capacity.
+    pub queue_capacity: usize,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Sustained new connections per second per IP.
+    pub connections_per_ip_per_s: u32,
+    /// Burst of new connections per IP.
+    pub connections_per_ip_burst: u32,
+    /// Sustained client frames per second per connection.
+    pub frames_per_s: u32,
+    /// Burst of client frames per connection.
+    pub frame_burst: u32,
+    /// Hard deadline for a graceful shutdown.
+    pub shutdown_deadline: Duration,
+    /// Whether this node may record plain Redis PUBLISHes.
+    pub recorder: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Where the relay keeps its data when no directory is configured.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("wardline-relay");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/wardline-relay"),
+        None => PathBuf::from("wardline-data"),
+    }
+}
+
+/// Redis from seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB` or seed 002's `REDIS_URL`.
+fn redis_url_from_legacy_env() -> Option<String> {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return Some(url);
+    }
+    let host = std::env::var("REDIS_HOST").ok()?;
+    let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6379".into());
+    let db = std::env::var("REDIS_DB").unwrap_or_else(|_| "0".into());
+    Some(format!("redis://{host}:{port}/{db}"))
+}
+
+impl Config {
+    /// Resolves flags and environment (already in `args`), then the file, then defaults.
+    pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+        let secret = match args.jwt_secret.or(file.jwt_secret) {
+            Some(secret) if secret.len() < 16 => bail!("the JWT secret must be at least 16 bytes"),
+            Some(secret) => secret.into_bytes(),
+            None => load_or_create_secret(&data_dir)?,
+        };
+        let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(256);
+        if queue_capacity == 0 {
+            bail!("queue_capacity must be at least 1");
+        }
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8851))),
+            redis_url: args
+                .redis_url
+                .or(file.redis_url)
+                .or_else(redis_url_from_legacy_env)
+                .map(Sensitive::new),
+            jwt: JwtConfig {
+                secret: Sensitive::new(secret),
+                issuer: args.jwt_issuer.or(file.jwt_issuer),
+                audience: args.jwt_audience.or(file.jwt_audience),
+                role_claim: args
+                    .jwt_role_claim
+                    .or(file.jwt_role_claim)
+                    .unwrap_or_else(|| "role".into()),
+            },
+            data_dir,
+            history_max_age: args
+                .history_max_age
+                .or(file.history_max_age)
+                .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            history_max_len: args.history_max_len.or(file.history_max_len).unwrap_or(10_000),
+            queue_capacity,
+            heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_secs(15)),
+            connections_per_ip_per_s: args
+                .connections_per_ip_per_s
+                .or(file.connections_per_ip_per_s)
+                .unwrap_or(20),
+            connections_per_ip_burst: args
+                .connections_per_ip_burst
+                .or(file.connections_per_ip_burst)
+                .unwrap_or(100),
+            frames_per_s: args.frames_per_s.or(file.frames_per_s).unwrap_or(20),
+            frame_burst: args.frame_burst.or(file.frame_burst).unwrap_or(60),
+            shutdown_deadline: args
+                .shutdown_deadline
+                .or(file.shutdown_deadline)
+                .unwrap_or(Duration::from_secs(10)),
+            recorder: args.recorder.or(file.recorder).unwrap_or(true),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        })
+    }
+
+    /// A configuration for tests: embedded broker in `data_dir`, the given secret, port 0.
+    pub fn for_tests(data_dir: &Path, secret: &str) -> Config {
+        Config::load(ServeArgs {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            jwt_secret: Some(secret.to_owned()),
+            data_dir: Some(data_dir.to_owned()),
+            ..ServeArgs::default()
+        })
+        .expect("test configuration is valid")
+    }
+}
+
+/// Reads the secret generated on a first run, or generates it now (mode 0600).
+fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = text.trim().to_owned();
+            if secret.len() < 16 {
+                bail!("{} holds fewer than 16 bytes; delete it to generate a new secret", path.display());
+            }
+            return Ok(secret.into_bytes());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let bytes: [u8; 32] = rand::random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new JWT secret");
+    Ok(secret.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_a_private_secret_once_and_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_secret(dir.path()).unwrap();
+        let second = load_or_create_secret(dir.path()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("jwt-secret")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nhistory_max_age = \"2h\"\nqueue_capacity = 8\njwt_secret = \"file-secret-0123456789\"\n",
+        )
+        .unwrap();
+        let config = Config::load(ServeArgs {
+            config: Some(file),
+            queue_capacity: Some(16),
+            data_dir: Some(dir.path().to_owned()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.history_max_age, Duration::from_secs(7200));
+        assert_eq!(config.queue_capacity, 16);
+        assert_eq!(config.jwt.secret.expose(), b"file-secret-0123456789");
+        assert_eq!(config.heartbeat, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn unknown_file_settings_and_short_secrets_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(ServeArgs { config: Some(file), ..ServeArgs::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = Config::load(ServeArgs { jwt_secret: Some("short".into()), ..ServeArgs::default() })
+            .unwrap_err();
+        assert!(err.to_string().contains("16 bytes"));
+    }
+}

@@ -1,0 +1,115 @@
+//! A notification on its way to connections, with each wire format encoded at most once.
+//!
+//! Server-to-client WebSocket frames are not masked, so a frame's text is the same for every
+//! recipient: a broadcast to 10,000 connections encodes its JSON once and hands out reference-counted
+//! copies. The seed 004 frame names its recipient and SSE ids carry each stream's own positions, so
+//! those parts are encoded per connection.
+
+use crate::broker::StoredMessage;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use std::sync::OnceLock;
+use wardline_protocol::frame::{Seed004Frame, encode_notification, rfc3339_millis};
+use wardline_protocol::message::describe;
+
+/// A stored notification shared by every connection that receives it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The notification.
+    pub message: StoredMessage,
+    /// The payload's `type` (`unknown` when it has none).
+    pub kind: String,
+    raw: OnceLock<Utf8Bytes>,
+    v1: OnceLock<Utf8Bytes>,
+    sse_data: OnceLock<Bytes>,
+}
+
+impl Delivery {
+    /// Wraps a stored notification.
+    pub fn new(message: StoredMessage) -> Delivery {
+        let kind = serde_json::from_slice::<serde_json::Value>(&message.payload)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Delivery { message, kind, raw: OnceLock::new(), v1: OnceLock::new(), sse_data: OnceLock::new() }
+    }
+
+    fn payload_text(&self) -> String {
+        String::from_utf8_lossy(&self.message.payload).into_owned()
+    }
+
+    /// The published text itself, byte for byte (seed-compatible frames).
+    pub fn raw_frame(&self) -> Utf8Bytes {
+        self.raw.get_or_init(|| Utf8Bytes::from(self.payload_text())).clone()
+    }
+
+    /// The `wardline.v1` notification envelope.
+    pub fn v1_frame(&self) -> Utf8Bytes {
+        self.v1
+            .get_or_init(|| {
+                let m = &self.message;
+                Utf8Bytes::from(encode_notification(m.id, &m.channel, &self.kind, m.priority, &self.payload_text()))
+            })
+            .clone()
+    }
+
+    /// `data: <envelope>\n\n`, the shared part of an SSE event (its `id:` line is per stream).
+    pub fn sse_data(&self) -> Bytes {
+        self.sse_data.get_or_init(|| Bytes::from(format!("data: {}\n\n", self.v1_frame().as_str()))).clone()
+    }
+
+    /// The notification in seed 004's shape, addressed to `user`.
+    pub fn seed004_frame(&self, user: &str) -> Utf8Bytes {
+        let data = serde_json::from_slice(&self.message.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(self.payload_text()));
+        let (title, message) = describe(&data);
+        let frame = Seed004Frame {
+            kind: self.kind.clone(),
+            user_id: user.to_owned(),
+            title,
+            message,
+            data,
+            timestamp: rfc3339_millis(self.message.id.ms),
+            id: self.message.id.to_string(),
+        };
+        Utf8Bytes::from(serde_json::to_string(&frame).expect("seed 004 frames serialize"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wardline_protocol::{Channel, Cursor, Priority, ServerFrame};
+
+    fn delivery(payload: &'static str) -> Delivery {
+        Delivery::new(StoredMessage {
+            id: Cursor::new(1_700_000_000_000, 3),
+            channel: Channel::parse("doctor:d1:notifications").unwrap(),
+            priority: Priority::Critical,
+            ttl: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn raw_frames_are_the_published_bytes_and_encoded_once() {
+        let d = delivery(r#"{"type": "critical_lab_result",  "test_type":"BMP"}"#);
+        assert_eq!(d.raw_frame().as_str(), r#"{"type": "critical_lab_result",  "test_type":"BMP"}"#);
+        assert_eq!(d.raw_frame().as_str().as_ptr(), d.raw_frame().as_str().as_ptr());
+        assert_eq!(d.v1_frame().as_str().as_ptr(), d.v1_frame().as_str().as_ptr());
+        assert_eq!(d.kind, "critical_lab_result");
+    }
+
+    #[test]
+    fn envelopes_and_seed004_frames_carry_id_and_payload() {
+        let d = delivery(r#"{"type":"critical_lab_result","patient_name":"Bob Wilson","test_type":"BMP"}"#);
+        let ServerFrame::Notification(n) = serde_json::from_str(d.v1_frame().as_str()).unwrap() else {
+            panic!("not a notification")
+        };
+        assert_eq!((n.id, n.priority), (Cursor::new(1_700_000_000_000, 3), Priority::Critical));
+        let seed: Seed004Frame = serde_json::from_str(d.seed004_frame("d1").as_str()).unwrap();
+        assert_eq!(seed.title, "Critical lab result — BMP for Bob Wilson");
+        assert_eq!((seed.user_id.as_str(), seed.id.as_str()), ("d1", "1700000000000-3"));
+        assert!(d.sse_data().starts_with(b"data: {\"op\":\"notification\""));
+    }
+}

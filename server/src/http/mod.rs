@@ -1,0 +1,37 @@
+//! Plain HTTP endpoints: publishing, stats, receipts, health and metrics.
+
+pub mod health;
+pub mod publish;
+pub mod stats;
+
+use crate::AppState;
+use crate::auth::{Claims, token_from_request};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use axum::http::HeaderMap;
+use wardline_protocol::ErrorCode;
+
+/// Verifies the request's token, counting refusals.
+pub fn authenticate(state: &AppState, query_token: Option<&str>, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let result = token_from_request(query_token, headers)
+        .ok_or(crate::auth::AuthError::Missing)
+        .and_then(|token| state.auth.verify(&token));
+    result.map_err(|e| {
+        Metrics::inc(&state.metrics().auth_failures_total);
+        ApiError::from(e)
+    })
+}
+
+/// Refuses a token whose role may not read stats or receipts.
+pub fn require_stats_reader(claims: &Claims) -> Result<(), ApiError> {
+    if claims.can_read_stats() {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::RoleForbidden, format!("role {} may not read relay statistics", claims.role)))
+    }
+}
+
+/// Answers unknown paths with the error shape.
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

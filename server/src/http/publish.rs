@@ -1,0 +1,114 @@
+//! `POST /v1/publish`: store first, then fan out; answers in seed 000's result shapes:
+//! `{"status":"published","channel","message_id","recipients_count"}` or
+//! `{"status":"failed","channel","reason"}` (plus a stable `code`).
+
+use crate::AppState;
+use crate::broker::Publish;
+use crate::http::authenticate;
+use crate::metrics::Metrics;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::time::Duration;
+use wardline_protocol::{Channel, ChannelKind, ErrorCode, MAX_INBOUND_FRAME_BYTES, Priority};
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The channel.
+    pub channel: String,
+    /// The payload: a JSON object, stored and delivered byte for byte as sent.
+    pub message: Box<RawValue>,
+    /// The recipient (must match a `doctor:`/`patient:` channel's id).
+    #[serde(default)]
+    pub recipient_id: Option<String>,
+    /// Overrides the priority derived from the message type.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Stop delivering after this many seconds.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// Retries with the same key store the notification once.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+struct Failed {
+    channel: String,
+    code: ErrorCode,
+    reason: String,
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"status": "failed", "channel": self.channel, "reason": self.reason, "code": self.code});
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Stores and fans out one notification.
+pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match try_publish(&state, &headers, &body).await {
+        Ok(response) => response,
+        Err(failed) => {
+            Metrics::inc(&state.metrics().publish_failures_total);
+            tracing::warn!(channel = %failed.channel, code = failed.code.code(), reason = %failed.reason, "publish failed");
+            failed.into_response()
+        }
+    }
+}
+
+async fn try_publish(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response, Failed> {
+    let fail = |channel: &str, code: ErrorCode, reason: String| Failed { channel: channel.to_owned(), code, reason };
+    let claims = authenticate(state, None, headers).map_err(|e| fail("", e.code, e.message))?;
+    let request: PublishRequest = serde_json::from_slice(body)
+        .map_err(|e| fail("", ErrorCode::MalformedJson, format!("invalid request body: {e}")))?;
+    let name = request.channel.as_str();
+    let channel = Channel::parse(name).map_err(|e| fail(name, ErrorCode::UnknownChannel, e.to_string()))?;
+    if !claims.can_publish(&channel) {
+        return Err(fail(name, ErrorCode::RoleForbidden, format!("role {} may not publish to {channel}", claims.role)));
+    }
+    let message: Value = serde_json::from_str(request.message.get())
+        .map_err(|e| fail(name, ErrorCode::MalformedJson, format!("invalid `message`: {e}")))?;
+    if !message.is_object() {
+        return Err(fail(name, ErrorCode::InvalidRequest, "`message` must be a JSON object".into()));
+    }
+    if let (Some(recipient), ChannelKind::Doctor(id) | ChannelKind::Patient(id)) = (&request.recipient_id, channel.kind()) {
+        if recipient != id {
+            return Err(fail(name, ErrorCode::InvalidRequest, format!("recipient_id {recipient} does not own {channel}")));
+        }
+    }
+    let payload = request.message.get().to_owned();
+    if payload.len() > MAX_INBOUND_FRAME_BYTES {
+        return Err(fail(name, ErrorCode::TooLarge, format!("`message` is larger than {MAX_INBOUND_FRAME_BYTES} bytes")));
+    }
+    let publish = Publish {
+        priority: request.priority.unwrap_or_else(|| Priority::default_for(&message)),
+        channel,
+        payload: Bytes::from(payload),
+        ttl: request.ttl_s.map(Duration::from_secs),
+        idempotency_key: request.idempotency_key,
+    };
+    let published = state
+        .hub
+        .broker()
+        .publish(publish)
+        .await
+        .map_err(|e| fail(name, e.code(), e.to_string()))?;
+    Metrics::inc(&state.metrics().published_total);
+    let body = json!({
+        "status": "published",
+        "channel": name,
+        "message_id": published.id,
+        "recipients_count": published.live_relays,
+        "duplicate": published.duplicate,
+    });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}

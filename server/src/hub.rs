@@ -1,0 +1,163 @@
+//! The hub: this node's fan-out from channels to connections.
+//!
+//! It keeps, per channel, the subscribers on this node and holds one broker subscription per channel
+//! while at least one is there (reference counting by the subscriber list itself). A live message is
+//! wrapped once into an `Arc<Delivery>` and offered to each subscriber's bounded queue with
+//! `try_send`: a full queue marks that subscriber as lagging and never slows the others.
+
+use crate::broker::{Broker, BrokerError, StoredMessage};
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{Notify, mpsc};
+use wardline_protocol::Channel;
+
+/// One connection's place in the hub.
+#[derive(Debug)]
+pub struct Subscriber {
+    id: u64,
+    queue: mpsc::Sender<Arc<Delivery>>,
+    lagged: AtomicBool,
+    lag: Notify,
+}
+
+impl Subscriber {
+    /// Whether a message was dropped because the queue was full.
+    pub fn is_lagging(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Waits until the subscriber lags.
+    pub async fn lagging(&self) {
+        while !self.is_lagging() {
+            self.lag.notified().await;
+        }
+    }
+
+    fn mark_lagging(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.lag.notify_one();
+    }
+}
+
+/// Channel → subscribers on this node.
+pub struct Hub {
+    broker: Arc<dyn Broker>,
+    channels: RwLock<HashMap<Channel, Vec<Arc<Subscriber>>>>,
+    // Serializes broker (un)subscriptions so that a channel's last leave and next join cannot
+    // interleave into "unsubscribed while someone listens".
+    membership: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// A hub over `broker`, reading the broker's live messages from `live`.
+    pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, mut live: mpsc::Receiver<StoredMessage>) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            broker,
+            channels: RwLock::new(HashMap::new()),
+            membership: tokio::sync::Mutex::new(()),
+            metrics,
+            next_id: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Some(message) = live.recv().await {
+                let Some(hub) = weak.upgrade() else { return };
+                hub.dispatch(Arc::new(Delivery::new(message)));
+            }
+        });
+        hub
+    }
+
+    /// The broker behind the hub.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Channels with at least one subscriber on this node.
+    pub fn channel_count(&self) -> usize {
+        self.channels.read().expect("hub lock").len()
+    }
+
+    /// A new subscriber with a queue of `capacity` notifications.
+    pub fn subscriber(&self, capacity: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Delivery>>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (Arc::new(Subscriber { id, queue, lagged: AtomicBool::new(false), lag: Notify::new() }), rx)
+    }
+
+    /// Adds the subscriber to a channel; the broker subscription is in place when this returns.
+    pub async fn join(&self, channel: &Channel, subscriber: &Arc<Subscriber>) -> Result<(), BrokerError> {
+        let _membership = self.membership.lock().await;
+        let known = self.channels.read().expect("hub lock").contains_key(channel);
+        if !known {
+            self.broker.subscribe(channel).await?;
+        }
+        self.channels
+            .write()
+            .expect("hub lock")
+            .entry(channel.clone())
+            .or_default()
+            .push(subscriber.clone());
+        Ok(())
+    }
+
+    /// Removes the subscriber from channels; channels left empty are unsubscribed in the background.
+    pub fn leave(self: &Arc<Self>, channels: &[Channel], subscriber: &Subscriber) {
+        let mut emptied = Vec::new();
+        {
+            let mut map = self.channels.write().expect("hub lock");
+            for channel in channels {
+                if let Some(list) = map.get_mut(channel) {
+                    list.retain(|s| s.id != subscriber.id);
+                    if list.is_empty() {
+                        map.remove(channel);
+                        emptied.push(channel.clone());
+                    }
+                }
+            }
+        }
+        if emptied.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let hub = self.clone();
+        runtime.spawn(async move {
+            let _membership = hub.membership.lock().await;
+            for channel in emptied {
+                let still_empty = !hub.channels.read().expect("hub lock").contains_key(&channel);
+                if still_empty {
+                    if let Err(e) = hub.broker.unsubscribe(&channel).await {
+                        tracing::warn!(%channel, error = %e, "unsubscribing failed");
+                    }
+                }
+            }
+        });
+    }
+
+    fn dispatch(&self, delivery: Arc<Delivery>) {
+        let map = self.channels.read().expect("hub lock");
+        let Some(subscribers) = map.get(&delivery.message.channel) else { return };
+        let mut delivered = 0;
+        for subscriber in subscribers {
+            if subscriber.is_lagging() {
+                continue;
+            }
+            match subscriber.queue.try_send(delivery.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => subscriber.mark_lagging(),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.deliveries_total.fetch_add(delivered, Ordering::Relaxed);
+    }
+}

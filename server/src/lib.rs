@@ -1,0 +1,167 @@
+//! Wardline relay: carries notifications that hospital backends publish to Redis to clinicians' and
+//! patients' devices over WebSocket and Server-Sent Events, with JWT auth, per-channel access control,
+//! durable history and gap-free resume.
+//!
+//! Layout, in the order data flows:
+//! - [`broker`]: stores notifications and fans them out between relay nodes; an embedded broker
+//!   (SQLite, one node) and a Redis broker (streams + pub/sub, many nodes) behind one trait;
+//! - [`hub`]: this node's channel → connections fan-out, with one broker subscription per channel;
+//! - [`delivery`]: a notification with each wire format encoded at most once;
+//! - [`session`]: one connection's domain state (channels, positions, resume seam), shared by
+//!   every transport;
+//! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
+//!   seed 004) and SSE;
+//! - [`http`]: publishing, stats, receipts, health and metrics;
+//! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
+//!
+//! [`Relay::build`] connects the broker; [`Relay::serve`] takes a bound listener and a shutdown
+//! future, so tests bind port 0.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod ratelimit;
+pub mod sensitive;
+pub mod session;
+pub mod transport;
+
+use crate::auth::Authenticator;
+use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, Retention};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::ratelimit::IpRateLimiter;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Fan-out and the broker behind it.
+    pub hub: Arc<Hub>,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// The resolved configuration.
+    pub config: Arc<Config>,
+    /// New connections per IP.
+    pub connection_limiter: Arc<IpRateLimiter>,
+    /// Becomes `true` when the relay starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// The relay's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.hub.metrics()
+    }
+}
+
+/// The relay's routes.
+pub fn app(state: AppState) -> Router {
+    use axum::routing::{get, post};
+    Router::new()
+        .route("/ws/{user_id}", get(transport::ws::user_socket))
+        .route("/sse/{user_id}", get(transport::sse::user_events))
+        .route("/v1/ws/notifications", get(transport::ws::seed004_socket))
+        .route("/v1/publish", post(http::publish::publish))
+        .route("/v1/stats", get(http::stats::stats))
+        .route("/v1/ws/stats", get(http::stats::stats))
+        .route("/v1/ws/test-notification", post(http::stats::test_notification))
+        .route("/v1/receipts", get(http::stats::receipts))
+        .route("/healthz", get(http::health::healthz))
+        .route("/readyz", get(http::health::readyz))
+        .route("/metrics", get(http::health::metrics))
+        .fallback(http::not_found)
+        .with_state(state)
+}
+
+/// A relay whose broker is connected, ready to serve.
+pub struct Relay {
+    state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Relay {
+    /// Connects the broker configured (Redis, or the embedded one) and builds the shared state.
+    pub async fn build(config: Config) -> anyhow::Result<Relay> {
+        let retention = Retention { max_age: config.history_max_age, max_len: config.history_max_len };
+        let (live_tx, live_rx) = mpsc::channel(4096);
+        let broker: Arc<dyn Broker> = match &config.redis_url {
+            Some(url) => Arc::new(RedisBroker::connect(url.expose(), retention, config.recorder, live_tx).await?),
+            None => Arc::new(EmbeddedBroker::open(&config.data_dir, retention, live_tx)?),
+        };
+        tracing::info!(broker = broker.kind(), data_dir = %config.data_dir.display(), "broker ready");
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::start(broker, metrics, live_rx);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = AppState {
+            hub,
+            auth: Arc::new(Authenticator::new(&config.jwt)),
+            connection_limiter: Arc::new(IpRateLimiter::new(
+                config.connections_per_ip_per_s,
+                config.connections_per_ip_burst,
+            )),
+            config: Arc::new(config),
+            shutdown,
+        };
+        Ok(Relay { state, shutdown_tx })
+    }
+
+    /// The shared state (for tests that drive the router directly).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection with 1001 and waits for them,
+    /// at most the configured deadline.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Relay { state, shutdown_tx } = self;
+        let deadline = state.config.shutdown_deadline;
+        let metrics = state.metrics().clone();
+        let broker = state.hub.broker().clone();
+        let mut stopping = state.shutdown.clone();
+        let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            shutdown_tx.send_replace(true);
+            // Upgraded WebSockets are no longer the server's: wait for their sessions to close.
+            while metrics.connections_open() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let hard_deadline = async move {
+            crate::stopping(&mut stopping).await;
+            tokio::time::sleep(deadline).await;
+        };
+        tokio::select! {
+            result = server => result?,
+            _ = hard_deadline => tracing::warn!(?deadline, "shutdown deadline passed; dropping what is left"),
+        }
+        broker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Completes once the relay starts shutting down.
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it before the caller awaits anything else.
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// Builds a relay from `config` and serves it on `listener` until `shutdown` completes.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    Relay::build(config).await?.serve(listener, shutdown).await
+}

@@ -1,0 +1,114 @@
+//! `wardline-relay`: parses the command line and runs the relay (`serve`) or mints a token (`token`).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+use wardline_protocol::{Channel, Role};
+use wardline_relay::auth::Authenticator;
+use wardline_relay::config::{Config, LogFormat, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "wardline-relay", version, about = "Wardline relay: Redis to devices over WebSocket and SSE")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Print a token signed with the secret `serve` would use.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user (the token's `sub`).
+    #[arg(long)]
+    sub: String,
+    /// doctor, patient, admin or service.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// Extra channels to grant, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_channel)]
+    channels: Vec<Channel>,
+    /// Lifetime (e.g. 12h, 30m).
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The HS256 secret (default: as `serve` resolves it).
+    #[arg(long, env = "WARDLINE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// The data directory holding a generated secret.
+    #[arg(long, env = "WARDLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The relay's config file.
+    #[arg(long, env = "WARDLINE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| format!("{name:?} is not doctor, patient, admin or service"))
+}
+
+fn parse_channel(name: &str) -> Result<Channel, String> {
+    Channel::parse(name).map_err(|e| e.to_string())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("WARDLINE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = Config::load(args)?;
+            init_logs(config.log_format);
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let address = listener.local_addr()?;
+            let relay = wardline_relay::Relay::build(config).await?;
+            println!("listening on http://{address}");
+            std::io::stdout().flush()?;
+            relay.serve(listener, shutdown_signal()).await
+        }
+        Command::Token(args) => {
+            let config = Config::load(ServeArgs {
+                jwt_secret: args.jwt_secret,
+                data_dir: args.data_dir,
+                config: args.config,
+                ..ServeArgs::default()
+            })?;
+            let token = Authenticator::new(&config.jwt).mint(&args.sub, args.role, &args.channels, args.ttl);
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

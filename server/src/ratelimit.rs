@@ -1,0 +1,81 @@
+//! Token buckets: new connections per IP address, and frames per connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use tokio::time::Instant;
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket { tokens: f64::from(burst), last: Instant::now(), rate: f64::from(rate), burst: f64::from(burst) }
+    }
+
+    /// Takes a token if one is left.
+    pub fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
+    }
+}
+
+/// New connections per IP address.
+pub struct IpRateLimiter {
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    rate: u32,
+    burst: u32,
+}
+
+impl IpRateLimiter {
+    /// A limiter allowing `burst` connections at once and `rate` per second after that.
+    pub fn new(rate: u32, burst: u32) -> IpRateLimiter {
+        IpRateLimiter { buckets: Mutex::new(HashMap::new()), rate, burst }
+    }
+
+    /// Whether `ip` may open another connection now.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let mut buckets = self.buckets.lock().expect("rate limit lock");
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, bucket| !bucket.is_full());
+        }
+        buckets.entry(ip).or_insert_with(|| TokenBucket::new(self.rate, self.burst)).try_take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_allow_a_burst_then_the_rate() {
+        let limiter = IpRateLimiter::new(2, 3);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| limiter.allow(ip)));
+        assert!(!limiter.allow(ip));
+        assert!(limiter.allow(other), "limits are per address");
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert!(limiter.allow(ip));
+        assert!(!limiter.allow(ip));
+    }
+}

@@ -1,0 +1,218 @@
+//! One connection's domain session, shared by every transport: who is connected, which channels,
+//! where each channel stands, and the seam between replay and live delivery.
+//!
+//! Subscribing joins the hub first and reads history second, so nothing published in between is
+//! missed; live messages at or before the last id sent on a channel are then skipped, so nothing is
+//! sent twice. Transports only encode what `next_event` returns.
+
+use crate::auth::Claims;
+use crate::broker::{BrokerError, BrokerHealth, now_ms};
+use crate::delivery::Delivery;
+use crate::hub::{Hub, Subscriber};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::{mpsc, watch};
+use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode};
+
+/// History is read in pages of this many notifications.
+const REPLAY_PAGE: usize = 500;
+
+/// What a transport must do next.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// Send this notification.
+    Notification(Arc<Delivery>),
+    /// The queue overflowed: close with 4008; the client resumes from its cursor.
+    SlowConsumer,
+    /// The broker went away: close with 1013; the client resumes later.
+    BrokerDown(String),
+}
+
+/// The outcome of subscribing to one channel.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The channel.
+    pub channel: Channel,
+    /// The cursor the replay started after (the channel's end when the client gave none).
+    pub start: Option<Cursor>,
+    /// Stored notifications after the cursor, oldest first, to send before anything live.
+    pub replay: Vec<Arc<Delivery>>,
+    /// True when notifications after the cursor were already trimmed away.
+    pub gap: bool,
+}
+
+/// Why a session request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Not a known channel name.
+    #[error(transparent)]
+    UnknownChannel(#[from] ChannelError),
+    /// The token does not grant the channel.
+    #[error("the token does not grant channel {0}")]
+    Forbidden(Channel),
+    /// Not a cursor.
+    #[error(transparent)]
+    BadCursor(#[from] CursorError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl SessionError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SessionError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+            SessionError::Forbidden(_) => ErrorCode::ChannelForbidden,
+            SessionError::BadCursor(_) => ErrorCode::BadCursor,
+            SessionError::Broker(e) => e.code(),
+        }
+    }
+}
+
+/// One connected client.
+pub struct Session {
+    hub: Arc<Hub>,
+    claims: Claims,
+    subscriber: Arc<Subscriber>,
+    queue: mpsc::Receiver<Arc<Delivery>>,
+    joined: Vec<Channel>,
+    positions: BTreeMap<Channel, Cursor>,
+    health: watch::Receiver<BrokerHealth>,
+}
+
+impl Session {
+    /// Opens a session for a verified token, with a queue of `capacity` notifications.
+    pub fn open(hub: &Arc<Hub>, claims: Claims, capacity: usize) -> Session {
+        let (subscriber, queue) = hub.subscriber(capacity);
+        let mut health = hub.broker().health();
+        health.borrow_and_update();
+        Session {
+            hub: hub.clone(),
+            claims,
+            subscriber,
+            queue,
+            joined: Vec::new(),
+            positions: BTreeMap::new(),
+            health,
+        }
+    }
+
+    /// The token's claims.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// The last id sent on each channel (or the cursor the client resumed from).
+    pub fn positions(&self) -> &BTreeMap<Channel, Cursor> {
+        &self.positions
+    }
+
+    /// Subscribes to a channel and replays what follows `since`; without `since`, from the channel's
+    /// current end, so the position is known (and resumable) even before anything arrives.
+    pub async fn subscribe(&mut self, name: &str, since: Option<&str>) -> Result<Resumed, SessionError> {
+        let channel = Channel::parse(name)?;
+        if !self.claims.can_read(&channel) {
+            return Err(SessionError::Forbidden(channel));
+        }
+        let start = match since {
+            Some(text) => text.parse()?,
+            // Read before joining: whatever is published after this read is replayed below.
+            None => self.hub.broker().last_id(&channel).await?.unwrap_or_default(),
+        };
+        self.join(&channel).await?;
+        let position = self.positions.entry(channel.clone()).or_default();
+        *position = (*position).max(start);
+        let mut replay = Vec::new();
+        let mut gap = false;
+        let mut after = start;
+        loop {
+            let page = self.hub.broker().history(&channel, after, REPLAY_PAGE).await?;
+            gap |= page.gap;
+            if let Some(last) = page.messages.last() {
+                after = last.id;
+            }
+            replay.extend(page.messages.into_iter().map(|m| Arc::new(Delivery::new(m))));
+            if !page.more {
+                break;
+            }
+        }
+        let position = self.positions.entry(channel.clone()).or_default();
+        *position = (*position).max(after);
+        let metrics = self.hub.metrics();
+        metrics.replayed_total.fetch_add(replay.len() as u64, Relaxed);
+        if gap {
+            metrics.gaps_total.fetch_add(1, Relaxed);
+        }
+        Ok(Resumed { channel, start: Some(start), replay, gap })
+    }
+
+    /// Subscribes to every channel the token grants, live only, for clients that never resume.
+    pub async fn subscribe_all_live(&mut self) -> Result<(), SessionError> {
+        for channel in self.claims.readable_channels() {
+            self.join(&channel).await?;
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self, channel: &Channel) -> Result<(), SessionError> {
+        if !self.joined.contains(channel) {
+            self.hub.join(channel, &self.subscriber).await?;
+            self.joined.push(channel.clone());
+        }
+        Ok(())
+    }
+
+    /// Waits for the next notification to send, or for a reason to close.
+    pub async fn next_event(&mut self) -> SessionEvent {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.subscriber.lagging() => return SessionEvent::SlowConsumer,
+                changed = self.health.changed() => {
+                    if changed.is_err() {
+                        return SessionEvent::BrokerDown("the broker stopped".into());
+                    }
+                    if let BrokerHealth::Down(reason) = &*self.health.borrow_and_update() {
+                        return SessionEvent::BrokerDown(reason.clone());
+                    }
+                }
+                delivery = self.queue.recv() => {
+                    let Some(delivery) = delivery else {
+                        return SessionEvent::BrokerDown("the relay is stopping".into());
+                    };
+                    let message = &delivery.message;
+                    let position = self.positions.entry(message.channel.clone()).or_default();
+                    if message.id <= *position || message.expired_at(now_ms()) {
+                        continue;
+                    }
+                    *position = message.id;
+                    return SessionEvent::Notification(delivery);
+                }
+            }
+        }
+    }
+
+    /// Waits until this session's queue has overflowed.
+    pub async fn lagging(&self) {
+        self.subscriber.lagging().await
+    }
+
+    /// Records the user's acknowledgement of notifications on a channel they read.
+    pub async fn ack(&self, name: &str, ids: &[String]) -> Result<(Channel, Vec<Cursor>), SessionError> {
+        let channel = Channel::parse(name)?;
+        if !self.claims.can_read(&channel) {
+            return Err(SessionError::Forbidden(channel));
+        }
+        let ids = ids.iter().map(|id| id.parse()).collect::<Result<Vec<Cursor>, _>>()?;
+        self.hub.broker().record_acks(&channel, &ids, &self.claims.sub).await?;
+        Ok((channel, ids))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.hub.leave(&self.joined, &self.subscriber);
+    }
+}

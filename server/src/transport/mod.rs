@@ -1,0 +1,45 @@
+//! Transports: each turns one [`Session`](crate::session::Session) into frames on one kind of wire,
+//! and nothing more. Admission (rate limit, token, user, broker) is the same for all of them.
+
+pub mod sse;
+pub mod ws;
+
+use crate::AppState;
+use crate::auth::Claims;
+use crate::broker::BrokerHealth;
+use crate::error::ApiError;
+use crate::http::authenticate;
+use crate::metrics::Metrics;
+use axum::http::HeaderMap;
+use std::net::SocketAddr;
+use wardline_protocol::ErrorCode;
+
+/// Checks a new connection: not shutting down, within its address's rate, a valid token whose
+/// subject is the user in the path (seed 000's handler never checked this), and a reachable broker.
+pub fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    path_user: &str,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, ApiError> {
+    if *state.shutdown.borrow() {
+        return Err(ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down; connect again"));
+    }
+    if !state.connection_limiter.allow(peer.ip()) {
+        Metrics::inc(&state.metrics().rate_limited_total);
+        return Err(ApiError::new(ErrorCode::RateLimited, "too many new connections from this address; retry later"));
+    }
+    let claims = authenticate(state, query_token, headers)?;
+    if claims.sub != path_user {
+        Metrics::inc(&state.metrics().auth_failures_total);
+        return Err(ApiError::new(
+            ErrorCode::WrongUser,
+            format!("the token is for user {}, not {path_user}", claims.sub),
+        ));
+    }
+    if let BrokerHealth::Down(reason) = &*state.hub.broker().health().borrow() {
+        return Err(ApiError::new(ErrorCode::BrokerUnavailable, format!("broker unavailable: {reason}")));
+    }
+    Ok(claims)
+}

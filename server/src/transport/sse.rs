@@ -1,0 +1,209 @@
+//! `GET /sse/{user_id}`: Server-Sent Events over the same session as the WebSockets.
+//!
+//! Each notification is an unnamed event (so `EventSource.onmessage` sees it) whose data is the
+//! `wardline.v1` envelope. Its `id:` is the stream's position in every channel it carries,
+//! `channel=cursor;channel=cursor` sorted by channel, so `Last-Event-ID` (or `?since=`) resumes all of
+//! them at once; `?since=` also takes one bare cursor for every channel. Per channel, a `resumed`
+//! event tells how many were replayed and whether there was a gap. A comment line every heartbeat
+//! keeps proxies from closing the stream; an `error` event precedes every close the relay makes.
+
+use crate::AppState;
+use crate::auth::Claims;
+use crate::error::ApiError;
+use crate::metrics::{ConnectionGuard, Metrics, Transport};
+use crate::session::{Session, SessionEvent};
+use crate::transport::admit;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio::time::{Instant, Interval, Sleep};
+use wardline_protocol::{Channel, Cursor, ErrorCode, ServerFrame, close};
+
+/// Query of `/sse/{user_id}`.
+#[derive(Debug, Deserialize)]
+pub struct SseQuery {
+    token: Option<String>,
+    /// Resume position: an SSE id, or one cursor for every channel.
+    since: Option<String>,
+    /// Comma-separated subset of the readable channels (default: all of them).
+    channels: Option<String>,
+}
+
+/// Parses an SSE id (`channel=cursor;…`) or a bare cursor into a cursor per channel.
+fn parse_position(text: &str, channels: &[Channel]) -> Result<BTreeMap<Channel, Cursor>, ApiError> {
+    let bad = |detail: String| ApiError::new(ErrorCode::BadCursor, format!("invalid resume position: {detail}"));
+    if !text.contains('=') {
+        let cursor: Cursor = text.parse().map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
+        return Ok(channels.iter().map(|c| (c.clone(), cursor)).collect());
+    }
+    let mut positions = BTreeMap::new();
+    for part in text.split(';').filter(|p| !p.is_empty()) {
+        let (name, cursor) = part.split_once('=').ok_or_else(|| bad(part.to_owned()))?;
+        let channel = Channel::parse(name).map_err(|e| bad(e.to_string()))?;
+        let cursor: Cursor = cursor.parse().map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
+        positions.insert(channel, cursor);
+    }
+    Ok(positions)
+}
+
+/// Formats positions as an SSE id.
+fn format_position(positions: &BTreeMap<Channel, Cursor>) -> String {
+    positions.iter().map(|(c, p)| format!("{c}={p}")).collect::<Vec<_>>().join(";")
+}
+
+fn event(name: &str, frame: &ServerFrame) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {}\n\n", frame.to_json()))
+}
+
+fn error_event(code: ErrorCode, message: String, close_code: u16) -> Bytes {
+    let body = serde_json::json!({"op": "error", "code": code, "message": message, "close": close_code});
+    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
+/// `GET /sse/{user_id}`.
+pub async fn user_events(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    Query(query): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = admit(&state, peer, &user_id, query.token.as_deref(), &headers)?;
+    let channels = requested_channels(&claims, query.channels.as_deref())?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let positions = match last_event_id.or(query.since.as_deref()).filter(|t| !t.is_empty()) {
+        Some(text) => parse_position(text, &channels)?,
+        None => BTreeMap::new(),
+    };
+    let guard = state.metrics().connection_opened(Transport::Sse);
+    let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
+    let mut resumed = Vec::with_capacity(channels.len());
+    for channel in &channels {
+        let since = positions.get(channel).map(|c| c.to_string());
+        resumed.push(session.subscribe(channel.as_str(), since.as_deref()).await?);
+    }
+    // Each replayed event's id says exactly what the stream has sent so far, so a client that drops
+    // in the middle of the replay resumes every channel from the right place.
+    let mut sent: BTreeMap<Channel, Cursor> =
+        resumed.iter().filter_map(|r| Some((r.channel.clone(), r.start?))).collect();
+    let mut pending = VecDeque::from([Bytes::from_static(b"retry: 2000\n\n")]);
+    for resumed in resumed {
+        for delivery in &resumed.replay {
+            sent.insert(delivery.message.channel.clone(), delivery.message.id);
+            pending.push_back(Bytes::from(format!("id: {}\n", format_position(&sent))));
+            pending.push_back(delivery.sse_data());
+        }
+        let frame = ServerFrame::Resumed {
+            replayed: resumed.replay.len() as u64,
+            gap: resumed.gap,
+            cursor: sent.get(&resumed.channel).copied(),
+            channel: resumed.channel,
+        };
+        pending.push_back(event("resumed", &frame));
+    }
+    let stream = SseStream {
+        expiry: Box::pin(tokio::time::sleep(session.claims().time_left())),
+        heartbeat: tokio::time::interval_at(Instant::now() + state.config.heartbeat, state.config.heartbeat),
+        session,
+        pending,
+        shutdown: state.shutdown.clone(),
+        metrics: state.metrics().clone(),
+        finished: false,
+        _guard: guard,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next_chunk));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn requested_channels(claims: &Claims, requested: Option<&str>) -> Result<Vec<Channel>, ApiError> {
+    let readable = claims.readable_channels();
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else { return Ok(readable) };
+    requested
+        .split(',')
+        .map(|name| {
+            let channel = Channel::parse(name.trim()).map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+            if readable.contains(&channel) {
+                Ok(channel)
+            } else {
+                Err(ApiError::new(ErrorCode::ChannelForbidden, format!("the token does not grant channel {channel}")))
+            }
+        })
+        .collect()
+}
+
+struct SseStream {
+    session: Session,
+    pending: VecDeque<Bytes>,
+    heartbeat: Interval,
+    expiry: Pin<Box<Sleep>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    metrics: std::sync::Arc<Metrics>,
+    finished: bool,
+    _guard: ConnectionGuard,
+}
+
+impl SseStream {
+    async fn next_chunk(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, SseStream)> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Some((Ok(chunk), self));
+        }
+        if self.finished {
+            return None;
+        }
+        let chunk = tokio::select! {
+            _ = crate::stopping(&mut self.shutdown) => {
+                self.finished = true;
+                error_event(ErrorCode::ShuttingDown, "relay shutting down: reconnect and resume".into(), close::GOING_AWAY)
+            }
+            _ = &mut self.expiry => {
+                self.finished = true;
+                error_event(ErrorCode::TokenExpired, "token expired: sign in again".into(), close::TOKEN_EXPIRED)
+            }
+            _ = self.heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+            event = self.session.next_event() => match event {
+                SessionEvent::Notification(delivery) => {
+                    let id = format!("id: {}\n", format_position(self.session.positions()));
+                    self.pending.push_back(delivery.sse_data());
+                    Bytes::from(id)
+                }
+                SessionEvent::SlowConsumer => {
+                    self.finished = true;
+                    Metrics::inc(&self.metrics.slow_consumer_closes_total);
+                    error_event(ErrorCode::Flood, "slow consumer: resume from your last id".into(), close::SLOW_CONSUMER)
+                }
+                SessionEvent::BrokerDown(reason) => {
+                    self.finished = true;
+                    error_event(ErrorCode::BrokerUnavailable, format!("broker unavailable: {reason}"), close::TRY_AGAIN_LATER)
+                }
+            },
+        };
+        Some((Ok(chunk), self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_sse_ids() {
+        let channels = [Channel::parse("doctor:d1:notifications").unwrap(), Channel::system_alerts()];
+        let positions = parse_position("system:alerts=5-1;doctor:d1:notifications=7-0", &channels).unwrap();
+        assert_eq!(format_position(&positions), "doctor:d1:notifications=7-0;system:alerts=5-1");
+        let bare = parse_position("9-0", &channels).unwrap();
+        assert_eq!(format_position(&bare), "doctor:d1:notifications=9-0;system:alerts=9-0");
+        assert!(parse_position("doctor:d1:notifications=x", &channels).is_err());
+        assert!(parse_position("nope=1-0", &channels).is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! WebSocket transports over one session:
+//! - `/ws/{user_id}` without a subprotocol (or with `wardline.raw`): seed-compatible, each text frame is
+//!   the published JSON byte for byte, for every channel the user may read, live only;
+//! - `/ws/{user_id}` with `wardline.v1`: envelopes, subscribe with resume, acks, ping;
+//! - `/v1/ws/notifications?user_id=`: seed 004's frames and `{"type":"ping"}` → `{"type":"pong"}`.
+
+use crate::AppState;
+use crate::auth::Claims;
+use crate::delivery::Delivery;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Transport};
+use crate::ratelimit::TokenBucket;
+use crate::session::{Session, SessionError, SessionEvent};
+use crate::transport::admit;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::{Instant, sleep, timeout};
+use wardline_protocol::{
+    ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, SUBPROTOCOL_RAW, SUBPROTOCOL_V1, ServerFrame, close,
+};
+
+/// Largest frame tungstenite buffers before failing the connection; frames between the protocol's
+/// limit and this one get a clear error and close 1009 instead.
+const HARD_FRAME_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Raw,
+    V1,
+    Seed004,
+}
+
+impl Mode {
+    fn transport(self) -> Transport {
+        match self {
+            Mode::Raw => Transport::WsRaw,
+            Mode::V1 => Transport::WsV1,
+            Mode::Seed004 => Transport::Seed004,
+        }
+    }
+}
+
+/// Query of `/ws/{user_id}`.
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Query of `/v1/ws/notifications`.
+#[derive(Debug, Deserialize)]
+pub struct Seed004Query {
+    user_id: String,
+    token: Option<String>,
+}
+
+// A small read buffer is what keeps an idle connection at a few KiB: tungstenite zero-fills the
+// whole buffer before every read (see shared/notes/relay-memory.md).
+fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+}
+
+/// `GET /ws/{user_id}`.
+pub async fn user_socket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let claims = admit(&state, peer, &user_id, query.token.as_deref(), &headers)?;
+    let ws = configure(ws).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
+    let mode = match ws.selected_protocol() {
+        Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
+        _ => Mode::Raw,
+    };
+    let session = open_session(&state, claims, mode).await?;
+    Ok(ws.on_upgrade(move |socket| run(socket, state, session, mode)))
+}
+
+/// `GET /v1/ws/notifications?user_id=…` (seed 004; a token is required, unlike the seed).
+pub async fn seed004_socket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<Seed004Query>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let claims = admit(&state, peer, &query.user_id, query.token.as_deref(), &headers)?;
+    let session = open_session(&state, claims, Mode::Seed004).await?;
+    Ok(configure(ws).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
+}
+
+/// Why the connection loop ended.
+enum Stop {
+    /// The peer is gone; nothing to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// Opens the session before the upgrade completes: clients that never resume (raw, seed 004) are
+/// subscribed by the time they see `101 Switching Protocols`, so nothing published after that is lost.
+async fn open_session(state: &AppState, claims: Claims, mode: Mode) -> Result<Session, ApiError> {
+    let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
+    if mode != Mode::V1 {
+        session.subscribe_all_live().await?;
+    }
+    Ok(session)
+}
+
+async fn run(mut socket: WebSocket, state: AppState, mut session: Session, mode: Mode) {
+    let _open = state.metrics().connection_opened(mode.transport());
+    let stop = drive(&mut socket, &mut session, &state, mode).await;
+    if let Stop::Close(code, reason) = stop {
+        tracing::debug!(user = %session.claims().sub, code, %reason, "closing WebSocket");
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+fn encode(mode: Mode, delivery: &Delivery, user: &str) -> Utf8Bytes {
+    match mode {
+        Mode::Raw => delivery.raw_frame(),
+        Mode::V1 => delivery.v1_frame(),
+        Mode::Seed004 => delivery.seed004_frame(user),
+    }
+}
+
+/// Sends a frame, giving up if the session overflows meanwhile (a peer that stopped reading).
+async fn send(socket: &mut WebSocket, session: &Session, message: Message) -> Result<(), Stop> {
+    tokio::select! {
+        sent = socket.send(message) => sent.map_err(|_| Stop::Gone),
+        _ = session.lagging() => Err(slow_consumer()),
+    }
+}
+
+async fn send_frame(socket: &mut WebSocket, session: &Session, frame: &ServerFrame) -> Result<(), Stop> {
+    send(socket, session, Message::Text(Utf8Bytes::from(frame.to_json()))).await
+}
+
+fn slow_consumer() -> Stop {
+    Stop::Close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor".into())
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, channel: Option<String>) -> ServerFrame {
+    ServerFrame::Error { code, message: message.into(), channel }
+}
+
+async fn drive(socket: &mut WebSocket, session: &mut Session, state: &AppState, mode: Mode) -> Stop {
+    if mode == Mode::V1 {
+        let claims = session.claims().clone();
+        let welcome = ServerFrame::Welcome {
+            user: claims.sub.clone(),
+            role: claims.role,
+            channels: claims.readable_channels(),
+            heartbeat_s: state.config.heartbeat.as_secs(),
+            expires_at: claims.exp,
+        };
+        if let Err(stop) = send_frame(socket, session, &welcome).await {
+            return stop;
+        }
+    }
+    let config = &state.config;
+    let user = session.claims().sub.clone();
+    let mut shutdown = state.shutdown.clone();
+    let expiry = sleep(session.claims().time_left());
+    tokio::pin!(expiry);
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
+    let mut last_heard = Instant::now();
+    let mut frames = TokenBucket::new(config.frames_per_s, config.frame_burst);
+    loop {
+        let step: Result<(), Stop> = tokio::select! {
+            _ = crate::stopping(&mut shutdown) => {
+                Err(Stop::Close(close::GOING_AWAY, "relay shutting down: reconnect and resume".into()))
+            }
+            _ = &mut expiry => Err(Stop::Close(close::TOKEN_EXPIRED, "token expired: sign in again".into())),
+            event = session.next_event() => match event {
+                SessionEvent::Notification(delivery) => {
+                    let frame = encode(mode, &delivery, &user);
+                    send(socket, session, Message::Text(frame)).await
+                }
+                SessionEvent::SlowConsumer => Err(slow_consumer()),
+                SessionEvent::BrokerDown(reason) => {
+                    Err(Stop::Close(close::TRY_AGAIN_LATER, format!("broker unavailable: {reason}")))
+                }
+            },
+            inbound = socket.recv() => match inbound {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    handle_inbound(socket, session, mode, message, &mut frames).await
+                }
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > config.heartbeat * 2 + Duration::from_secs(5) {
+                    Err(Stop::Close(close::HEARTBEAT_TIMEOUT, "no answer to heartbeats".into()))
+                } else {
+                    send(socket, session, Message::Ping(Default::default())).await
+                }
+            }
+        };
+        if let Err(stop) = step {
+            if let Stop::Close(close::SLOW_CONSUMER, _) = stop {
+                Metrics::inc(&state.metrics().slow_consumer_closes_total);
+            }
+            return stop;
+        }
+    }
+}
+
+async fn handle_inbound(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    mode: Mode,
+    message: Message,
+    frames: &mut TokenBucket,
+) -> Result<(), Stop> {
+    let text = match message {
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+        Message::Text(text) => Some(text),
+        Message::Binary(_) => None,
+    };
+    if !frames.try_take() {
+        if mode == Mode::V1 {
+            let error = error_frame(ErrorCode::Flood, "too many frames; slow down", None);
+            send_frame(socket, session, &error).await?;
+        }
+        return Err(Stop::Close(close::FLOOD, "too many frames".into()));
+    }
+    let Some(text) = text else {
+        if mode == Mode::V1 {
+            let error = error_frame(ErrorCode::MalformedJson, "binary frames are not supported; send JSON text", None);
+            send_frame(socket, session, &error).await?;
+        }
+        return Ok(());
+    };
+    if text.len() > MAX_INBOUND_FRAME_BYTES {
+        let message = format!("frame of {} bytes is over the limit of {MAX_INBOUND_FRAME_BYTES}", text.len());
+        if mode == Mode::V1 {
+            send_frame(socket, session, &error_frame(ErrorCode::TooLarge, message.clone(), None)).await?;
+        }
+        return Err(Stop::Close(close::MESSAGE_TOO_BIG, message));
+    }
+    match mode {
+        Mode::V1 => handle_v1(socket, session, text.as_str()).await,
+        Mode::Seed004 => {
+            let is_ping = serde_json::from_str::<serde_json::Value>(text.as_str())
+                .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"));
+            if is_ping {
+                send(socket, session, Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#))).await?;
+            }
+            Ok(())
+        }
+        // Seed clients only listen; what they send is ignored, as the seed server did.
+        Mode::Raw => Ok(()),
+    }
+}
+
+async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) -> Result<(), Stop> {
+    let frame = match ClientFrame::parse(text) {
+        Ok(frame) => frame,
+        Err(e) => return send_frame(socket, session, &error_frame(e.code(), e.to_string(), None)).await,
+    };
+    match frame {
+        ClientFrame::Ping => send_frame(socket, session, &ServerFrame::Pong).await,
+        ClientFrame::Subscribe { channels } => {
+            for request in channels {
+                match session.subscribe(&request.channel, request.since.as_deref()).await {
+                    Ok(resumed) => {
+                        for delivery in &resumed.replay {
+                            send(socket, session, Message::Text(delivery.v1_frame())).await?;
+                        }
+                        let cursor = session.positions().get(&resumed.channel).copied();
+                        let frame = ServerFrame::Resumed {
+                            replayed: resumed.replay.len() as u64,
+                            gap: resumed.gap,
+                            cursor,
+                            channel: resumed.channel,
+                        };
+                        send_frame(socket, session, &frame).await?;
+                    }
+                    Err(e @ SessionError::Broker(_)) => {
+                        let error = error_frame(e.code(), e.to_string(), Some(request.channel));
+                        send_frame(socket, session, &error).await?;
+                        return Err(Stop::Close(close::TRY_AGAIN_LATER, e.to_string()));
+                    }
+                    Err(e) => {
+                        let error = error_frame(e.code(), e.to_string(), Some(request.channel));
+                        send_frame(socket, session, &error).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        ClientFrame::Ack { channel, ids } => match session.ack(&channel, &ids).await {
+            Ok((channel, ids)) => send_frame(socket, session, &ServerFrame::Acked { channel, ids }).await,
+            Err(e) => send_frame(socket, session, &error_frame(e.code(), e.to_string(), Some(channel))).await,
+        },
+    }
+}

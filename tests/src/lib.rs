@@ -1,0 +1,260 @@
+//! Harness for Wardline's end-to-end tests: real `redis-server` processes on ephemeral ports, real
+//! `wardline-relay` processes on port 0, real WebSocket/SSE/HTTP clients.
+//!
+//! Waiting is always for an event (a line on stdout, a frame, a port answering) with a deadline,
+//! never a fixed sleep. A missing `redis-server` is a failure: `cargo xtask test` installs it.
+
+pub mod client;
+
+use anyhow::{Context, bail};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The secret every test relay signs with.
+pub const SECRET: &str = "end-to-end-test-secret-0123456789";
+
+/// How long any single wait may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// `<target>/debug`, where cargo put the binaries (tests run from `<target>/debug/deps`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token signed with [`SECRET`]; `ttl_s` may be negative for an expired one.
+pub fn token(sub: &str, role: &str, channels: &[&str], ttl_s: i64) -> String {
+    let mut claims = json!({"sub": sub, "role": role, "exp": (unix_now() as i64 + ttl_s)});
+    if !channels.is_empty() {
+        claims["channels"] = json!(channels);
+    }
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// A token signed with another secret.
+pub fn forged_token(sub: &str, role: &str) -> String {
+    let claims = json!({"sub": sub, "role": role, "exp": unix_now() + 600});
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"not-the-relay-secret-0123456789")).unwrap()
+}
+
+/// A real `redis-server` on an ephemeral port, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers.
+    pub async fn start() -> anyhow::Result<RedisServer> {
+        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir()? };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("redis-server is not installed (cargo xtask test installs it: apt-get install redis-server)")?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url())?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("redis-server on port {} did not answer", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills it (SIGKILL): everything it held is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    /// A connection for test commands (PUBLISH, XLEN, …).
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+/// Which broker a relay runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// The embedded one (SQLite in the data dir).
+    Embedded,
+    /// Redis.
+    Redis,
+}
+
+/// A real `wardline-relay serve` process, killed on drop.
+pub struct Relay {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    _owned_dir: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    /// Starts a relay on the embedded broker with extra flags.
+    pub async fn embedded(extra: &[&str]) -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_owned();
+        Relay::start_in(&path, None, extra, Some(dir)).await
+    }
+
+    /// Starts a relay on a Redis server with extra flags.
+    pub async fn on_redis(redis: &RedisServer, extra: &[&str]) -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_owned();
+        Relay::start_in(&path, Some(&redis.url()), extra, Some(dir)).await
+    }
+
+    /// Starts a relay on the given broker (the Redis server must be given for [`BrokerKind::Redis`]).
+    pub async fn start(kind: BrokerKind, redis: Option<&RedisServer>, extra: &[&str]) -> anyhow::Result<Relay> {
+        match kind {
+            BrokerKind::Embedded => Relay::embedded(extra).await,
+            BrokerKind::Redis => Relay::on_redis(redis.expect("a Redis server"), extra).await,
+        }
+    }
+
+    /// Starts a relay with this data dir (kept by the caller, so a restart finds its history).
+    pub async fn start_in(
+        data_dir: &Path,
+        redis_url: Option<&str>,
+        extra: &[&str],
+        owned_dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Relay> {
+        let mut command = Command::new(binary("wardline-relay"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--data-dir"])
+            .arg(data_dir)
+            .args(["--connections-per-ip-burst", "1000", "--connections-per-ip-per-s", "1000"])
+            .args(extra)
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_HOST")
+            .env_remove("WARDLINE_REDIS_URL")
+            .env("WARDLINE_LOG", "wardline_relay=debug,info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(data_dir.join("relay.log"))?))
+            .kill_on_drop(true);
+        if let Some(url) = redis_url {
+            command.args(["--redis-url", url]);
+        }
+        let mut child = command.spawn().context("starting wardline-relay")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .context("the relay did not report its address in time")??
+            .with_context(|| format!("the relay exited: {}", std::fs::read_to_string(data_dir.join("relay.log")).unwrap_or_default()))?;
+        let address = line.strip_prefix("listening on http://").with_context(|| format!("unexpected first line {line:?}"))?.to_owned();
+        Ok(Relay { child, base: format!("http://{address}"), address, data_dir: data_dir.to_owned(), _owned_dir: owned_dir })
+    }
+
+    /// `ws://127.0.0.1:<port><path>`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.address)
+    }
+
+    /// The relay's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("relay.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub async fn terminate(mut self) -> anyhow::Result<bool> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let exit = tokio::time::timeout(WAIT, self.child.wait()).await??;
+        Ok(exit.success())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `POST /v1/publish` with a service token; returns the HTTP status and the body.
+    pub async fn publish(&self, channel: &str, message: &Value) -> (u16, Value) {
+        self.publish_as(&token("backend", "service", &[], 600), &json!({"channel": channel, "message": message})).await
+    }
+
+    /// `POST /v1/publish` with a given token and body.
+    pub async fn publish_as(&self, token: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/publish", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("the relay answers HTTP");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` a path with an optional bearer token; returns the status and the body as JSON or text.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the relay answers HTTP");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+/// A seed notification of each type, numbered.
+pub fn critical_lab_result(n: usize) -> Value {
+    json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("r{n}"),
+           "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true})
+}
