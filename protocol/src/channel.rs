@@ -188,16 +188,35 @@ mod tests {
         assert_eq!(patient.kind(), ChannelKind::Patient("def456"));
         let appointment = Channel::parse("appointment:ghi789:updates").unwrap();
         assert_eq!(appointment.kind(), ChannelKind::Appointment("ghi789"));
-        assert_eq!(Channel::parse("system:alerts").unwrap().kind(), ChannelKind::SystemAlerts);
+        assert_eq!(
+            Channel::parse("system:alerts").unwrap().kind(),
+            ChannelKind::SystemAlerts
+        );
     }
 
     #[test]
     fn unknown_patterns_and_bad_ids_are_refused() {
-        for name in ["", "doctor:abc", "nurse:x:notifications", "doctor:a:b:notifications", "system:other"] {
-            assert!(matches!(Channel::parse(name), Err(ChannelError::Unknown(_))), "{name}");
+        for name in [
+            "",
+            "doctor:abc",
+            "nurse:x:notifications",
+            "doctor:a:b:notifications",
+            "system:other",
+        ] {
+            assert!(
+                matches!(Channel::parse(name), Err(ChannelError::Unknown(_))),
+                "{name}"
+            );
         }
-        for name in ["doctor::notifications", "doctor:a b:notifications", "patient:*:notifications"] {
-            assert!(matches!(Channel::parse(name), Err(ChannelError::InvalidId(_))), "{name}");
+        for name in [
+            "doctor::notifications",
+            "doctor:a b:notifications",
+            "patient:*:notifications",
+        ] {
+            assert!(
+                matches!(Channel::parse(name), Err(ChannelError::InvalidId(_))),
+                "{name}"
+            );
         }
         let long = format!("doctor:{}:notifications", "a".repeat(129));
         assert!(Channel::parse(&long).is_err());
@@ -206,10 +225,19 @@ mod tests {
     #[test]
     fn default_channels_follow_the_role() {
         let names = |role: Role| -> Vec<String> {
-            role.default_channels("u1").iter().map(|c| c.to_string()).collect()
+            role.default_channels("u1")
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
         };
-        assert_eq!(names(Role::Doctor), ["doctor:u1:notifications", "system:alerts"]);
-        assert_eq!(names(Role::Patient), ["patient:u1:notifications", "system:alerts"]);
+        assert_eq!(
+            names(Role::Doctor),
+            ["doctor:u1:notifications", "system:alerts"]
+        );
+        assert_eq!(
+            names(Role::Patient),
+            ["patient:u1:notifications", "system:alerts"]
+        );
         assert_eq!(names(Role::Admin), ["system:alerts"]);
     }
 }

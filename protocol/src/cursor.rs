@@ -36,7 +36,10 @@ impl Cursor {
     pub fn next(self) -> Cursor {
         match self.seq.checked_add(1) {
             Some(seq) => Cursor { ms: self.ms, seq },
-            None => Cursor { ms: self.ms + 1, seq: 0 },
+            None => Cursor {
+                ms: self.ms + 1,
+                seq: 0,
+            },
         }
     }
 }
@@ -94,7 +97,16 @@ mod tests {
 
     #[test]
     fn refuses_anything_else() {
-        for text in ["", "-", "1-", "-1", "a-1", "1-2-3", "1.5-0", "99999999999999999999-0"] {
+        for text in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "1.5-0",
+            "99999999999999999999-0",
+        ] {
             assert!(text.parse::<Cursor>().is_err(), "{text}");
         }
     }

@@ -149,6 +149,9 @@ mod tests {
         }
         assert_eq!(ErrorCode::TokenExpired.http_status(), 401);
         assert_eq!(ErrorCode::BrokerUnavailable.http_status(), 503);
-        assert_eq!(serde_json::to_string(&ErrorCode::WrongUser).unwrap(), "40301");
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::WrongUser).unwrap(),
+            "40301"
+        );
     }
 }

@@ -214,20 +214,41 @@ mod tests {
             frame,
             ClientFrame::Subscribe {
                 channels: vec![
-                    SubscribeChannel { channel: "system:alerts".into(), since: Some("5-0".into()) },
-                    SubscribeChannel { channel: "doctor:a:notifications".into(), since: None },
+                    SubscribeChannel {
+                        channel: "system:alerts".into(),
+                        since: Some("5-0".into())
+                    },
+                    SubscribeChannel {
+                        channel: "doctor:a:notifications".into(),
+                        since: None
+                    },
                 ]
             }
         );
-        assert_eq!(ClientFrame::parse(r#"{"op":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
     }
 
     #[test]
     fn malformed_and_unknown_frames_are_told_apart() {
-        assert!(matches!(ClientFrame::parse("{not json"), Err(FrameError::Malformed(_))));
-        assert!(matches!(ClientFrame::parse("[1,2]"), Err(FrameError::Malformed(_))));
-        assert!(matches!(ClientFrame::parse(r#"{"op":1}"#), Err(FrameError::Malformed(_))));
-        assert!(matches!(ClientFrame::parse(r#"{"op":"ack"}"#), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            ClientFrame::parse("{not json"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse("[1,2]"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":1}"#),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"op":"ack"}"#),
+            Err(FrameError::Malformed(_))
+        ));
         assert_eq!(
             ClientFrame::parse(r#"{"op":"dance"}"#),
             Err(FrameError::UnknownOp("dance".into()))
@@ -238,7 +259,13 @@ mod tests {
     fn encoded_notifications_read_back_as_server_frames() {
         let channel = Channel::parse("doctor:d1:notifications").unwrap();
         let payload = r#"{"type":"critical_lab_result","test_type":"BMP"}"#;
-        let text = encode_notification(Cursor::new(1_732_370_000_123, 2), &channel, "critical_lab_result", Priority::Critical, payload);
+        let text = encode_notification(
+            Cursor::new(1_732_370_000_123, 2),
+            &channel,
+            "critical_lab_result",
+            Priority::Critical,
+            payload,
+        );
         let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else {
             panic!("not a notification: {text}");
         };
@@ -248,8 +275,16 @@ mod tests {
         assert_eq!(n.sent_at, "2024-11-23T13:53:20.123Z");
         assert_eq!(n.message["test_type"], "BMP");
 
-        let text = encode_notification(Cursor::new(1, 0), &channel, "unknown", Priority::Normal, "plain \"text\"");
-        let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else { panic!() };
+        let text = encode_notification(
+            Cursor::new(1, 0),
+            &channel,
+            "unknown",
+            Priority::Normal,
+            "plain \"text\"",
+        );
+        let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else {
+            panic!()
+        };
         assert_eq!(n.message, Value::String("plain \"text\"".into()));
     }
 }

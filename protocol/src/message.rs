@@ -60,7 +60,10 @@ pub fn message_type(message: &Value) -> Option<&str> {
 }
 
 fn field<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
-    message.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+    message
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// A readable title and body for a notification, for OS alerts, inbox rows and seed 004 frames.
@@ -68,7 +71,11 @@ pub fn describe(message: &Value) -> (String, String) {
     let get = |name: &str| field(message, name).unwrap_or("?");
     match message_type(message) {
         Some("critical_lab_result") => (
-            format!("Critical lab result — {} for {}", get("test_type"), get("patient_name")),
+            format!(
+                "Critical lab result — {} for {}",
+                get("test_type"),
+                get("patient_name")
+            ),
             "Requires review now.".to_owned(),
         ),
         Some("lab_result_available") => {
@@ -87,7 +94,10 @@ pub fn describe(message: &Value) -> (String, String) {
             if let Some(time) = field(message, "requested_time") {
                 body.push_str(&format!(" — requested for {time}"));
             }
-            (format!("Appointment requested by {}", get("patient_name")), body)
+            (
+                format!("Appointment requested by {}", get("patient_name")),
+                body,
+            )
         }
         Some("appointment_status_changed") => {
             let mut body = format!("Your appointment is now {}", get("new_status"));
@@ -132,26 +142,53 @@ mod tests {
 
     #[test]
     fn critical_lab_results_are_critical_and_urgent_ones_high() {
-        assert_eq!(Priority::default_for(&json!({"type": "critical_lab_result"})), Priority::Critical);
-        assert_eq!(Priority::default_for(&json!({"type": "x", "urgent": true})), Priority::High);
-        assert_eq!(Priority::default_for(&json!({"type": "new_prescription"})), Priority::Normal);
-        assert_eq!(Priority::default_for(&json!("not an object")), Priority::Normal);
+        assert_eq!(
+            Priority::default_for(&json!({"type": "critical_lab_result"})),
+            Priority::Critical
+        );
+        assert_eq!(
+            Priority::default_for(&json!({"type": "x", "urgent": true})),
+            Priority::High
+        );
+        assert_eq!(
+            Priority::default_for(&json!({"type": "new_prescription"})),
+            Priority::Normal
+        );
+        assert_eq!(
+            Priority::default_for(&json!("not an object")),
+            Priority::Normal
+        );
     }
 
     #[test]
     fn seed_types_read_as_sentences() {
         let critical = json!({"type": "critical_lab_result", "urgent": true, "result_id": "r1",
             "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true});
-        assert_eq!(describe(&critical).0, "Critical lab result — BMP for Bob Wilson");
+        assert_eq!(
+            describe(&critical).0,
+            "Critical lab result — BMP for Bob Wilson"
+        );
         let rx = json!({"type": "new_prescription", "medication": "Amoxicillin", "doctor_name": "Dr. Smith"});
-        assert_eq!(describe(&rx), ("New prescription — Amoxicillin".into(), "Prescribed by Dr. Smith.".into()));
+        assert_eq!(
+            describe(&rx),
+            (
+                "New prescription — Amoxicillin".into(),
+                "Prescribed by Dr. Smith.".into()
+            )
+        );
         let status = json!({"type": "appointment_status_changed", "new_status": "Confirmed",
             "scheduled_time": "2025-02-01T10:00:00Z"});
         assert_eq!(
             describe(&status),
-            ("Appointment Confirmed".into(), "Your appointment is now Confirmed, scheduled for 2025-02-01T10:00:00Z.".into())
+            (
+                "Appointment Confirmed".into(),
+                "Your appointment is now Confirmed, scheduled for 2025-02-01T10:00:00Z.".into()
+            )
         );
         let other = json!({"type": "system_notification", "content": "Maintenance at 22:00"});
-        assert_eq!(describe(&other), ("System notification".into(), "Maintenance at 22:00".into()));
+        assert_eq!(
+            describe(&other),
+            ("System notification".into(), "Maintenance at 22:00".into())
+        );
     }
 }

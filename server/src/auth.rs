@@ -25,7 +25,9 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No token in the query, the `Authorization` header or the subprotocols.
-    #[error("a token is required: ?token=, Authorization: Bearer, or a bearer.<token> WebSocket subprotocol")]
+    #[error(
+        "a token is required: ?token=, Authorization: Bearer, or a bearer.<token> WebSocket subprotocol"
+    )]
     Missing,
     /// Bad signature, algorithm or claims.
     #[error("invalid token: {0}")]
@@ -56,7 +58,10 @@ pub struct Authenticator {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 impl Authenticator {
@@ -85,16 +90,21 @@ impl Authenticator {
 
     /// Verifies a token and reads its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                _ => AuthError::Invalid(e.to_string()),
-            })?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                    _ => AuthError::Invalid(e.to_string()),
+                })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
-            _ => return Err(AuthError::Invalid("`sub` must be a non-empty string".into())),
+            _ => {
+                return Err(AuthError::Invalid(
+                    "`sub` must be a non-empty string".into(),
+                ));
+            }
         };
         let role = claims
             .get(&self.role_claim)
@@ -106,7 +116,10 @@ impl Authenticator {
                     self.role_claim
                 ))
             })?;
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or_default();
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
         let channels = match claims.get("channels") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(names)) => names
@@ -116,9 +129,18 @@ impl Authenticator {
                     Channel::parse(name).map_err(|e| AuthError::Invalid(format!("`channels`: {e}")))
                 })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(AuthError::Invalid("`channels` must be a list of names".into())),
+            Some(_) => {
+                return Err(AuthError::Invalid(
+                    "`channels` must be a list of names".into(),
+                ));
+            }
         };
-        Ok(Claims { sub, role, exp, channels })
+        Ok(Claims {
+            sub,
+            role,
+            exp,
+            channels,
+        })
     }
 
     /// Mints a token, as `wardline-relay token` does.
@@ -132,10 +154,20 @@ impl Authenticator {
             let names = channels.iter().map(|c| Value::from(c.as_str())).collect();
             claims.insert("channels".into(), Value::Array(names));
         }
-        if let Some(iss) = self.validation.iss.as_ref().and_then(|set| set.iter().next()) {
+        if let Some(iss) = self
+            .validation
+            .iss
+            .as_ref()
+            .and_then(|set| set.iter().next())
+        {
             claims.insert("iss".into(), iss.as_str().into());
         }
-        if let Some(aud) = self.validation.aud.as_ref().and_then(|set| set.iter().next()) {
+        if let Some(aud) = self
+            .validation
+            .aud
+            .as_ref()
+            .and_then(|set| set.iter().next())
+        {
             claims.insert("aud".into(), aud.as_str().into());
         }
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -152,7 +184,10 @@ pub fn token_from_request(query_token: Option<&str>, headers: &HeaderMap) -> Opt
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     if let Some(token) = bearer {
         return Some(token.trim().to_owned());
     }
@@ -161,7 +196,11 @@ pub fn token_from_request(query_token: Option<&str>, headers: &HeaderMap) -> Opt
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(SUBPROTOCOL_BEARER_PREFIX).map(str::to_owned))
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix(SUBPROTOCOL_BEARER_PREFIX)
+                .map(str::to_owned)
+        })
 }
 
 impl Claims {
@@ -219,43 +258,76 @@ mod tests {
     }
 
     fn sign(claims: Value, secret: &[u8]) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-            .unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     #[test]
     fn minted_tokens_verify_with_their_claims() {
         let auth = Authenticator::new(&config());
         let extra = Channel::parse("appointment:a1:updates").unwrap();
-        let token = auth.mint("d1", Role::Doctor, std::slice::from_ref(&extra), Duration::from_secs(60));
+        let token = auth.mint(
+            "d1",
+            Role::Doctor,
+            std::slice::from_ref(&extra),
+            Duration::from_secs(60),
+        );
         let claims = auth.verify(&token).unwrap();
         assert_eq!(claims.sub, "d1");
         assert_eq!(claims.role, Role::Doctor);
         assert_eq!(claims.channels, vec![extra.clone()]);
-        let names: Vec<_> = claims.readable_channels().iter().map(|c| c.to_string()).collect();
-        assert_eq!(names, ["doctor:d1:notifications", "system:alerts", "appointment:a1:updates"]);
+        let names: Vec<_> = claims
+            .readable_channels()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "doctor:d1:notifications",
+                "system:alerts",
+                "appointment:a1:updates"
+            ]
+        );
     }
 
     #[test]
     fn bad_signature_expiry_role_and_algorithm_are_refused() {
         let auth = Authenticator::new(&config());
         let exp = unix_now() + 60;
-        let other = sign(serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp}), b"another-secret-0123456789");
-        assert_eq!(auth.verify(&other), Err(AuthError::Invalid("bad signature".into())));
+        let other = sign(
+            serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp}),
+            b"another-secret-0123456789",
+        );
+        assert_eq!(
+            auth.verify(&other),
+            Err(AuthError::Invalid("bad signature".into()))
+        );
         let expired = sign(
             serde_json::json!({"sub": "d1", "role": "doctor", "exp": unix_now() - 1}),
             b"unit-test-secret-0123456789",
         );
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
-        let no_role = sign(serde_json::json!({"sub": "d1", "exp": exp}), b"unit-test-secret-0123456789");
+        let no_role = sign(
+            serde_json::json!({"sub": "d1", "exp": exp}),
+            b"unit-test-secret-0123456789",
+        );
         assert!(matches!(auth.verify(&no_role), Err(AuthError::Invalid(_))));
         let bad_channel = sign(
             serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp, "channels": ["nope"]}),
             b"unit-test-secret-0123456789",
         );
-        assert!(matches!(auth.verify(&bad_channel), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(&bad_channel),
+            Err(AuthError::Invalid(_))
+        ));
         // alg "none": header {"alg":"none"}, claims, empty signature.
-        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkMSIsInJvbGUiOiJkb2N0b3IiLCJleHAiOjk5OTk5OTk5OTl9.";
+        let none =
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkMSIsInJvbGUiOiJkb2N0b3IiLCJleHAiOjk5OTk5OTk5OTl9.";
         assert!(matches!(auth.verify(none), Err(AuthError::Invalid(_))));
     }
 
@@ -277,13 +349,26 @@ mod tests {
             serde_json::json!({"sub": "p1", "https://healthhub/role": "patient", "exp": exp, "iss": "other", "aud": "wardline"}),
             b"unit-test-secret-0123456789",
         );
-        assert!(matches!(auth.verify(&wrong_issuer), Err(AuthError::Invalid(_))));
-        assert_eq!(auth.verify(&auth.mint("p1", Role::Patient, &[], Duration::from_secs(5))).unwrap().sub, "p1");
+        assert!(matches!(
+            auth.verify(&wrong_issuer),
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(
+            auth.verify(&auth.mint("p1", Role::Patient, &[], Duration::from_secs(5)))
+                .unwrap()
+                .sub,
+            "p1"
+        );
     }
 
     #[test]
     fn roles_read_and_publish_only_what_they_should() {
-        let claims = |role| Claims { sub: "u1".into(), role, exp: 0, channels: vec![] };
+        let claims = |role| Claims {
+            sub: "u1".into(),
+            role,
+            exp: 0,
+            channels: vec![],
+        };
         let doctor_channel = Channel::parse("doctor:u1:notifications").unwrap();
         let other_doctor = Channel::parse("doctor:u2:notifications").unwrap();
         assert!(claims(Role::Doctor).can_read(&doctor_channel));
@@ -301,10 +386,19 @@ mod tests {
     fn tokens_are_found_in_query_header_or_subprotocol() {
         let mut headers = HeaderMap::new();
         assert_eq!(token_from_request(None, &headers), None);
-        headers.insert("sec-websocket-protocol", "wardline.v1, bearer.abc.def".parse().unwrap());
-        assert_eq!(token_from_request(None, &headers).as_deref(), Some("abc.def"));
+        headers.insert(
+            "sec-websocket-protocol",
+            "wardline.v1, bearer.abc.def".parse().unwrap(),
+        );
+        assert_eq!(
+            token_from_request(None, &headers).as_deref(),
+            Some("abc.def")
+        );
         headers.insert("authorization", "Bearer hdr".parse().unwrap());
         assert_eq!(token_from_request(None, &headers).as_deref(), Some("hdr"));
-        assert_eq!(token_from_request(Some("q"), &headers).as_deref(), Some("q"));
+        assert_eq!(
+            token_from_request(Some("q"), &headers).as_deref(),
+            Some("q")
+        );
     }
 }

@@ -112,7 +112,9 @@ mod humantime_opt {
     use serde::Deserialize;
     use std::time::Duration;
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|text| humantime::parse_duration(&text).map_err(serde::de::Error::custom))
             .transpose()
@@ -201,7 +203,10 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
         let secret = match args.jwt_secret.or(file.jwt_secret) {
             Some(secret) if secret.len() < 16 => bail!("the JWT secret must be at least 16 bytes"),
             Some(secret) => secret.into_bytes(),
@@ -235,9 +240,15 @@ impl Config {
                 .history_max_age
                 .or(file.history_max_age)
                 .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
-            history_max_len: args.history_max_len.or(file.history_max_len).unwrap_or(10_000),
+            history_max_len: args
+                .history_max_len
+                .or(file.history_max_len)
+                .unwrap_or(10_000),
             queue_capacity,
-            heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_secs(15)),
+            heartbeat: args
+                .heartbeat
+                .or(file.heartbeat)
+                .unwrap_or(Duration::from_secs(15)),
             connections_per_ip_per_s: args
                 .connections_per_ip_per_s
                 .or(file.connections_per_ip_per_s)
@@ -253,7 +264,10 @@ impl Config {
                 .or(file.shutdown_deadline)
                 .unwrap_or(Duration::from_secs(10)),
             recorder: args.recorder.or(file.recorder).unwrap_or(true),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
         })
     }
 
@@ -276,7 +290,10 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
         Ok(text) => {
             let secret = text.trim().to_owned();
             if secret.len() < 16 {
-                bail!("{} holds fewer than 16 bytes; delete it to generate a new secret", path.display());
+                bail!(
+                    "{} holds fewer than 16 bytes; delete it to generate a new secret",
+                    path.display()
+                );
             }
             return Ok(secret.into_bytes());
         }
@@ -323,7 +340,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("jwt-secret")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("jwt-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -356,10 +376,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("relay.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:9000\"\n").unwrap();
-        let err = Config::load(ServeArgs { config: Some(file), ..ServeArgs::default() }).unwrap_err();
+        let err = Config::load(ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
-        let err = Config::load(ServeArgs { jwt_secret: Some("short".into()), ..ServeArgs::default() })
-            .unwrap_err();
+        let err = Config::load(ServeArgs {
+            jwt_secret: Some("short".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("16 bytes"));
     }
 }

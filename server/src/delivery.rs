@@ -31,7 +31,13 @@ impl Delivery {
             .ok()
             .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned());
-        Delivery { message, kind, raw: OnceLock::new(), v1: OnceLock::new(), sse_data: OnceLock::new() }
+        Delivery {
+            message,
+            kind,
+            raw: OnceLock::new(),
+            v1: OnceLock::new(),
+            sse_data: OnceLock::new(),
+        }
     }
 
     fn payload_text(&self) -> String {
@@ -40,7 +46,9 @@ impl Delivery {
 
     /// The published text itself, byte for byte (seed-compatible frames).
     pub fn raw_frame(&self) -> Utf8Bytes {
-        self.raw.get_or_init(|| Utf8Bytes::from(self.payload_text())).clone()
+        self.raw
+            .get_or_init(|| Utf8Bytes::from(self.payload_text()))
+            .clone()
     }
 
     /// The `wardline.v1` notification envelope.
@@ -48,14 +56,22 @@ impl Delivery {
         self.v1
             .get_or_init(|| {
                 let m = &self.message;
-                Utf8Bytes::from(encode_notification(m.id, &m.channel, &self.kind, m.priority, &self.payload_text()))
+                Utf8Bytes::from(encode_notification(
+                    m.id,
+                    &m.channel,
+                    &self.kind,
+                    m.priority,
+                    &self.payload_text(),
+                ))
             })
             .clone()
     }
 
     /// `data: <envelope>\n\n`, the shared part of an SSE event (its `id:` line is per stream).
     pub fn sse_data(&self) -> Bytes {
-        self.sse_data.get_or_init(|| Bytes::from(format!("data: {}\n\n", self.v1_frame().as_str()))).clone()
+        self.sse_data
+            .get_or_init(|| Bytes::from(format!("data: {}\n\n", self.v1_frame().as_str())))
+            .clone()
     }
 
     /// The notification in seed 004's shape, addressed to `user`.
@@ -94,22 +110,40 @@ mod tests {
     #[test]
     fn raw_frames_are_the_published_bytes_and_encoded_once() {
         let d = delivery(r#"{"type": "critical_lab_result",  "test_type":"BMP"}"#);
-        assert_eq!(d.raw_frame().as_str(), r#"{"type": "critical_lab_result",  "test_type":"BMP"}"#);
-        assert_eq!(d.raw_frame().as_str().as_ptr(), d.raw_frame().as_str().as_ptr());
-        assert_eq!(d.v1_frame().as_str().as_ptr(), d.v1_frame().as_str().as_ptr());
+        assert_eq!(
+            d.raw_frame().as_str(),
+            r#"{"type": "critical_lab_result",  "test_type":"BMP"}"#
+        );
+        assert_eq!(
+            d.raw_frame().as_str().as_ptr(),
+            d.raw_frame().as_str().as_ptr()
+        );
+        assert_eq!(
+            d.v1_frame().as_str().as_ptr(),
+            d.v1_frame().as_str().as_ptr()
+        );
         assert_eq!(d.kind, "critical_lab_result");
     }
 
     #[test]
     fn envelopes_and_seed004_frames_carry_id_and_payload() {
-        let d = delivery(r#"{"type":"critical_lab_result","patient_name":"Bob Wilson","test_type":"BMP"}"#);
-        let ServerFrame::Notification(n) = serde_json::from_str(d.v1_frame().as_str()).unwrap() else {
+        let d = delivery(
+            r#"{"type":"critical_lab_result","patient_name":"Bob Wilson","test_type":"BMP"}"#,
+        );
+        let ServerFrame::Notification(n) = serde_json::from_str(d.v1_frame().as_str()).unwrap()
+        else {
             panic!("not a notification")
         };
-        assert_eq!((n.id, n.priority), (Cursor::new(1_700_000_000_000, 3), Priority::Critical));
+        assert_eq!(
+            (n.id, n.priority),
+            (Cursor::new(1_700_000_000_000, 3), Priority::Critical)
+        );
         let seed: Seed004Frame = serde_json::from_str(d.seed004_frame("d1").as_str()).unwrap();
         assert_eq!(seed.title, "Critical lab result — BMP for Bob Wilson");
-        assert_eq!((seed.user_id.as_str(), seed.id.as_str()), ("d1", "1700000000000-3"));
+        assert_eq!(
+            (seed.user_id.as_str(), seed.id.as_str()),
+            ("d1", "1700000000000-3")
+        );
         assert!(d.sse_data().starts_with(b"data: {\"op\":\"notification\""));
     }
 }

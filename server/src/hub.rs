@@ -55,7 +55,11 @@ pub struct Hub {
 
 impl Hub {
     /// A hub over `broker`, reading the broker's live messages from `live`.
-    pub fn start(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, mut live: mpsc::Receiver<StoredMessage>) -> Arc<Hub> {
+    pub fn start(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        mut live: mpsc::Receiver<StoredMessage>,
+    ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             broker,
             channels: RwLock::new(HashMap::new()),
@@ -92,13 +96,29 @@ impl Hub {
     pub fn subscriber(&self, capacity: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Delivery>>) {
         let (queue, rx) = mpsc::channel(capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (Arc::new(Subscriber { id, queue, lagged: AtomicBool::new(false), lag: Notify::new() }), rx)
+        (
+            Arc::new(Subscriber {
+                id,
+                queue,
+                lagged: AtomicBool::new(false),
+                lag: Notify::new(),
+            }),
+            rx,
+        )
     }
 
     /// Adds the subscriber to a channel; the broker subscription is in place when this returns.
-    pub async fn join(&self, channel: &Channel, subscriber: &Arc<Subscriber>) -> Result<(), BrokerError> {
+    pub async fn join(
+        &self,
+        channel: &Channel,
+        subscriber: &Arc<Subscriber>,
+    ) -> Result<(), BrokerError> {
         let _membership = self.membership.lock().await;
-        let known = self.channels.read().expect("hub lock").contains_key(channel);
+        let known = self
+            .channels
+            .read()
+            .expect("hub lock")
+            .contains_key(channel);
         if !known {
             self.broker.subscribe(channel).await?;
         }
@@ -129,16 +149,20 @@ impl Hub {
         if emptied.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let hub = self.clone();
         runtime.spawn(async move {
             let _membership = hub.membership.lock().await;
             for channel in emptied {
-                let still_empty = !hub.channels.read().expect("hub lock").contains_key(&channel);
-                if still_empty {
-                    if let Err(e) = hub.broker.unsubscribe(&channel).await {
-                        tracing::warn!(%channel, error = %e, "unsubscribing failed");
-                    }
+                let still_empty = !hub
+                    .channels
+                    .read()
+                    .expect("hub lock")
+                    .contains_key(&channel);
+                if still_empty && let Err(e) = hub.broker.unsubscribe(&channel).await {
+                    tracing::warn!(%channel, error = %e, "unsubscribing failed");
                 }
             }
         });
@@ -146,7 +170,9 @@ impl Hub {
 
     fn dispatch(&self, delivery: Arc<Delivery>) {
         let map = self.channels.read().expect("hub lock");
-        let Some(subscribers) = map.get(&delivery.message.channel) else { return };
+        let Some(subscribers) = map.get(&delivery.message.channel) else {
+            return;
+        };
         let mut delivered = 0;
         for subscriber in subscribers {
             if subscriber.is_lagging() {
@@ -158,6 +184,8 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        self.metrics.deliveries_total.fetch_add(delivered, Ordering::Relaxed);
+        self.metrics
+            .deliveries_total
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 }

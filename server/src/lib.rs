@@ -78,7 +78,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/publish", post(http::publish::publish))
         .route("/v1/stats", get(http::stats::stats))
         .route("/v1/ws/stats", get(http::stats::stats))
-        .route("/v1/ws/test-notification", post(http::stats::test_notification))
+        .route(
+            "/v1/ws/test-notification",
+            post(http::stats::test_notification),
+        )
         .route("/v1/receipts", get(http::stats::receipts))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
@@ -96,10 +99,15 @@ pub struct Relay {
 impl Relay {
     /// Connects the broker configured (Redis, or the embedded one) and builds the shared state.
     pub async fn build(config: Config) -> anyhow::Result<Relay> {
-        let retention = Retention { max_age: config.history_max_age, max_len: config.history_max_len };
+        let retention = Retention {
+            max_age: config.history_max_age,
+            max_len: config.history_max_len,
+        };
         let (live_tx, live_rx) = mpsc::channel(4096);
         let broker: Arc<dyn Broker> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBroker::connect(url.expose(), retention, config.recorder, live_tx).await?),
+            Some(url) => Arc::new(
+                RedisBroker::connect(url.expose(), retention, config.recorder, live_tx).await?,
+            ),
             None => Arc::new(EmbeddedBroker::open(&config.data_dir, retention, live_tx)?),
         };
         tracing::info!(broker = broker.kind(), data_dir = %config.data_dir.display(), "broker ready");
@@ -126,7 +134,11 @@ impl Relay {
 
     /// Serves until `shutdown` completes, then closes every connection with 1001 and waits for them,
     /// at most the configured deadline.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Relay { state, shutdown_tx } = self;
         let deadline = state.config.shutdown_deadline;
         let metrics = state.metrics().clone();
@@ -162,6 +174,10 @@ pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Builds a relay from `config` and serves it on `listener` until `shutdown` completes.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     Relay::build(config).await?.serve(listener, shutdown).await
 }

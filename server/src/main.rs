@@ -11,7 +11,11 @@ use wardline_relay::auth::Authenticator;
 use wardline_relay::config::{Config, LogFormat, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "wardline-relay", version, about = "Wardline relay: Redis to devices over WebSocket and SSE")]
+#[command(
+    name = "wardline-relay",
+    version,
+    about = "Wardline relay: Redis to devices over WebSocket and SSE"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,9 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WARDLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -73,8 +79,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -106,7 +113,12 @@ async fn main() -> anyhow::Result<()> {
                 config: args.config,
                 ..ServeArgs::default()
             })?;
-            let token = Authenticator::new(&config.jwt).mint(&args.sub, args.role, &args.channels, args.ttl);
+            let token = Authenticator::new(&config.jwt).mint(
+                &args.sub,
+                args.role,
+                &args.channels,
+                args.ttl,
+            );
             println!("{token}");
             Ok(())
         }

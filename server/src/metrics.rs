@@ -18,7 +18,12 @@ pub enum Transport {
 }
 
 impl Transport {
-    const ALL: [Transport; 4] = [Transport::WsRaw, Transport::WsV1, Transport::Sse, Transport::Seed004];
+    const ALL: [Transport; 4] = [
+        Transport::WsRaw,
+        Transport::WsV1,
+        Transport::Sse,
+        Transport::Seed004,
+    ];
 
     /// The label used in metrics and stats.
     pub fn as_str(self) -> &'static str {
@@ -62,7 +67,10 @@ impl Metrics {
     pub fn connection_opened(self: &Arc<Self>, transport: Transport) -> ConnectionGuard {
         self.connections[transport as usize].fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
-        ConnectionGuard { metrics: self.clone(), transport }
+        ConnectionGuard {
+            metrics: self.clone(),
+            transport,
+        }
     }
 
     /// Open connections of a transport.
@@ -85,15 +93,26 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE wardline_connections gauge");
         for transport in Transport::ALL {
-            let _ = writeln!(out, "wardline_connections{{transport=\"{}\"}} {}", transport.as_str(), self.connections(transport));
+            let _ = writeln!(
+                out,
+                "wardline_connections{{transport=\"{}\"}} {}",
+                transport.as_str(),
+                self.connections(transport)
+            );
         }
         let counters = [
             ("wardline_connections_total", &self.connections_total),
             ("wardline_published_total", &self.published_total),
-            ("wardline_publish_failures_total", &self.publish_failures_total),
+            (
+                "wardline_publish_failures_total",
+                &self.publish_failures_total,
+            ),
             ("wardline_deliveries_total", &self.deliveries_total),
             ("wardline_replayed_total", &self.replayed_total),
-            ("wardline_slow_consumer_closes_total", &self.slow_consumer_closes_total),
+            (
+                "wardline_slow_consumer_closes_total",
+                &self.slow_consumer_closes_total,
+            ),
             ("wardline_flood_closes_total", &self.flood_closes_total),
             ("wardline_auth_failures_total", &self.auth_failures_total),
             ("wardline_rate_limited_total", &self.rate_limited_total),
@@ -102,7 +121,10 @@ impl Metrics {
         for (name, value) in counters {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }
-        let _ = writeln!(out, "# TYPE wardline_channels gauge\nwardline_channels {channels}");
+        let _ = writeln!(
+            out,
+            "# TYPE wardline_channels gauge\nwardline_channels {channels}"
+        );
         let _ = writeln!(
             out,
             "# TYPE wardline_broker_up gauge\nwardline_broker_up{{broker=\"{broker_kind}\"}} {}",

@@ -17,7 +17,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket { tokens: f64::from(burst), last: Instant::now(), rate: f64::from(rate), burst: f64::from(burst) }
+        TokenBucket {
+            tokens: f64::from(burst),
+            last: Instant::now(),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+        }
     }
 
     /// Takes a token if one is left.
@@ -49,7 +54,11 @@ pub struct IpRateLimiter {
 impl IpRateLimiter {
     /// A limiter allowing `burst` connections at once and `rate` per second after that.
     pub fn new(rate: u32, burst: u32) -> IpRateLimiter {
-        IpRateLimiter { buckets: Mutex::new(HashMap::new()), rate, burst }
+        IpRateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+            rate,
+            burst,
+        }
     }
 
     /// Whether `ip` may open another connection now.
@@ -58,7 +67,10 @@ impl IpRateLimiter {
         if buckets.len() > 10_000 {
             buckets.retain(|_, bucket| !bucket.is_full());
         }
-        buckets.entry(ip).or_insert_with(|| TokenBucket::new(self.rate, self.burst)).try_take()
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take()
     }
 }
 

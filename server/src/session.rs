@@ -111,7 +111,11 @@ impl Session {
 
     /// Subscribes to a channel and replays what follows `since`; without `since`, from the channel's
     /// current end, so the position is known (and resumable) even before anything arrives.
-    pub async fn subscribe(&mut self, name: &str, since: Option<&str>) -> Result<Resumed, SessionError> {
+    pub async fn subscribe(
+        &mut self,
+        name: &str,
+        since: Option<&str>,
+    ) -> Result<Resumed, SessionError> {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
             return Err(SessionError::Forbidden(channel));
@@ -119,7 +123,12 @@ impl Session {
         let start = match since {
             Some(text) => text.parse()?,
             // Read before joining: whatever is published after this read is replayed below.
-            None => self.hub.broker().last_id(&channel).await?.unwrap_or_default(),
+            None => self
+                .hub
+                .broker()
+                .last_id(&channel)
+                .await?
+                .unwrap_or_default(),
         };
         self.join(&channel).await?;
         let position = self.positions.entry(channel.clone()).or_default();
@@ -128,12 +137,20 @@ impl Session {
         let mut gap = false;
         let mut after = start;
         loop {
-            let page = self.hub.broker().history(&channel, after, REPLAY_PAGE).await?;
+            let page = self
+                .hub
+                .broker()
+                .history(&channel, after, REPLAY_PAGE)
+                .await?;
             gap |= page.gap;
             if let Some(last) = page.messages.last() {
                 after = last.id;
             }
-            replay.extend(page.messages.into_iter().map(|m| Arc::new(Delivery::new(m))));
+            replay.extend(
+                page.messages
+                    .into_iter()
+                    .map(|m| Arc::new(Delivery::new(m))),
+            );
             if !page.more {
                 break;
             }
@@ -141,11 +158,18 @@ impl Session {
         let position = self.positions.entry(channel.clone()).or_default();
         *position = (*position).max(after);
         let metrics = self.hub.metrics();
-        metrics.replayed_total.fetch_add(replay.len() as u64, Relaxed);
+        metrics
+            .replayed_total
+            .fetch_add(replay.len() as u64, Relaxed);
         if gap {
             metrics.gaps_total.fetch_add(1, Relaxed);
         }
-        Ok(Resumed { channel, start: Some(start), replay, gap })
+        Ok(Resumed {
+            channel,
+            start: Some(start),
+            replay,
+            gap,
+        })
     }
 
     /// Subscribes to every channel the token grants, live only, for clients that never resume.
@@ -200,13 +224,23 @@ impl Session {
     }
 
     /// Records the user's acknowledgement of notifications on a channel they read.
-    pub async fn ack(&self, name: &str, ids: &[String]) -> Result<(Channel, Vec<Cursor>), SessionError> {
+    pub async fn ack(
+        &self,
+        name: &str,
+        ids: &[String],
+    ) -> Result<(Channel, Vec<Cursor>), SessionError> {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
             return Err(SessionError::Forbidden(channel));
         }
-        let ids = ids.iter().map(|id| id.parse()).collect::<Result<Vec<Cursor>, _>>()?;
-        self.hub.broker().record_acks(&channel, &ids, &self.claims.sub).await?;
+        let ids = ids
+            .iter()
+            .map(|id| id.parse())
+            .collect::<Result<Vec<Cursor>, _>>()?;
+        self.hub
+            .broker()
+            .record_acks(&channel, &ids, &self.claims.sub)
+            .await?;
         Ok((channel, ids))
     }
 }

@@ -24,15 +24,24 @@ pub enum Refused {
 
 /// Opens a WebSocket, with the given subprotocols; an HTTP refusal is returned as [`Refused::Http`].
 pub async fn connect(url: &str, protocols: &[&str]) -> Result<Socket, Refused> {
-    let mut request = url.into_client_request().map_err(|e| Refused::Other(e.to_string()))?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| Refused::Other(e.to_string()))?;
     if !protocols.is_empty() {
-        request.headers_mut().insert("sec-websocket-protocol", protocols.join(", ").parse().unwrap());
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            protocols.join(", ").parse().unwrap(),
+        );
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(response)) => {
             let status = response.status().as_u16();
-            let body = response.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
             Err(Refused::Http(status, body))
         }
         Err(e) => Err(Refused::Other(e.to_string())),
@@ -42,10 +51,14 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<Socket, Refused> {
 /// The next text frame, or the close frame's code if the relay closed.
 pub async fn next_text(socket: &mut Socket) -> anyhow::Result<Result<String, Option<u16>>> {
     loop {
-        let message = tokio::time::timeout(WAIT, socket.next()).await.context("no frame in time")?;
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .context("no frame in time")?;
         match message {
             Some(Ok(Message::Text(text))) => return Ok(Ok(text.to_string())),
-            Some(Ok(Message::Close(frame))) => return Ok(Err(frame.map(|f: CloseFrame| u16::from(f.code)))),
+            Some(Ok(Message::Close(frame))) => {
+                return Ok(Err(frame.map(|f: CloseFrame| u16::from(f.code))));
+            }
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return Ok(Err(None)),
         }
@@ -62,7 +75,9 @@ impl V1Client {
     /// Connects and reads the welcome frame.
     pub async fn connect(base_ws: &str, user: &str, token: &str) -> anyhow::Result<V1Client> {
         let url = format!("{base_ws}/ws/{user}?token={token}");
-        let socket = connect(&url, &["wardline.v1"]).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let socket = connect(&url, &["wardline.v1"])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut client = V1Client { socket };
         match client.frame().await? {
             ServerFrame::Welcome { .. } => Ok(client),
@@ -84,7 +99,9 @@ impl V1Client {
     /// The next frame; fails if the relay closed.
     pub async fn frame(&mut self) -> anyhow::Result<ServerFrame> {
         match next_text(&mut self.socket).await? {
-            Ok(text) => serde_json::from_str(&text).with_context(|| format!("unreadable frame {text}")),
+            Ok(text) => {
+                serde_json::from_str(&text).with_context(|| format!("unreadable frame {text}"))
+            }
             Err(code) => bail!("closed with {code:?}"),
         }
     }
@@ -102,11 +119,17 @@ impl V1Client {
 
     /// Subscribes to channels (each with an optional cursor) and collects what comes back until a
     /// `resumed` or `error` frame has arrived for each channel: (notifications, resumed/error frames).
-    pub async fn subscribe(&mut self, channels: &[(&str, Option<&str>)]) -> anyhow::Result<(Vec<Notification>, Vec<ServerFrame>)> {
+    pub async fn subscribe(
+        &mut self,
+        channels: &[(&str, Option<&str>)],
+    ) -> anyhow::Result<(Vec<Notification>, Vec<ServerFrame>)> {
         let frame = ClientFrame::Subscribe {
             channels: channels
                 .iter()
-                .map(|(c, since)| SubscribeChannel { channel: c.to_string(), since: since.map(str::to_owned) })
+                .map(|(c, since)| SubscribeChannel {
+                    channel: c.to_string(),
+                    since: since.map(str::to_owned),
+                })
                 .collect(),
         };
         self.send(&frame).await?;
@@ -114,7 +137,9 @@ impl V1Client {
         while outcomes.len() < channels.len() {
             match self.frame().await? {
                 ServerFrame::Notification(n) => notifications.push(n),
-                other @ (ServerFrame::Resumed { .. } | ServerFrame::Error { .. }) => outcomes.push(other),
+                other @ (ServerFrame::Resumed { .. } | ServerFrame::Error { .. }) => {
+                    outcomes.push(other)
+                }
                 other => bail!("unexpected frame while subscribing: {other:?}"),
             }
         }
@@ -153,7 +178,10 @@ pub struct SseEvent {
 
 impl SseClient {
     /// Opens `GET url` with an optional `Last-Event-ID`; returns the status and, on 200, the client.
-    pub async fn open(url: &str, last_event_id: Option<&str>) -> anyhow::Result<Result<SseClient, (u16, Value)>> {
+    pub async fn open(
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Result<SseClient, (u16, Value)>> {
         let mut request = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
@@ -163,7 +191,10 @@ impl SseClient {
             let status = response.status().as_u16();
             return Ok(Err((status, response.json().await.unwrap_or(Value::Null))));
         }
-        Ok(Ok(SseClient { response, buffer: String::new() }))
+        Ok(Ok(SseClient {
+            response,
+            buffer: String::new(),
+        }))
     }
 
     /// The next event (comments skipped); `None` when the stream ended.
@@ -171,7 +202,11 @@ impl SseClient {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { id: None, event: "message".into(), data: String::new() };
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
                 let mut any = false;
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id: ") {
@@ -190,7 +225,10 @@ impl SseClient {
                 }
                 continue;
             }
-            match tokio::time::timeout(WAIT, self.response.chunk()).await.context("no SSE data in time")?? {
+            match tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .context("no SSE data in time")??
+            {
                 Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
                 None => return Ok(None),
             }

@@ -26,18 +26,29 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
+        path.display()
+    );
     path
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A token signed with [`SECRET`]; `ttl_s` may be negative for an expired one.
@@ -46,13 +57,23 @@ pub fn token(sub: &str, role: &str, channels: &[&str], ttl_s: i64) -> String {
     if !channels.is_empty() {
         claims["channels"] = json!(channels);
     }
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A token signed with another secret.
 pub fn forged_token(sub: &str, role: &str) -> String {
     let claims = json!({"sub": sub, "role": role, "exp": unix_now() + 600});
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"not-the-relay-secret-0123456789")).unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"not-the-relay-secret-0123456789"),
+    )
+    .unwrap()
 }
 
 /// A real `redis-server` on an ephemeral port, killed on drop.
@@ -66,7 +87,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers.
     pub async fn start() -> anyhow::Result<RedisServer> {
-        let mut server = RedisServer { child: None, port: free_port(), dir: tempfile::tempdir()? };
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+        };
         server.spawn().await?;
         Ok(server)
     }
@@ -90,7 +115,10 @@ impl RedisServer {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
             {
                 return Ok(());
             }
@@ -116,7 +144,11 @@ impl RedisServer {
 
     /// A connection for test commands (PUBLISH, XLEN, …).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 }
 
@@ -157,7 +189,11 @@ impl Relay {
     }
 
     /// Starts a relay on the given broker (the Redis server must be given for [`BrokerKind::Redis`]).
-    pub async fn start(kind: BrokerKind, redis: Option<&RedisServer>, extra: &[&str]) -> anyhow::Result<Relay> {
+    pub async fn start(
+        kind: BrokerKind,
+        redis: Option<&RedisServer>,
+        extra: &[&str],
+    ) -> anyhow::Result<Relay> {
         match kind {
             BrokerKind::Embedded => Relay::embedded(extra).await,
             BrokerKind::Redis => Relay::on_redis(redis.expect("a Redis server"), extra).await,
@@ -171,18 +207,41 @@ impl Relay {
         extra: &[&str],
         owned_dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Relay> {
+        Relay::launch(data_dir, redis_url, extra, true, owned_dir).await
+    }
+
+    /// Starts a relay; without `with_secret` it resolves its secret itself (the data dir's).
+    pub async fn launch(
+        data_dir: &Path,
+        redis_url: Option<&str>,
+        extra: &[&str],
+        with_secret: bool,
+        owned_dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Relay> {
         let mut command = Command::new(binary("wardline-relay"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(["--connections-per-ip-burst", "1000", "--connections-per-ip-per-s", "1000"])
+            .env_remove("WARDLINE_JWT_SECRET");
+        if with_secret {
+            command.args(["--jwt-secret", SECRET]);
+        }
+        command
+            .args([
+                "--connections-per-ip-burst",
+                "1000",
+                "--connections-per-ip-per-s",
+                "1000",
+            ])
             .args(extra)
             .env_remove("REDIS_URL")
             .env_remove("REDIS_HOST")
             .env_remove("WARDLINE_REDIS_URL")
             .env("WARDLINE_LOG", "wardline_relay=debug,info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(data_dir.join("relay.log"))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                data_dir.join("relay.log"),
+            )?))
             .kill_on_drop(true);
         if let Some(url) = redis_url {
             command.args(["--redis-url", url]);
@@ -193,9 +252,23 @@ impl Relay {
         let line = tokio::time::timeout(WAIT, lines.next_line())
             .await
             .context("the relay did not report its address in time")??
-            .with_context(|| format!("the relay exited: {}", std::fs::read_to_string(data_dir.join("relay.log")).unwrap_or_default()))?;
-        let address = line.strip_prefix("listening on http://").with_context(|| format!("unexpected first line {line:?}"))?.to_owned();
-        Ok(Relay { child, base: format!("http://{address}"), address, data_dir: data_dir.to_owned(), _owned_dir: owned_dir })
+            .with_context(|| {
+                format!(
+                    "the relay exited: {}",
+                    std::fs::read_to_string(data_dir.join("relay.log")).unwrap_or_default()
+                )
+            })?;
+        let address = line
+            .strip_prefix("listening on http://")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok(Relay {
+            child,
+            base: format!("http://{address}"),
+            address,
+            data_dir: data_dir.to_owned(),
+            _owned_dir: owned_dir,
+        })
     }
 
     /// `ws://127.0.0.1:<port><path>`.
@@ -211,7 +284,9 @@ impl Relay {
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub async fn terminate(mut self) -> anyhow::Result<bool> {
         let pid = self.child.id().context("already exited")?;
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
         let exit = tokio::time::timeout(WAIT, self.child.wait()).await??;
         Ok(exit.success())
@@ -224,7 +299,11 @@ impl Relay {
 
     /// `POST /v1/publish` with a service token; returns the HTTP status and the body.
     pub async fn publish(&self, channel: &str, message: &Value) -> (u16, Value) {
-        self.publish_as(&token("backend", "service", &[], 600), &json!({"channel": channel, "message": message})).await
+        self.publish_as(
+            &token("backend", "service", &[], 600),
+            &json!({"channel": channel, "message": message}),
+        )
+        .await
     }
 
     /// `POST /v1/publish` with a given token and body.
@@ -249,7 +328,10 @@ impl Relay {
         let response = request.send().await.expect("the relay answers HTTP");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -257,4 +339,70 @@ impl Relay {
 pub fn critical_lab_result(n: usize) -> Value {
     json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("r{n}"),
            "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true})
+}
+
+/// A relay on the given broker, with its Redis server when it needs one.
+pub async fn setup(
+    kind: BrokerKind,
+    extra: &[&str],
+) -> anyhow::Result<(Option<RedisServer>, Relay)> {
+    let redis = match kind {
+        BrokerKind::Redis => Some(RedisServer::start().await?),
+        BrokerKind::Embedded => None,
+    };
+    let relay = Relay::start(kind, redis.as_ref(), extra).await?;
+    Ok((redis, relay))
+}
+
+/// Waits until some relay holds the recorder lease and listens for plain PUBLISHes.
+pub async fn wait_for_recorder(redis: &RedisServer) -> anyhow::Result<()> {
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let patterns: i64 = redis::cmd("PUBSUB")
+            .arg("NUMPAT")
+            .query_async(&mut conn)
+            .await?;
+        if patterns > 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no relay started recording plain PUBLISHes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs an async test body once per broker: `on_both_brokers!(name);` for `async fn name(kind)`.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::BrokerKind::Embedded).await.unwrap()
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name($crate::BrokerKind::Redis).await.unwrap()
+            }
+        }
+    };
+}
+
+impl Relay {
+    /// `POST /v1/publish` with a service token and a body given as text (so the payload's bytes are
+    /// exactly the test's).
+    pub async fn publish_text(&self, body: String) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/publish", self.base))
+            .bearer_auth(token("backend", "service", &[], 600))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the relay answers HTTP");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
 }

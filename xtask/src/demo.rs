@@ -46,22 +46,40 @@ fn relay_binary() -> Result<std::path::PathBuf, String> {
     Ok(exe.with_file_name("wardline-relay"))
 }
 
-fn mint(relay: &std::path::Path, data_dir: &std::path::Path, sub: &str, role: &str) -> Result<String, String> {
+fn mint(
+    relay: &std::path::Path,
+    data_dir: &std::path::Path,
+    sub: &str,
+    role: &str,
+) -> Result<String, String> {
     let output = Command::new(relay)
-        .args(["token", "--sub", sub, "--role", role, "--ttl", "24h", "--data-dir"])
+        .args([
+            "token",
+            "--sub",
+            sub,
+            "--role",
+            role,
+            "--ttl",
+            "24h",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_remove("WARDLINE_JWT_SECRET")
         .output()
         .map_err(|e| format!("minting a token: {e}"))?;
     if !output.status.success() {
-        return Err(format!("minting a token failed: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "minting a token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn http_post(address: &str, path: &str, token: &str, body: &Value) -> Result<Value, String> {
     let body = body.to_string();
-    let mut stream = TcpStream::connect(address).map_err(|e| format!("connecting to {address}: {e}"))?;
+    let mut stream =
+        TcpStream::connect(address).map_err(|e| format!("connecting to {address}: {e}"))?;
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -69,10 +87,18 @@ fn http_post(address: &str, path: &str, token: &str, body: &Value) -> Result<Val
     )
     .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
-    if head.starts_with("HTTP/1.1 200") { Ok(parsed) } else { Err(format!("{}: {parsed}", head.lines().next().unwrap_or(head))) }
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(parsed)
+    } else {
+        Err(format!("{}: {parsed}", head.lines().next().unwrap_or(head)))
+    }
 }
 
 /// The seed notification types in turn; every `critical_every`-th one is a critical lab result.
@@ -80,18 +106,33 @@ fn demo_notification(n: u64, critical_every: u64) -> (String, Value) {
     let doctor = format!("doctor:{DOCTOR}:notifications");
     let patient = format!("patient:{PATIENT}:notifications");
     if n % critical_every == critical_every - 1 {
-        return (doctor, json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("lab-{n}"),
-            "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true}));
+        return (
+            doctor,
+            json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("lab-{n}"),
+            "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true}),
+        );
     }
     match n % 4 {
-        0 => (doctor, json!({"type": "appointment_requested", "appointment_id": format!("apt-{n}"),
-            "patient_name": "Alice Johnson", "reason": "Annual checkup", "requested_time": "2026-12-01T10:00:00Z"})),
-        1 => (patient.clone(), json!({"type": "appointment_status_changed", "appointment_id": format!("apt-{n}"),
-            "new_status": "Confirmed", "scheduled_time": "2026-12-01T10:00:00Z"})),
-        2 => (patient.clone(), json!({"type": "new_prescription", "prescription_id": format!("rx-{n}"),
-            "medication": "Amoxicillin", "doctor_name": "Dr. Smith"})),
-        _ => (patient, json!({"type": "lab_result_available", "result_id": format!("lab-{n}"),
-            "test_type": "CBC", "reviewed": n % 8 == 3})),
+        0 => (
+            doctor,
+            json!({"type": "appointment_requested", "appointment_id": format!("apt-{n}"),
+            "patient_name": "Alice Johnson", "reason": "Annual checkup", "requested_time": "2026-12-01T10:00:00Z"}),
+        ),
+        1 => (
+            patient.clone(),
+            json!({"type": "appointment_status_changed", "appointment_id": format!("apt-{n}"),
+            "new_status": "Confirmed", "scheduled_time": "2026-12-01T10:00:00Z"}),
+        ),
+        2 => (
+            patient.clone(),
+            json!({"type": "new_prescription", "prescription_id": format!("rx-{n}"),
+            "medication": "Amoxicillin", "doctor_name": "Dr. Smith"}),
+        ),
+        _ => (
+            patient,
+            json!({"type": "lab_result_available", "result_id": format!("lab-{n}"),
+            "test_type": "CBC", "reviewed": n % 8 == 3}),
+        ),
     }
 }
 
@@ -103,27 +144,54 @@ struct Seen {
 }
 
 /// Follows one user's SSE stream and reports each notification.
-fn view(address: String, user: &'static str, token: String, seen: mpsc::Sender<Seen>) -> Result<(), String> {
+fn view(
+    address: String,
+    user: &'static str,
+    token: String,
+    seen: mpsc::Sender<Seen>,
+) -> Result<(), String> {
     let mut stream = TcpStream::connect(&address).map_err(|e| e.to_string())?;
     write!(stream, "GET /sse/{user}?token={token} HTTP/1.0\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut lines = BufReader::new(stream).lines();
-    let status = lines.next().ok_or("no response")?.map_err(|e| e.to_string())?;
+    let status = lines
+        .next()
+        .ok_or("no response")?
+        .map_err(|e| e.to_string())?;
     if !status.contains(" 200 ") {
         return Err(format!("SSE for {user}: {status}"));
     }
     for line in lines {
         let line = line.map_err(|e| e.to_string())?;
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(data) else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
         if frame["op"] != "notification" {
             continue;
         }
         let (title, body) = describe(&frame["message"]);
         let priority = frame["priority"].as_str().unwrap_or("normal").to_owned();
-        let marker = if priority == "critical" { "‼ CRITICAL" } else { "  " };
-        println!("[{user}] {marker} {title} — {body}  (id {}, {})", frame["id"].as_str().unwrap_or("?"), frame["channel"].as_str().unwrap_or("?"));
-        if seen.send(Seen { who: user, priority, title }).is_err() {
+        let marker = if priority == "critical" {
+            "‼ CRITICAL"
+        } else {
+            "  "
+        };
+        println!(
+            "[{user}] {marker} {title} — {body}  (id {}, {})",
+            frame["id"].as_str().unwrap_or("?"),
+            frame["channel"].as_str().unwrap_or("?")
+        );
+        if seen
+            .send(Seen {
+                who: user,
+                priority,
+                title,
+            })
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -134,7 +202,9 @@ fn view(address: String, user: &'static str, token: String, seen: mpsc::Sender<S
 pub fn run(args: &[String]) -> Result<(), String> {
     let smoke = args.iter().any(|a| a == "--smoke");
     if let Some(other) = args.iter().find(|a| *a != "--smoke") {
-        return Err(format!("unexpected argument {other:?}: `cargo xtask demo [--smoke]`"));
+        return Err(format!(
+            "unexpected argument {other:?}: `cargo xtask demo [--smoke]`"
+        ));
     }
     let relay_path = relay_binary()?;
     let data_dir = if smoke {
@@ -142,7 +212,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     } else {
         workspace_root().join("wardline-data")
     };
-    let listen = if smoke { "127.0.0.1:0" } else { "127.0.0.1:8851" };
+    let listen = if smoke {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:8851"
+    };
     let mut child = Command::new(&relay_path)
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(&data_dir)
@@ -156,20 +230,29 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let stdout = child.stdout.take().expect("piped stdout");
     let relay = Relay(child);
     let mut first_line = String::new();
-    BufReader::new(stdout).read_line(&mut first_line).map_err(|e| e.to_string())?;
+    BufReader::new(stdout)
+        .read_line(&mut first_line)
+        .map_err(|e| e.to_string())?;
     let address = first_line
         .trim()
         .strip_prefix("listening on http://")
-        .ok_or_else(|| format!("the relay did not start (it said {first_line:?}); is port 8851 in use?"))?
+        .ok_or_else(|| {
+            format!("the relay did not start (it said {first_line:?}); is port 8851 in use?")
+        })?
         .to_owned();
     let service = mint(&relay_path, &data_dir, "demo-backend", "service")?;
     let doctor = mint(&relay_path, &data_dir, DOCTOR, "doctor")?;
     let patient = mint(&relay_path, &data_dir, PATIENT, "patient")?;
     if !smoke {
-        println!("Wardline demo: relay on http://{address} (embedded broker, history in {})", data_dir.display());
+        println!(
+            "Wardline demo: relay on http://{address} (embedded broker, history in {})",
+            data_dir.display()
+        );
         println!("  doctor token ({DOCTOR}): {doctor}");
         println!("  patient token ({PATIENT}): {patient}");
-        println!("  try: websocat 'ws://{address}/ws/{DOCTOR}?token=<doctor token>'   — Ctrl-C stops the demo\n");
+        println!(
+            "  try: websocat 'ws://{address}/ws/{DOCTOR}?token=<doctor token>'   — Ctrl-C stops the demo\n"
+        );
     }
     let (seen_tx, seen) = mpsc::channel();
     for (user, token) in [(DOCTOR, doctor), (PATIENT, patient)] {
@@ -183,7 +266,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         });
     }
     // One critical lab result a minute at the demo's pace (every 30th at 2 s); faster for --smoke.
-    let (interval, critical_every) = if smoke { (Duration::from_millis(100), 5) } else { (Duration::from_secs(2), 30) };
+    let (interval, critical_every) = if smoke {
+        (Duration::from_millis(100), 5)
+    } else {
+        (Duration::from_secs(2), 30)
+    };
     let publisher_address = address.clone();
     std::thread::spawn(move || {
         // The viewers subscribe within a moment; the first notifications would also be in history.
@@ -207,9 +294,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut total, mut critical, mut patients) = (0, 0, 0);
     while Instant::now() < deadline && (total < 8 || critical < 1 || patients < 2) {
-        let Ok(item) = seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) else { break };
+        let Ok(item) = seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            break;
+        };
         total += 1;
-        critical += usize::from(item.priority == "critical" && item.title.starts_with("Critical lab result"));
+        critical += usize::from(
+            item.priority == "critical" && item.title.starts_with("Critical lab result"),
+        );
         patients += usize::from(item.who == PATIENT);
     }
     STOPPING.store(true, Ordering::Relaxed);
@@ -219,6 +310,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("demo smoke run: the view received {total} notifications, {critical} critical");
         Ok(())
     } else {
-        Err(format!("demo smoke run: the view received {total} notifications ({critical} critical, {patients} for the patient)"))
+        Err(format!(
+            "demo smoke run: the view received {total} notifications ({critical} critical, {patients} for the patient)"
+        ))
     }
 }

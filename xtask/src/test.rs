@@ -11,10 +11,20 @@ fn cargo() -> Command {
 
 /// Installs the test dependencies, then runs fmt, clippy, the demo smoke run and every test.
 pub fn run_all() -> Result<(), String> {
-    ensure_apt(&[("redis-server", "redis-server"), ("redis-cli", "redis-tools")])?;
+    ensure_apt(&[
+        ("redis-server", "redis-server"),
+        ("redis-cli", "redis-tools"),
+    ])?;
     ensure_python_websockets()?;
     run_command(cargo().args(["fmt", "--all", "--check"]))?;
-    run_command(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_command(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The end-to-end tests start the real binaries: build them first.
     run_command(cargo().args(["build", "--workspace", "--bins"]))?;
     crate::demo::run(&["--smoke".to_owned()])?;
@@ -24,7 +34,9 @@ pub fn run_all() -> Result<(), String> {
 /// Entry point of `cargo xtask test`.
 pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(extra) = args.first() {
-        return Err(format!("unexpected argument {extra:?}: `cargo xtask test` takes none"));
+        return Err(format!(
+            "unexpected argument {extra:?}: `cargo xtask test` takes none"
+        ));
     }
     run_all()
 }

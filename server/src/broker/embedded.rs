@@ -68,22 +68,35 @@ fn storage(e: impl std::fmt::Display) -> BrokerError {
 
 impl EmbeddedBroker {
     /// Opens (or creates) `history.sqlite3` in `data_dir`.
-    pub fn open(data_dir: &Path, retention: Retention, live: LiveSender) -> Result<EmbeddedBroker, BrokerError> {
+    pub fn open(
+        data_dir: &Path,
+        retention: Retention,
+        live: LiveSender,
+    ) -> Result<EmbeddedBroker, BrokerError> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
         let path = data_dir.join("history.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let conn =
+            Connection::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
         // FULL: a publish answered "published" must survive a power cut, not only a crash.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .and_then(|_| conn.execute_batch(SCHEMA))
-            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| storage(format!("{}: {e}", path.display())))?;
         let last_id = conn
-            .query_row("SELECT ms, seq FROM messages ORDER BY ms DESC, seq DESC LIMIT 1", [], |row| {
-                Ok(Cursor::new(row.get(0)?, row.get(1)?))
-            })
+            .query_row(
+                "SELECT ms, seq FROM messages ORDER BY ms DESC, seq DESC LIMIT 1",
+                [],
+                |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)),
+            )
             .optional()
             .map_err(storage)?
             .unwrap_or_default();
-        let store = Store { conn, last_id, writes_since_trim: HashMap::new() };
+        let store = Store {
+            conn,
+            last_id,
+            writes_since_trim: HashMap::new(),
+        };
         let broker = EmbeddedBroker {
             store: Arc::new(Mutex::new(store)),
             subscribed: Arc::new(Mutex::new(HashSet::new())),
@@ -107,8 +120,11 @@ impl EmbeddedBroker {
                 let result = tokio::task::spawn_blocking(move || {
                     let mut store = store.lock().expect("store lock");
                     let channels: Vec<String> = {
-                        let mut stmt = store.conn.prepare("SELECT DISTINCT channel FROM messages")?;
-                        stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?
+                        let mut stmt = store
+                            .conn
+                            .prepare("SELECT DISTINCT channel FROM messages")?;
+                        stmt.query_map([], |row| row.get(0))?
+                            .collect::<Result<_, _>>()?
                     };
                     for name in channels {
                         if let Ok(channel) = Channel::parse(&name) {
@@ -156,7 +172,12 @@ fn trim(store: &mut Store, channel: &Channel, retention: Retention) -> Result<()
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    let Some(through) = by_age.into_iter().chain(by_len).map(|(ms, seq)| Cursor::new(ms, seq)).max() else {
+    let Some(through) = by_age
+        .into_iter()
+        .chain(by_len)
+        .map(|(ms, seq)| Cursor::new(ms, seq))
+        .max()
+    else {
         return Ok(());
     };
     let tx = store.conn.transaction()?;
@@ -257,7 +278,12 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
-    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError> {
+    async fn history(
+        &self,
+        channel: &Channel,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
         let channel = channel.clone();
         self.blocking(move |store| {
             let trimmed_through: Option<Cursor> = store
@@ -278,9 +304,10 @@ impl Broker for EmbeddedBroker {
                 )
                 .map_err(storage)?;
             let mut messages = stmt
-                .query_map(params![channel.as_str(), after.ms, after.seq, limit as u64 + 1], |row| {
-                    row_to_message(&channel, row)
-                })
+                .query_map(
+                    params![channel.as_str(), after.ms, after.seq, limit as u64 + 1],
+                    |row| row_to_message(&channel, row),
+                )
                 .map_err(storage)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(storage)?;
@@ -289,7 +316,11 @@ impl Broker for EmbeddedBroker {
             let now = now_ms();
             messages.retain(|m| !m.expired_at(now));
             let gap = after > Cursor::ZERO && trimmed_through.is_some_and(|t| after < t);
-            Ok(HistoryPage { messages, gap, more })
+            Ok(HistoryPage {
+                messages,
+                gap,
+                more,
+            })
         })
         .await
     }
@@ -312,16 +343,27 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
-        self.subscribed.lock().expect("subscribed lock").insert(channel.clone());
+        self.subscribed
+            .lock()
+            .expect("subscribed lock")
+            .insert(channel.clone());
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
-        self.subscribed.lock().expect("subscribed lock").remove(channel);
+        self.subscribed
+            .lock()
+            .expect("subscribed lock")
+            .remove(channel);
         Ok(())
     }
 
-    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError> {
+    async fn record_acks(
+        &self,
+        channel: &Channel,
+        ids: &[Cursor],
+        user: &str,
+    ) -> Result<(), BrokerError> {
         let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
         self.blocking(move |store| {
             let tx = store.conn.transaction().map_err(storage)?;
@@ -362,7 +404,13 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.blocking(|store| store.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(storage)).await
+        self.blocking(|store| {
+            store
+                .conn
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(storage)
+        })
+        .await
     }
 
     async fn shutdown(&self) {}
@@ -384,7 +432,10 @@ mod tests {
     }
 
     fn retention(max_len: u64) -> Retention {
-        Retention { max_age: Duration::from_secs(3600), max_len }
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_len,
+        }
     }
 
     #[tokio::test]
@@ -411,7 +462,14 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
         let channel = Channel::parse("patient:p1:notifications").unwrap();
-        assert_eq!(broker.publish(publish(&channel, 1)).await.unwrap().live_relays, 0);
+        assert_eq!(
+            broker
+                .publish(publish(&channel, 1))
+                .await
+                .unwrap()
+                .live_relays,
+            0
+        );
         broker.subscribe(&channel).await.unwrap();
         let published = broker.publish(publish(&channel, 2)).await.unwrap();
         assert_eq!(published.live_relays, 1);
@@ -431,11 +489,17 @@ mod tests {
         }
         let page = broker.history(&channel, ids[0], 10).await.unwrap();
         assert!(page.gap);
-        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            ids[3..]
+        );
         let page = broker.history(&channel, ids[2], 10).await.unwrap();
         assert!(!page.gap);
         let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
-        assert!(!page.gap, "a client starting from zero asks for what is kept");
+        assert!(
+            !page.gap,
+            "a client starting from zero asks for what is kept"
+        );
     }
 
     #[tokio::test]
@@ -444,13 +508,30 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
         let channel = Channel::parse("doctor:d1:notifications").unwrap();
-        let keyed = Publish { idempotency_key: Some("k1".into()), ..publish(&channel, 1) };
+        let keyed = Publish {
+            idempotency_key: Some("k1".into()),
+            ..publish(&channel, 1)
+        };
         let first = broker.publish(keyed.clone()).await.unwrap();
         let again = broker.publish(keyed).await.unwrap();
         assert_eq!((again.id, again.duplicate), (first.id, true));
-        assert_eq!(broker.history(&channel, Cursor::ZERO, 10).await.unwrap().messages.len(), 1);
-        broker.record_acks(&channel, &[first.id], "d1").await.unwrap();
-        broker.record_acks(&channel, &[first.id], "d1").await.unwrap();
+        assert_eq!(
+            broker
+                .history(&channel, Cursor::ZERO, 10)
+                .await
+                .unwrap()
+                .messages
+                .len(),
+            1
+        );
+        broker
+            .record_acks(&channel, &[first.id], "d1")
+            .await
+            .unwrap();
+        broker
+            .record_acks(&channel, &[first.id], "d1")
+            .await
+            .unwrap();
         let receipts = broker.receipts(&channel, first.id).await.unwrap();
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].user, "d1");
@@ -462,10 +543,16 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         let broker = EmbeddedBroker::open(dir.path(), retention(100), tx).unwrap();
         let channel = Channel::parse("doctor:d1:notifications").unwrap();
-        let short = Publish { ttl: Some(Duration::ZERO), ..publish(&channel, 1) };
+        let short = Publish {
+            ttl: Some(Duration::ZERO),
+            ..publish(&channel, 1)
+        };
         broker.publish(short).await.unwrap();
         let kept = broker.publish(publish(&channel, 2)).await.unwrap();
         let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
-        assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), [kept.id]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [kept.id]
+        );
     }
 }

@@ -135,7 +135,12 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError>;
 
     /// Up to `limit` stored notifications of `channel` after `after`.
-    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError>;
+    async fn history(
+        &self,
+        channel: &Channel,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
 
     /// The newest id ever stored in `channel`, if any is still known.
     async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError>;
@@ -147,7 +152,12 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
 
     /// Records that `user` acknowledged these notifications.
-    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError>;
+    async fn record_acks(
+        &self,
+        channel: &Channel,
+        ids: &[Cursor],
+        user: &str,
+    ) -> Result<(), BrokerError>;
 
     /// The acknowledgements of one notification.
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError>;

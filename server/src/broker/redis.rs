@@ -122,16 +122,20 @@ impl RedisBroker {
         recorder: bool,
         live: LiveSender,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = redis::Client::open(url).map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let commands = timeout(REDIS_TIMEOUT * 2, client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|_| unavailable("timed out connecting"))?
-            .map_err(unavailable)?;
+        let commands = timeout(
+            REDIS_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| unavailable("timed out connecting"))?
+        .map_err(unavailable)?;
         let node_id = format!("{:016x}", rand::random::<u64>());
         let shared = Shared {
             commands: commands.clone(),
@@ -148,7 +152,11 @@ impl RedisBroker {
             tokio::spawn(hold_lease(shared.clone(), pubsub_tx.clone()));
         }
         let mut ready = health.clone();
-        let _ = timeout(REDIS_TIMEOUT * 2, ready.wait_for(|h| *h == BrokerHealth::Up)).await;
+        let _ = timeout(
+            REDIS_TIMEOUT * 2,
+            ready.wait_for(|h| *h == BrokerHealth::Up),
+        )
+        .await;
         tracing::info!(node = %node_id, recorder, "connected to Redis");
         Ok(RedisBroker {
             commands,
@@ -168,7 +176,10 @@ async fn run_publish_script(
     fence: bool,
 ) -> Result<Option<Published>, BrokerError> {
     let stream = stream_key(&publish.channel);
-    let idem = publish.idempotency_key.as_deref().map(|k| idempotency_key(&publish.channel, k));
+    let idem = publish
+        .idempotency_key
+        .as_deref()
+        .map(|k| idempotency_key(&publish.channel, k));
     let mut conn = shared.commands.clone();
     let (id, live): (String, i64) = shared
         .publish_script
@@ -177,7 +188,12 @@ async fn run_publish_script(
         .key(if fence { LEASE_KEY } else { &stream })
         .arg(publish.payload.as_ref())
         .arg(publish.priority.as_str())
-        .arg(publish.ttl.map(|t| t.as_millis().to_string()).unwrap_or_default())
+        .arg(
+            publish
+                .ttl
+                .map(|t| t.as_millis().to_string())
+                .unwrap_or_default(),
+        )
         .arg(shared.retention.max_len)
         .arg(shared.retention.max_age.as_millis() as u64)
         .arg(format!("{LIVE_PREFIX}{}", publish.channel))
@@ -190,8 +206,14 @@ async fn run_publish_script(
     if live == -1 {
         return Ok(None);
     }
-    let id: Cursor = id.parse().map_err(|e| BrokerError::Storage(format!("Redis returned {e}")))?;
-    Ok(Some(Published { id, live_relays: live.max(0) as u64, duplicate: live == -2 }))
+    let id: Cursor = id
+        .parse()
+        .map_err(|e| BrokerError::Storage(format!("Redis returned {e}")))?;
+    Ok(Some(Published {
+        id,
+        live_relays: live.max(0) as u64,
+        duplicate: live == -2,
+    }))
 }
 
 /// Parses `<id>\n<priority>\n<ttl>\n<payload>` from a live channel.
@@ -201,9 +223,19 @@ fn parse_live(channel: &str, data: &[u8]) -> Option<StoredMessage> {
     let id: Cursor = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let priority = Priority::parse(std::str::from_utf8(parts.next()?).ok()?)?;
     let ttl = std::str::from_utf8(parts.next()?).ok()?;
-    let ttl = if ttl.is_empty() { None } else { Some(Duration::from_millis(ttl.parse().ok()?)) };
+    let ttl = if ttl.is_empty() {
+        None
+    } else {
+        Some(Duration::from_millis(ttl.parse().ok()?))
+    };
     let payload = Bytes::copy_from_slice(parts.next()?);
-    Some(StoredMessage { id, channel, priority, ttl, payload })
+    Some(StoredMessage {
+        id,
+        channel,
+        priority,
+        ttl,
+        payload,
+    })
 }
 
 /// The node's one pub/sub connection: (re)connects, keeps the subscriptions the hub asked for, and
@@ -226,10 +258,14 @@ async fn run_pubsub(
                 .map_err(unavailable)?
                 .split();
             if !channels.is_empty() {
-                sink.subscribe(channels.iter().collect::<Vec<_>>()).await.map_err(unavailable)?;
+                sink.subscribe(channels.iter().collect::<Vec<_>>())
+                    .await
+                    .map_err(unavailable)?;
             }
             if recording {
-                sink.psubscribe(&Channel::legacy_patterns()[..]).await.map_err(unavailable)?;
+                sink.psubscribe(&Channel::legacy_patterns()[..])
+                    .await
+                    .map_err(unavailable)?;
             }
             Ok::<_, BrokerError>((sink, stream))
         }
@@ -259,7 +295,11 @@ async fn run_pubsub(
         };
         backoff = Duration::from_millis(100);
         health.send_replace(BrokerHealth::Up);
-        tracing::info!(channels = channels.len(), recording, "Redis pub/sub connected");
+        tracing::info!(
+            channels = channels.len(),
+            recording,
+            "Redis pub/sub connected"
+        );
         let mut ping = tokio::time::interval(REDIS_TIMEOUT);
         let reason = loop {
             tokio::select! {
@@ -322,7 +362,11 @@ async fn apply(
         PubSubCommand::Record(on) if on != *recording => {
             *recording = on;
             let patterns = &Channel::legacy_patterns()[..];
-            let result = if on { sink.psubscribe(patterns).await } else { sink.punsubscribe(patterns).await };
+            let result = if on {
+                sink.psubscribe(patterns).await
+            } else {
+                sink.punsubscribe(patterns).await
+            };
             result.map_err(|e| e.to_string())
         }
         PubSubCommand::Record(_) => Ok(()),
@@ -398,7 +442,13 @@ async fn run_recorder(shared: Shared, mut legacy: mpsc::Receiver<LegacyMessage>)
                 Priority::Normal
             }
         };
-        let publish = Publish { channel, payload: message.payload, priority, ttl: None, idempotency_key: None };
+        let publish = Publish {
+            channel,
+            payload: message.payload,
+            priority,
+            ttl: None,
+            idempotency_key: None,
+        };
         match run_publish_script(&shared, &publish, true).await {
             Ok(Some(published)) => {
                 tracing::debug!(channel = %publish.channel, id = %published.id, "recorded a plain PUBLISH");
@@ -414,7 +464,10 @@ async fn run_recorder(shared: Shared, mut legacy: mpsc::Receiver<LegacyMessage>)
 }
 
 fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
 }
 
 #[async_trait]
@@ -435,7 +488,12 @@ impl Broker for RedisBroker {
             .ok_or_else(|| BrokerError::Storage("unfenced publish reported a fence".into()))
     }
 
-    async fn history(&self, channel: &Channel, after: Cursor, limit: usize) -> Result<HistoryPage, BrokerError> {
+    async fn history(
+        &self,
+        channel: &Channel,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
         let mut conn = self.commands.clone();
         let key = stream_key(channel);
         let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
@@ -451,7 +509,9 @@ impl Broker for RedisBroker {
         let now = super::now_ms();
         let mut messages = Vec::with_capacity(entries.len().min(limit));
         for (id, fields) in entries.into_iter().take(limit) {
-            let id: Cursor = id.parse().map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
+            let id: Cursor = id
+                .parse()
+                .map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
             let priority = field(&fields, "p")
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(Priority::parse)
@@ -461,13 +521,26 @@ impl Broker for RedisBroker {
                 .and_then(|x| x.parse().ok())
                 .map(Duration::from_millis);
             let payload = Bytes::copy_from_slice(field(&fields, "m").unwrap_or_default());
-            let message = StoredMessage { id, channel: channel.clone(), priority, ttl, payload };
+            let message = StoredMessage {
+                id,
+                channel: channel.clone(),
+                priority,
+                ttl,
+                payload,
+            };
             if !message.expired_at(now) {
                 messages.push(message);
             }
         }
-        let gap = after > Cursor::ZERO && max_deleted_id(&mut conn, &key).await?.is_some_and(|d| after < d);
-        Ok(HistoryPage { messages, gap, more })
+        let gap = after > Cursor::ZERO
+            && max_deleted_id(&mut conn, &key)
+                .await?
+                .is_some_and(|d| after < d);
+        Ok(HistoryPage {
+            messages,
+            gap,
+            more,
+        })
     }
 
     async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
@@ -490,26 +563,39 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.pubsub
-            .send(PubSubCommand::Subscribe(format!("{LIVE_PREFIX}{channel}"), reply))
+            .send(PubSubCommand::Subscribe(
+                format!("{LIVE_PREFIX}{channel}"),
+                reply,
+            ))
             .await
             .map_err(|_| unavailable("pub/sub task stopped"))?;
-        answer.await.map_err(|_| unavailable("pub/sub connection lost"))?
+        answer
+            .await
+            .map_err(|_| unavailable("pub/sub connection lost"))?
     }
 
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
         self.pubsub
-            .send(PubSubCommand::Unsubscribe(format!("{LIVE_PREFIX}{channel}")))
+            .send(PubSubCommand::Unsubscribe(format!(
+                "{LIVE_PREFIX}{channel}"
+            )))
             .await
             .map_err(|_| unavailable("pub/sub task stopped"))
     }
 
-    async fn record_acks(&self, channel: &Channel, ids: &[Cursor], user: &str) -> Result<(), BrokerError> {
+    async fn record_acks(
+        &self,
+        channel: &Channel,
+        ids: &[Cursor],
+        user: &str,
+    ) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
         let now = super::now_ms();
         for id in ids {
             let key = receipts_key(channel, *id);
             pipe.hset_nx(&key, user, now).ignore();
-            pipe.expire(&key, self.retention.max_age.as_secs() as i64).ignore();
+            pipe.expire(&key, self.retention.max_age.as_secs() as i64)
+                .ignore();
         }
         let mut conn = self.commands.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
@@ -517,9 +603,14 @@ impl Broker for RedisBroker {
 
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
         let mut conn = self.commands.clone();
-        let entries: Vec<(String, u64)> = conn.hgetall(receipts_key(channel, id)).await.map_err(unavailable)?;
-        let mut receipts: Vec<Receipt> =
-            entries.into_iter().map(|(user, acked_at_ms)| Receipt { user, acked_at_ms }).collect();
+        let entries: Vec<(String, u64)> = conn
+            .hgetall(receipts_key(channel, id))
+            .await
+            .map_err(unavailable)?;
+        let mut receipts: Vec<Receipt> = entries
+            .into_iter()
+            .map(|(user, acked_at_ms)| Receipt { user, acked_at_ms })
+            .collect();
         receipts.sort_by_key(|r| r.acked_at_ms);
         Ok(receipts)
     }
@@ -530,13 +621,20 @@ impl Broker for RedisBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         let mut conn = self.commands.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(unavailable)
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn shutdown(&self) {
         let mut conn = self.commands.clone();
-        let released: redis::RedisResult<i64> =
-            Script::new(RELEASE_SCRIPT).key(LEASE_KEY).arg(&self.node_id).invoke_async(&mut conn).await;
+        let released: redis::RedisResult<i64> = Script::new(RELEASE_SCRIPT)
+            .key(LEASE_KEY)
+            .arg(&self.node_id)
+            .invoke_async(&mut conn)
+            .await;
         if let Ok(1) = released {
             tracing::info!("released the recorder lease");
         }
@@ -544,8 +642,16 @@ impl Broker for RedisBroker {
 }
 
 /// The newest id trimmed from a stream (Redis ≥ 7 reports it in `XINFO STREAM`).
-async fn max_deleted_id(conn: &mut ConnectionManager, key: &str) -> Result<Option<Cursor>, BrokerError> {
-    let info: redis::Value = match redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn).await {
+async fn max_deleted_id(
+    conn: &mut ConnectionManager,
+    key: &str,
+) -> Result<Option<Cursor>, BrokerError> {
+    let info: redis::Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(conn)
+        .await
+    {
         Ok(info) => info,
         Err(e) if e.to_string().contains("no such key") => return Ok(None),
         Err(e) => return Err(unavailable(e)),
@@ -556,10 +662,14 @@ async fn max_deleted_id(conn: &mut ConnectionManager, key: &str) -> Result<Optio
         _ => return Ok(None),
     };
     for pair in pairs.chunks(2) {
-        let [redis::Value::BulkString(name), value] = pair else { continue };
+        let [redis::Value::BulkString(name), value] = pair else {
+            continue;
+        };
         if name.as_slice() == b"max-deleted-entry-id" {
             let text: String = redis::from_redis_value(value.clone()).map_err(unavailable)?;
-            let id: Cursor = text.parse().map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
+            let id: Cursor = text
+                .parse()
+                .map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
             return Ok((id > Cursor::ZERO).then_some(id));
         }
     }
@@ -572,7 +682,11 @@ mod tests {
 
     #[test]
     fn live_frames_parse_with_newlines_in_the_payload() {
-        let stored = parse_live("wardline:live:system:alerts", b"5-1\ncritical\n\n{\"a\":\n1}").unwrap();
+        let stored = parse_live(
+            "wardline:live:system:alerts",
+            b"5-1\ncritical\n\n{\"a\":\n1}",
+        )
+        .unwrap();
         assert_eq!(stored.id, Cursor::new(5, 1));
         assert_eq!(stored.priority, Priority::Critical);
         assert_eq!(stored.ttl, None);
@@ -586,7 +700,13 @@ mod tests {
     #[test]
     fn keys_share_a_cluster_slot_per_channel() {
         let channel = Channel::parse("doctor:d1:notifications").unwrap();
-        assert_eq!(stream_key(&channel), "wardline:{doctor:d1:notifications}:stream");
-        assert_eq!(idempotency_key(&channel, "k"), "wardline:{doctor:d1:notifications}:idem:k");
+        assert_eq!(
+            stream_key(&channel),
+            "wardline:{doctor:d1:notifications}:stream"
+        );
+        assert_eq!(
+            idempotency_key(&channel, "k"),
+            "wardline:{doctor:d1:notifications}:idem:k"
+        );
     }
 }

@@ -19,10 +19,16 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let broker = state.hub.broker();
     if let BrokerHealth::Down(reason) = &*broker.health().borrow() {
-        return Err(ApiError::new(ErrorCode::BrokerUnavailable, format!("broker unavailable: {reason}")));
+        return Err(ApiError::new(
+            ErrorCode::BrokerUnavailable,
+            format!("broker unavailable: {reason}"),
+        ));
     }
     if *state.shutdown.borrow() {
-        return Err(ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the relay is shutting down",
+        ));
     }
     broker.ping().await?;
     Ok(Json(json!({"status": "ready", "broker": broker.kind()})))
@@ -32,6 +38,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let broker = state.hub.broker();
     let up = *broker.health().borrow() == BrokerHealth::Up;
-    let text = state.metrics().render(broker.kind(), up, state.hub.channel_count());
+    let text = state
+        .metrics()
+        .render(broker.kind(), up, state.hub.channel_count());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

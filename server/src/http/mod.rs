@@ -12,7 +12,11 @@ use axum::http::HeaderMap;
 use wardline_protocol::ErrorCode;
 
 /// Verifies the request's token, counting refusals.
-pub fn authenticate(state: &AppState, query_token: Option<&str>, headers: &HeaderMap) -> Result<Claims, ApiError> {
+pub fn authenticate(
+    state: &AppState,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, ApiError> {
     let result = token_from_request(query_token, headers)
         .ok_or(crate::auth::AuthError::Missing)
         .and_then(|token| state.auth.verify(&token));
@@ -27,7 +31,10 @@ pub fn require_stats_reader(claims: &Claims) -> Result<(), ApiError> {
     if claims.can_read_stats() {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::RoleForbidden, format!("role {} may not read relay statistics", claims.role)))
+        Err(ApiError::new(
+            ErrorCode::RoleForbidden,
+            format!("role {} may not read relay statistics", claims.role),
+        ))
     }
 }
 

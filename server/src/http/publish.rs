@@ -47,7 +47,8 @@ struct Failed {
 
 impl IntoResponse for Failed {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({"status": "failed", "channel": self.channel, "reason": self.reason, "code": self.code});
         (status, Json(body)).into_response()
     }
@@ -65,32 +66,70 @@ pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: By
     }
 }
 
-async fn try_publish(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response, Failed> {
-    let fail = |channel: &str, code: ErrorCode, reason: String| Failed { channel: channel.to_owned(), code, reason };
+async fn try_publish(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Failed> {
+    let fail = |channel: &str, code: ErrorCode, reason: String| Failed {
+        channel: channel.to_owned(),
+        code,
+        reason,
+    };
     let claims = authenticate(state, None, headers).map_err(|e| fail("", e.code, e.message))?;
-    let request: PublishRequest = serde_json::from_slice(body)
-        .map_err(|e| fail("", ErrorCode::MalformedJson, format!("invalid request body: {e}")))?;
+    let request: PublishRequest = serde_json::from_slice(body).map_err(|e| {
+        fail(
+            "",
+            ErrorCode::MalformedJson,
+            format!("invalid request body: {e}"),
+        )
+    })?;
     let name = request.channel.as_str();
-    let channel = Channel::parse(name).map_err(|e| fail(name, ErrorCode::UnknownChannel, e.to_string()))?;
+    let channel =
+        Channel::parse(name).map_err(|e| fail(name, ErrorCode::UnknownChannel, e.to_string()))?;
     if !claims.can_publish(&channel) {
-        return Err(fail(name, ErrorCode::RoleForbidden, format!("role {} may not publish to {channel}", claims.role)));
+        return Err(fail(
+            name,
+            ErrorCode::RoleForbidden,
+            format!("role {} may not publish to {channel}", claims.role),
+        ));
     }
-    let message: Value = serde_json::from_str(request.message.get())
-        .map_err(|e| fail(name, ErrorCode::MalformedJson, format!("invalid `message`: {e}")))?;
+    let message: Value = serde_json::from_str(request.message.get()).map_err(|e| {
+        fail(
+            name,
+            ErrorCode::MalformedJson,
+            format!("invalid `message`: {e}"),
+        )
+    })?;
     if !message.is_object() {
-        return Err(fail(name, ErrorCode::InvalidRequest, "`message` must be a JSON object".into()));
+        return Err(fail(
+            name,
+            ErrorCode::InvalidRequest,
+            "`message` must be a JSON object".into(),
+        ));
     }
-    if let (Some(recipient), ChannelKind::Doctor(id) | ChannelKind::Patient(id)) = (&request.recipient_id, channel.kind()) {
-        if recipient != id {
-            return Err(fail(name, ErrorCode::InvalidRequest, format!("recipient_id {recipient} does not own {channel}")));
-        }
+    if let (Some(recipient), ChannelKind::Doctor(id) | ChannelKind::Patient(id)) =
+        (&request.recipient_id, channel.kind())
+        && recipient != id
+    {
+        return Err(fail(
+            name,
+            ErrorCode::InvalidRequest,
+            format!("recipient_id {recipient} does not own {channel}"),
+        ));
     }
     let payload = request.message.get().to_owned();
     if payload.len() > MAX_INBOUND_FRAME_BYTES {
-        return Err(fail(name, ErrorCode::TooLarge, format!("`message` is larger than {MAX_INBOUND_FRAME_BYTES} bytes")));
+        return Err(fail(
+            name,
+            ErrorCode::TooLarge,
+            format!("`message` is larger than {MAX_INBOUND_FRAME_BYTES} bytes"),
+        ));
     }
     let publish = Publish {
-        priority: request.priority.unwrap_or_else(|| Priority::default_for(&message)),
+        priority: request
+            .priority
+            .unwrap_or_else(|| Priority::default_for(&message)),
         channel,
         payload: Bytes::from(payload),
         ttl: request.ttl_s.map(Duration::from_secs),

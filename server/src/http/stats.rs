@@ -17,7 +17,10 @@ use std::time::Duration;
 use wardline_protocol::{Channel, ErrorCode, Priority, Role};
 
 /// `GET /v1/stats` (also `/v1/ws/stats`, seed 004's path).
-pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     require_stats_reader(&authenticate(&state, None, &headers)?)?;
     let m = state.metrics();
     let broker = state.hub.broker();
@@ -59,10 +62,18 @@ pub async fn receipts(
     Query(query): Query<ReceiptsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_stats_reader(&authenticate(&state, None, &headers)?)?;
-    let channel = Channel::parse(&query.channel).map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
-    let id = query.id.parse().map_err(|e: wardline_protocol::CursorError| ApiError::new(ErrorCode::BadCursor, e.to_string()))?;
+    let channel = Channel::parse(&query.channel)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    let id = query
+        .id
+        .parse()
+        .map_err(|e: wardline_protocol::CursorError| {
+            ApiError::new(ErrorCode::BadCursor, e.to_string())
+        })?;
     let receipts = state.hub.broker().receipts(&channel, id).await?;
-    Ok(Json(json!({"channel": channel, "id": id, "receipts": receipts})))
+    Ok(Json(
+        json!({"channel": channel, "id": id, "receipts": receipts}),
+    ))
 }
 
 /// Body of `POST /v1/ws/test-notification` (seed 004's, plus the recipient's role).
@@ -87,15 +98,25 @@ pub async fn test_notification(
 ) -> Result<Json<Value>, ApiError> {
     let claims = authenticate(&state, None, &headers)?;
     if claims.role != Role::Admin {
-        return Err(ApiError::new(ErrorCode::RoleForbidden, "only an admin may send test notifications"));
+        return Err(ApiError::new(
+            ErrorCode::RoleForbidden,
+            "only an admin may send test notifications",
+        ));
     }
-    let request: TestNotification = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("invalid request body: {e}")))?;
+    let request: TestNotification = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("invalid request body: {e}"),
+        )
+    })?;
     let prefix = match request.role {
         Some(Role::Patient) => "patient",
         Some(Role::Doctor) | None => "doctor",
         Some(other) => {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("role {other} has no own channel")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("role {other} has no own channel"),
+            ));
         }
     };
     let channel = Channel::parse(&format!("{prefix}:{}:notifications", request.user_id))

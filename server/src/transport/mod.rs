@@ -24,11 +24,17 @@ pub fn admit(
     headers: &HeaderMap,
 ) -> Result<Claims, ApiError> {
     if *state.shutdown.borrow() {
-        return Err(ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down; connect again"));
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the relay is shutting down; connect again",
+        ));
     }
     if !state.connection_limiter.allow(peer.ip()) {
         Metrics::inc(&state.metrics().rate_limited_total);
-        return Err(ApiError::new(ErrorCode::RateLimited, "too many new connections from this address; retry later"));
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many new connections from this address; retry later",
+        ));
     }
     let claims = authenticate(state, query_token, headers)?;
     if claims.sub != path_user {
@@ -39,7 +45,10 @@ pub fn admit(
         ));
     }
     if let BrokerHealth::Down(reason) = &*state.hub.broker().health().borrow() {
-        return Err(ApiError::new(ErrorCode::BrokerUnavailable, format!("broker unavailable: {reason}")));
+        return Err(ApiError::new(
+            ErrorCode::BrokerUnavailable,
+            format!("broker unavailable: {reason}"),
+        ));
     }
     Ok(claims)
 }

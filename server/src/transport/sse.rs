@@ -37,16 +37,25 @@ pub struct SseQuery {
 
 /// Parses an SSE id (`channel=cursor;…`) or a bare cursor into a cursor per channel.
 fn parse_position(text: &str, channels: &[Channel]) -> Result<BTreeMap<Channel, Cursor>, ApiError> {
-    let bad = |detail: String| ApiError::new(ErrorCode::BadCursor, format!("invalid resume position: {detail}"));
+    let bad = |detail: String| {
+        ApiError::new(
+            ErrorCode::BadCursor,
+            format!("invalid resume position: {detail}"),
+        )
+    };
     if !text.contains('=') {
-        let cursor: Cursor = text.parse().map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
+        let cursor: Cursor = text
+            .parse()
+            .map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
         return Ok(channels.iter().map(|c| (c.clone(), cursor)).collect());
     }
     let mut positions = BTreeMap::new();
     for part in text.split(';').filter(|p| !p.is_empty()) {
         let (name, cursor) = part.split_once('=').ok_or_else(|| bad(part.to_owned()))?;
         let channel = Channel::parse(name).map_err(|e| bad(e.to_string()))?;
-        let cursor: Cursor = cursor.parse().map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
+        let cursor: Cursor = cursor
+            .parse()
+            .map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
         positions.insert(channel, cursor);
     }
     Ok(positions)
@@ -54,7 +63,11 @@ fn parse_position(text: &str, channels: &[Channel]) -> Result<BTreeMap<Channel, 
 
 /// Formats positions as an SSE id.
 fn format_position(positions: &BTreeMap<Channel, Cursor>) -> String {
-    positions.iter().map(|(c, p)| format!("{c}={p}")).collect::<Vec<_>>().join(";")
+    positions
+        .iter()
+        .map(|(c, p)| format!("{c}={p}"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 fn event(name: &str, frame: &ServerFrame) -> Bytes {
@@ -62,7 +75,8 @@ fn event(name: &str, frame: &ServerFrame) -> Bytes {
 }
 
 fn error_event(code: ErrorCode, message: String, close_code: u16) -> Bytes {
-    let body = serde_json::json!({"op": "error", "code": code, "message": message, "close": close_code});
+    let body =
+        serde_json::json!({"op": "error", "code": code, "message": message, "close": close_code});
     Bytes::from(format!("event: error\ndata: {body}\n\n"))
 }
 
@@ -77,7 +91,10 @@ pub async fn user_events(
     let claims = admit(&state, peer, &user_id, query.token.as_deref(), &headers)?;
     let channels = requested_channels(&claims, query.channels.as_deref())?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let positions = match last_event_id.or(query.since.as_deref()).filter(|t| !t.is_empty()) {
+    let positions = match last_event_id
+        .or(query.since.as_deref())
+        .filter(|t| !t.is_empty())
+    {
         Some(text) => parse_position(text, &channels)?,
         None => BTreeMap::new(),
     };
@@ -86,12 +103,18 @@ pub async fn user_events(
     let mut resumed = Vec::with_capacity(channels.len());
     for channel in &channels {
         let since = positions.get(channel).map(|c| c.to_string());
-        resumed.push(session.subscribe(channel.as_str(), since.as_deref()).await?);
+        resumed.push(
+            session
+                .subscribe(channel.as_str(), since.as_deref())
+                .await?,
+        );
     }
     // Each replayed event's id says exactly what the stream has sent so far, so a client that drops
     // in the middle of the replay resumes every channel from the right place.
-    let mut sent: BTreeMap<Channel, Cursor> =
-        resumed.iter().filter_map(|r| Some((r.channel.clone(), r.start?))).collect();
+    let mut sent: BTreeMap<Channel, Cursor> = resumed
+        .iter()
+        .filter_map(|r| Some((r.channel.clone(), r.start?)))
+        .collect();
     let mut pending = VecDeque::from([Bytes::from_static(b"retry: 2000\n\n")]);
     for resumed in resumed {
         for delivery in &resumed.replay {
@@ -109,7 +132,10 @@ pub async fn user_events(
     }
     let stream = SseStream {
         expiry: Box::pin(tokio::time::sleep(session.claims().time_left())),
-        heartbeat: tokio::time::interval_at(Instant::now() + state.config.heartbeat, state.config.heartbeat),
+        heartbeat: tokio::time::interval_at(
+            Instant::now() + state.config.heartbeat,
+            state.config.heartbeat,
+        ),
         session,
         pending,
         shutdown: state.shutdown.clone(),
@@ -120,7 +146,10 @@ pub async fn user_events(
     let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next_chunk));
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -128,15 +157,21 @@ pub async fn user_events(
 
 fn requested_channels(claims: &Claims, requested: Option<&str>) -> Result<Vec<Channel>, ApiError> {
     let readable = claims.readable_channels();
-    let Some(requested) = requested.filter(|r| !r.is_empty()) else { return Ok(readable) };
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+        return Ok(readable);
+    };
     requested
         .split(',')
         .map(|name| {
-            let channel = Channel::parse(name.trim()).map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+            let channel = Channel::parse(name.trim())
+                .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
             if readable.contains(&channel) {
                 Ok(channel)
             } else {
-                Err(ApiError::new(ErrorCode::ChannelForbidden, format!("the token does not grant channel {channel}")))
+                Err(ApiError::new(
+                    ErrorCode::ChannelForbidden,
+                    format!("the token does not grant channel {channel}"),
+                ))
             }
         })
         .collect()
@@ -198,11 +233,21 @@ mod tests {
 
     #[test]
     fn positions_round_trip_through_sse_ids() {
-        let channels = [Channel::parse("doctor:d1:notifications").unwrap(), Channel::system_alerts()];
-        let positions = parse_position("system:alerts=5-1;doctor:d1:notifications=7-0", &channels).unwrap();
-        assert_eq!(format_position(&positions), "doctor:d1:notifications=7-0;system:alerts=5-1");
+        let channels = [
+            Channel::parse("doctor:d1:notifications").unwrap(),
+            Channel::system_alerts(),
+        ];
+        let positions =
+            parse_position("system:alerts=5-1;doctor:d1:notifications=7-0", &channels).unwrap();
+        assert_eq!(
+            format_position(&positions),
+            "doctor:d1:notifications=7-0;system:alerts=5-1"
+        );
         let bare = parse_position("9-0", &channels).unwrap();
-        assert_eq!(format_position(&bare), "doctor:d1:notifications=9-0;system:alerts=9-0");
+        assert_eq!(
+            format_position(&bare),
+            "doctor:d1:notifications=9-0;system:alerts=9-0"
+        );
         assert!(parse_position("doctor:d1:notifications=x", &channels).is_err());
         assert!(parse_position("nope=1-0", &channels).is_err());
     }

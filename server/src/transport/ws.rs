@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 use wardline_protocol::{
-    ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, SUBPROTOCOL_RAW, SUBPROTOCOL_V1, ServerFrame, close,
+    ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, SUBPROTOCOL_RAW, SUBPROTOCOL_V1, ServerFrame,
+    close,
 };
 
 /// Largest frame tungstenite buffers before failing the connection; frames between the protocol's
@@ -94,7 +95,13 @@ pub async fn seed004_socket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, peer, &query.user_id, query.token.as_deref(), &headers)?;
+    let claims = admit(
+        &state,
+        peer,
+        &query.user_id,
+        query.token.as_deref(),
+        &headers,
+    )?;
     let session = open_session(&state, claims, Mode::Seed004).await?;
     Ok(configure(ws).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
 }
@@ -122,8 +129,27 @@ async fn run(mut socket: WebSocket, state: AppState, mut session: Session, mode:
     let stop = drive(&mut socket, &mut session, &state, mode).await;
     if let Stop::Close(code, reason) = stop {
         tracing::debug!(user = %session.claims().sub, code, %reason, "closing WebSocket");
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-        let _ = timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        if let Ok(Ok(())) = timeout(
+            Duration::from_secs(1),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await
+        {
+            // Read until the peer's close: dropping a socket with unread input makes the kernel
+            // reset the connection, and the peer would lose the close frame and the error before it.
+            let drain = async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if let Message::Close(_) = message {
+                        break;
+                    }
+                }
+            };
+            let _ = timeout(Duration::from_secs(2), drain).await;
+        }
     }
 }
 
@@ -143,19 +169,44 @@ async fn send(socket: &mut WebSocket, session: &Session, message: Message) -> Re
     }
 }
 
-async fn send_frame(socket: &mut WebSocket, session: &Session, frame: &ServerFrame) -> Result<(), Stop> {
-    send(socket, session, Message::Text(Utf8Bytes::from(frame.to_json()))).await
+async fn send_frame(
+    socket: &mut WebSocket,
+    session: &Session,
+    frame: &ServerFrame,
+) -> Result<(), Stop> {
+    send(
+        socket,
+        session,
+        Message::Text(Utf8Bytes::from(frame.to_json())),
+    )
+    .await
 }
 
 fn slow_consumer() -> Stop {
-    Stop::Close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor".into())
+    Stop::Close(
+        close::SLOW_CONSUMER,
+        "slow consumer: resume from your last cursor".into(),
+    )
 }
 
-fn error_frame(code: ErrorCode, message: impl Into<String>, channel: Option<String>) -> ServerFrame {
-    ServerFrame::Error { code, message: message.into(), channel }
+fn error_frame(
+    code: ErrorCode,
+    message: impl Into<String>,
+    channel: Option<String>,
+) -> ServerFrame {
+    ServerFrame::Error {
+        code,
+        message: message.into(),
+        channel,
+    }
 }
 
-async fn drive(socket: &mut WebSocket, session: &mut Session, state: &AppState, mode: Mode) -> Stop {
+async fn drive(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    state: &AppState,
+    mode: Mode,
+) -> Stop {
     if mode == Mode::V1 {
         let claims = session.claims().clone();
         let welcome = ServerFrame::Welcome {
@@ -174,7 +225,8 @@ async fn drive(socket: &mut WebSocket, session: &mut Session, state: &AppState, 
     let mut shutdown = state.shutdown.clone();
     let expiry = sleep(session.claims().time_left());
     tokio::pin!(expiry);
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + config.heartbeat, config.heartbeat);
     let mut last_heard = Instant::now();
     let mut frames = TokenBucket::new(config.frames_per_s, config.frame_burst);
     loop {
@@ -238,15 +290,27 @@ async fn handle_inbound(
     }
     let Some(text) = text else {
         if mode == Mode::V1 {
-            let error = error_frame(ErrorCode::MalformedJson, "binary frames are not supported; send JSON text", None);
+            let error = error_frame(
+                ErrorCode::MalformedJson,
+                "binary frames are not supported; send JSON text",
+                None,
+            );
             send_frame(socket, session, &error).await?;
         }
         return Ok(());
     };
     if text.len() > MAX_INBOUND_FRAME_BYTES {
-        let message = format!("frame of {} bytes is over the limit of {MAX_INBOUND_FRAME_BYTES}", text.len());
+        let message = format!(
+            "frame of {} bytes is over the limit of {MAX_INBOUND_FRAME_BYTES}",
+            text.len()
+        );
         if mode == Mode::V1 {
-            send_frame(socket, session, &error_frame(ErrorCode::TooLarge, message.clone(), None)).await?;
+            send_frame(
+                socket,
+                session,
+                &error_frame(ErrorCode::TooLarge, message.clone(), None),
+            )
+            .await?;
         }
         return Err(Stop::Close(close::MESSAGE_TOO_BIG, message));
     }
@@ -256,7 +320,12 @@ async fn handle_inbound(
             let is_ping = serde_json::from_str::<serde_json::Value>(text.as_str())
                 .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"));
             if is_ping {
-                send(socket, session, Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#))).await?;
+                send(
+                    socket,
+                    session,
+                    Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#)),
+                )
+                .await?;
             }
             Ok(())
         }
@@ -268,13 +337,18 @@ async fn handle_inbound(
 async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) -> Result<(), Stop> {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err(e) => return send_frame(socket, session, &error_frame(e.code(), e.to_string(), None)).await,
+        Err(e) => {
+            return send_frame(socket, session, &error_frame(e.code(), e.to_string(), None)).await;
+        }
     };
     match frame {
         ClientFrame::Ping => send_frame(socket, session, &ServerFrame::Pong).await,
         ClientFrame::Subscribe { channels } => {
             for request in channels {
-                match session.subscribe(&request.channel, request.since.as_deref()).await {
+                match session
+                    .subscribe(&request.channel, request.since.as_deref())
+                    .await
+                {
                     Ok(resumed) => {
                         for delivery in &resumed.replay {
                             send(socket, session, Message::Text(delivery.v1_frame())).await?;
@@ -302,8 +376,17 @@ async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) ->
             Ok(())
         }
         ClientFrame::Ack { channel, ids } => match session.ack(&channel, &ids).await {
-            Ok((channel, ids)) => send_frame(socket, session, &ServerFrame::Acked { channel, ids }).await,
-            Err(e) => send_frame(socket, session, &error_frame(e.code(), e.to_string(), Some(channel))).await,
+            Ok((channel, ids)) => {
+                send_frame(socket, session, &ServerFrame::Acked { channel, ids }).await
+            }
+            Err(e) => {
+                send_frame(
+                    socket,
+                    session,
+                    &error_frame(e.code(), e.to_string(), Some(channel)),
+                )
+                .await
+            }
         },
     }
 }

@@ -1,0 +1,384 @@
+//! What reaches whom: seed clients byte for byte, resume without gaps or duplicates, several relay
+//! nodes on one Redis, acknowledgements, seed 004's frames.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use wardline_tests::client::{SseClient, V1Client, connect, next_text};
+use wardline_tests::{
+    BrokerKind, RedisServer, Relay, WAIT, critical_lab_result, on_both_brokers, token,
+    wait_for_recorder,
+};
+
+const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
+
+/// Seed 001's Python client, unchanged but for the harness arguments, receives byte-identical JSON:
+/// published with a plain Redis `PUBLISH` (Redis) or `POST /v1/publish` (embedded).
+async fn the_seed_python_client_receives_the_published_bytes(
+    kind: BrokerKind,
+) -> anyhow::Result<()> {
+    let (redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    if let Some(redis) = &redis {
+        wait_for_recorder(redis).await?;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/seed/seed001_client.py");
+    let mut python = tokio::process::Command::new("python3")
+        .args([
+            script,
+            "d1",
+            &token("d1", "doctor", &[], 600),
+            &relay.ws_url(""),
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("python3 with websockets is needed (cargo xtask test installs it)")?;
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line()).await??;
+    assert_eq!(first.as_deref(), Some("Connected to notifications"));
+    // The seed's own spacing and key order (Python's json.dumps), which must survive untouched.
+    let payloads = [
+        (
+            DOCTOR_CHANNEL,
+            r#"{"type": "critical_lab_result", "urgent": true, "result_id": "r1", "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true}"#,
+        ),
+        (
+            "system:alerts",
+            r#"{"type": "system_notification", "content": "Maintenance at 22:00 — «ward 3»"}"#,
+        ),
+        (
+            DOCTOR_CHANNEL,
+            r#"{"type":"appointment_requested","appointment_id":"a1","patient_name":"Alice Johnson","reason":"Annual checkup","requested_time":"2025-02-01T10:00:00Z"}"#,
+        ),
+    ];
+    for (channel, payload) in payloads {
+        match &redis {
+            Some(redis) => {
+                let receivers: i64 = redis.connection().await.publish(channel, payload).await?;
+                assert_eq!(
+                    receivers, 1,
+                    "the recorder is the one subscriber of the plain channel"
+                );
+            }
+            None => {
+                let (status, reply) = relay
+                    .publish_text(format!(r#"{{"channel":"{channel}","message":{payload}}}"#))
+                    .await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        }
+    }
+    for (_, payload) in payloads {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .context("python client ended early")?;
+        let raw: String =
+            serde_json::from_str(line.strip_prefix("RAW ").context("unexpected line")?)?;
+        assert_eq!(raw, payload);
+    }
+    assert!(tokio::time::timeout(WAIT, python.wait()).await??.success());
+    if let Some(redis) = &redis {
+        // Recorded into history exactly once each.
+        let mut conn = redis.connection().await;
+        let doctor: usize = conn
+            .xlen(format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+            .await?;
+        let alerts: usize = conn.xlen("wardline:{system:alerts}:stream").await?;
+        assert_eq!((doctor, alerts), (2, 1));
+    }
+    Ok(())
+}
+on_both_brokers!(the_seed_python_client_receives_the_published_bytes);
+
+async fn publish_numbered(
+    relay: &Relay,
+    redis: Option<&RedisServer>,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<()> {
+    let mut conn = match redis {
+        Some(redis) => Some(redis.connection().await),
+        None => None,
+    };
+    for n in from..to {
+        let message = json!({"type": "lab_result_available", "result_id": format!("r{n}"), "test_type": "CBC", "n": n});
+        match &mut conn {
+            // On Redis, the plain PUBLISH of existing backends.
+            Some(conn) => {
+                let _: i64 = conn.publish(DOCTOR_CHANNEL, message.to_string()).await?;
+            }
+            None => assert_eq!(relay.publish(DOCTOR_CHANNEL, &message).await.0, 200),
+        }
+    }
+    Ok(())
+}
+
+/// A client that disconnects, misses 100 notifications and resumes gets exactly those 100, in order,
+/// then live ones, with no duplicate at the seam.
+async fn a_resumed_client_gets_exactly_what_it_missed(kind: BrokerKind) -> anyhow::Result<()> {
+    let (redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    if let Some(redis) = &redis {
+        wait_for_recorder(redis).await?;
+    }
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
+    publish_numbered(&relay, redis.as_ref(), 0, 1).await?;
+    let cursor = client.notifications(1).await?[0].id;
+    drop(client);
+
+    publish_numbered(&relay, redis.as_ref(), 1, 101).await?;
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+    let since = cursor.to_string();
+    let (mut got, outcomes) = client.subscribe(&[(DOCTOR_CHANNEL, Some(&since))]).await?;
+    let ServerFrame::Resumed { gap, replayed, .. } = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(!gap);
+    assert_eq!(*replayed as usize, got.len());
+    // Plain PUBLISHes are recorded asynchronously: what was not in history yet arrives live.
+    got.extend(client.notifications(100 - got.len()).await?);
+    publish_numbered(&relay, redis.as_ref(), 101, 102).await?;
+    got.extend(client.notifications(1).await?);
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|n| n.message["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..102).collect::<Vec<u64>>());
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ids grow");
+    Ok(())
+}
+on_both_brokers!(a_resumed_client_gets_exactly_what_it_missed);
+
+/// SSE: one `Last-Event-ID` resumes every channel of the stream.
+async fn sse_resumes_every_channel_from_one_event_id(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    let url = format!(
+        "{}/sse/d1?token={}",
+        relay.base,
+        token("d1", "doctor", &[], 600)
+    );
+    let mut sse = SseClient::open(&url, None)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for _ in 0..2 {
+        assert_eq!(sse.next().await?.context("stream ended")?.event, "resumed");
+    }
+    let alert = |n: u64| json!({"type": "system_notification", "content": format!("alert {n}")});
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    relay.publish("system:alerts", &alert(1)).await;
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        let event = sse.next().await?.context("stream ended")?;
+        assert_eq!(event.event, "message");
+        last_id = event.id.context("notifications carry an id")?;
+    }
+    drop(sse);
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(2)).await;
+    relay.publish("system:alerts", &alert(2)).await;
+    let mut sse = SseClient::open(&url, Some(&last_id))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut replayed = Vec::new();
+    let mut resumed = 0;
+    while resumed < 2 {
+        let event = sse.next().await?.context("stream ended")?;
+        let data: Value = serde_json::from_str(&event.data)?;
+        match event.event.as_str() {
+            "message" => replayed.push(data["message"].clone()),
+            "resumed" => {
+                resumed += 1;
+                assert_eq!(data["gap"], false);
+            }
+            other => panic!("unexpected event {other}: {data}"),
+        }
+    }
+    assert_eq!(replayed, vec![critical_lab_result(2), alert(2)]);
+    Ok(())
+}
+on_both_brokers!(sse_resumes_every_channel_from_one_event_id);
+
+/// Two relay nodes on one Redis: a publish on A reaches a subscriber on B, and plain PUBLISHes are
+/// recorded once although both nodes see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_redis_deliver_across_and_record_once() {
+    let redis = RedisServer::start().await.unwrap();
+    let a = Relay::on_redis(&redis, &[]).await.unwrap();
+    let b = Relay::on_redis(&redis, &[]).await.unwrap();
+    wait_for_recorder(&redis).await.unwrap();
+    let mut on_b = V1Client::connect(&b.ws_url(""), "d1", &token("d1", "doctor", &[], 600))
+        .await
+        .unwrap();
+    on_b.subscribe(&[(DOCTOR_CHANNEL, None)]).await.unwrap();
+    let (status, reply) = a.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["recipients_count"], 1,
+        "node B holds the live subscription"
+    );
+    let got = on_b.notifications(1).await.unwrap();
+    assert_eq!(got[0].message, critical_lab_result(1));
+    assert_eq!(got[0].id.to_string(), reply["message_id"].as_str().unwrap());
+
+    let mut conn = redis.connection().await;
+    for n in 0..20 {
+        let _: i64 = conn
+            .publish(DOCTOR_CHANNEL, json!({"type": "t", "n": n}).to_string())
+            .await
+            .unwrap();
+    }
+    let got = on_b.notifications(20).await.unwrap();
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|n| n.message["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..20).collect::<Vec<u64>>());
+    let stored: usize = conn
+        .xlen(format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+        .await
+        .unwrap();
+    assert_eq!(stored, 21, "each plain PUBLISH stored exactly once");
+    // A's own subscriber sees the same ids as B's.
+    let mut on_a = V1Client::connect(&a.ws_url(""), "d1", &token("d1", "doctor", &[], 600))
+        .await
+        .unwrap();
+    let (replayed, _) = on_a
+        .subscribe(&[(DOCTOR_CHANNEL, Some("0"))])
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 21);
+    assert_eq!(
+        replayed[1..].iter().map(|n| n.id).collect::<Vec<_>>(),
+        got.iter().map(|n| n.id).collect::<Vec<_>>()
+    );
+}
+
+/// Acks are recorded per recipient and the publisher can read the receipts.
+async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    let mut client =
+        V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600)).await?;
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
+    let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(7)).await;
+    let id = client.notifications(1).await?[0].id;
+    assert_eq!(reply["message_id"].as_str(), Some(id.to_string().as_str()));
+    client
+        .send(&ClientFrame::Ack {
+            channel: DOCTOR_CHANNEL.into(),
+            ids: vec![id.to_string()],
+        })
+        .await?;
+    assert!(matches!(client.frame().await?, ServerFrame::Acked { ids, .. } if ids == vec![id]));
+    client
+        .send(&ClientFrame::Ack {
+            channel: "doctor:d2:notifications".into(),
+            ids: vec![id.to_string()],
+        })
+        .await?;
+    assert!(matches!(
+        client.frame().await?,
+        ServerFrame::Error {
+            code: ErrorCode::ChannelForbidden,
+            ..
+        }
+    ));
+    client
+        .send(&ClientFrame::Ack {
+            channel: DOCTOR_CHANNEL.into(),
+            ids: vec!["yesterday".into()],
+        })
+        .await?;
+    assert!(matches!(
+        client.frame().await?,
+        ServerFrame::Error {
+            code: ErrorCode::BadCursor,
+            ..
+        }
+    ));
+    let service = token("backend", "service", &[], 600);
+    let (status, body) = relay
+        .get(
+            &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let receipts = body["receipts"].as_array().unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["user"], "d1");
+    Ok(())
+}
+on_both_brokers!(acks_become_receipts);
+
+/// Retries with one idempotency key store and deliver the notification once.
+async fn idempotent_publishes_store_once(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    let mut client =
+        V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600)).await?;
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
+    let body = json!({"channel": DOCTOR_CHANNEL, "message": critical_lab_result(1), "idempotency_key": "lab-r1"});
+    let service = token("backend", "service", &[], 600);
+    let (_, first) = relay.publish_as(&service, &body).await;
+    let (status, second) = relay.publish_as(&service, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["message_id"], second["message_id"]);
+    assert_eq!(
+        (first["duplicate"].as_bool(), second["duplicate"].as_bool()),
+        (Some(false), Some(true))
+    );
+    relay
+        .publish(DOCTOR_CHANNEL, &json!({"type": "marker"}))
+        .await;
+    let got = client.notifications(2).await?;
+    assert_eq!(got[0].message, critical_lab_result(1));
+    assert_eq!(got[1].kind, "marker", "the retry was not delivered again");
+    assert_eq!(got[0].priority, wardline_protocol::Priority::Critical);
+    Ok(())
+}
+on_both_brokers!(idempotent_publishes_store_once);
+
+/// Seed 004's endpoint: its frame shape and its JSON ping.
+async fn seed004_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    let url = relay.ws_url(&format!(
+        "/v1/ws/notifications?user_id=d1&token={}",
+        token("d1", "doctor", &[], 600)
+    ));
+    let mut socket = connect(&url, &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            r#"{"type":"ping"}"#.into(),
+        ))
+        .await?;
+    assert_eq!(
+        next_text(&mut socket).await?,
+        Ok(r#"{"type":"pong"}"#.to_owned())
+    );
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(3)).await;
+    let frame: Value = serde_json::from_str(
+        &next_text(&mut socket)
+            .await?
+            .map_err(|c| anyhow::anyhow!("closed {c:?}"))?,
+    )?;
+    assert_eq!(frame["type"], "critical_lab_result");
+    assert_eq!(frame["user_id"], "d1");
+    assert_eq!(frame["title"], "Critical lab result — BMP for Bob Wilson");
+    assert_eq!(frame["data"], critical_lab_result(3));
+    assert!(frame["timestamp"].as_str().unwrap().ends_with('Z'));
+    // Without a token, unlike the seed, it is refused.
+    let anonymous = relay.ws_url("/v1/ws/notifications?user_id=d1");
+    assert!(matches!(
+        connect(&anonymous, &[]).await,
+        Err(wardline_tests::client::Refused::Http(401, _))
+    ));
+    let _ = socket.next().await;
+    Ok(())
+}
+on_both_brokers!(seed004_clients_get_their_frames);
