@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 
 use crate::deps::{ensure_apt, ensure_python_websockets, run as run_command, workspace_root};
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -28,7 +29,46 @@ pub fn run_all() -> Result<(), String> {
     // The end-to-end tests start the real binaries: build them first.
     run_command(cargo().args(["build", "--workspace", "--bins"]))?;
     crate::demo::run(&["--smoke".to_owned()])?;
-    run_command(cargo().args(["test", "--workspace"]))
+    run_tests()
+}
+
+/// Runs `cargo test --workspace`, echoing its output, and ends with one summary line over all test
+/// binaries (cargo's own last line is that of whichever binary ran last, often one with no tests).
+fn run_tests() -> Result<(), String> {
+    let mut child = cargo()
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!("{passed} passed, {failed} failed");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
+    }
 }
 
 /// Entry point of `cargo xtask test`.
