@@ -76,7 +76,12 @@ fn mint(
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-fn http_post(address: &str, path: &str, token: &str, body: &Value) -> Result<Value, String> {
+pub(crate) fn http_post(
+    address: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<Value, String> {
     let body = body.to_string();
     let mut stream =
         TcpStream::connect(address).map_err(|e| format!("connecting to {address}: {e}"))?;

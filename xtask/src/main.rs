@@ -3,8 +3,9 @@
 //! - `demo`: the relay on its embedded broker, a demo publisher and a terminal view of what a
 //!   subscriber receives;
 //! - `test`: installs what the tests need, then formatting, lints and every test;
-//! - `bench relay`: (see `bench/README.md`).
+//! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`.
 
+mod bench;
 mod demo;
 mod deps;
 mod test;
@@ -16,8 +17,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask demo [--smoke] | cargo xtask test");
+            eprintln!(
+                "usage: cargo xtask demo [--smoke] | cargo xtask test | cargo xtask bench relay"
+            );
             return ExitCode::from(2);
         }
     };

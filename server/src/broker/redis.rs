@@ -22,7 +22,6 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncCommands, Script};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
@@ -101,7 +100,6 @@ pub struct RedisBroker {
     health: watch::Receiver<BrokerHealth>,
     node_id: String,
     retention: Retention,
-    publish_script: Arc<Script>,
 }
 
 /// What the node's tasks share.
@@ -110,7 +108,6 @@ struct Shared {
     commands: ConnectionManager,
     node_id: String,
     retention: Retention,
-    publish_script: Arc<Script>,
 }
 
 impl RedisBroker {
@@ -141,7 +138,6 @@ impl RedisBroker {
             commands: commands.clone(),
             node_id: node_id.clone(),
             retention,
-            publish_script: Arc::new(Script::new(PUBLISH_SCRIPT)),
         };
         let (health_tx, health) = watch::channel(BrokerHealth::Down("connecting to Redis".into()));
         let (pubsub_tx, pubsub_rx) = mpsc::channel(1024);
@@ -164,28 +160,26 @@ impl RedisBroker {
             health,
             node_id,
             retention,
-            publish_script: shared.publish_script,
         })
     }
 }
 
-/// Runs the publish script; `fence` makes it store only while this node holds the lease.
-async fn run_publish_script(
-    shared: &Shared,
-    publish: &Publish,
-    fence: bool,
-) -> Result<Option<Published>, BrokerError> {
+/// The publish script as one command; `fence` makes it store only while this node holds the lease.
+// EVAL, not EVALSHA: recorder batches are pipelined, and a Redis restart empties the script cache,
+// which would fail every EVALSHA of a pipeline at once. Redis caches the compiled script by hash.
+fn publish_command(shared: &Shared, publish: &Publish, fence: bool) -> redis::Cmd {
     let stream = stream_key(&publish.channel);
     let idem = publish
         .idempotency_key
         .as_deref()
         .map(|k| idempotency_key(&publish.channel, k));
-    let mut conn = shared.commands.clone();
-    let (id, live): (String, i64) = shared
-        .publish_script
-        .key(&stream)
-        .key(idem.as_deref().unwrap_or(&stream))
-        .key(if fence { LEASE_KEY } else { &stream })
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(PUBLISH_SCRIPT)
+        .arg(3)
+        .arg(&stream)
+        .arg(idem.as_deref().unwrap_or(&stream))
+        .arg(if fence { LEASE_KEY } else { &stream })
         .arg(publish.payload.as_ref())
         .arg(publish.priority.as_str())
         .arg(
@@ -199,10 +193,12 @@ async fn run_publish_script(
         .arg(format!("{LIVE_PREFIX}{}", publish.channel))
         .arg(shared.retention.max_age.as_secs().max(1))
         .arg(if fence { shared.node_id.as_str() } else { "" })
-        .arg(if idem.is_some() { "1" } else { "0" })
-        .invoke_async(&mut conn)
-        .await
-        .map_err(unavailable)?;
+        .arg(if idem.is_some() { "1" } else { "0" });
+    command
+}
+
+/// Reads the script's answer: `None` when the fence refused.
+fn published(id: String, live: i64) -> Result<Option<Published>, BrokerError> {
     if live == -1 {
         return Ok(None);
     }
@@ -425,39 +421,57 @@ async fn hold_lease(shared: Shared, pubsub: mpsc::Sender<PubSubCommand>) {
     }
 }
 
-/// Stores plain PUBLISHes in arrival order, fenced on the lease.
+/// Most plain PUBLISHes recorded in one pipeline.
+const RECORD_BATCH: usize = 256;
+
+/// Stores plain PUBLISHes in arrival order, fenced on the lease; what has queued up meanwhile goes
+/// in one pipeline (order is kept: Redis runs a pipeline's scripts one after another).
 async fn run_recorder(shared: Shared, mut legacy: mpsc::Receiver<LegacyMessage>) {
-    while let Some(message) = legacy.recv().await {
-        let channel = match Channel::parse(&message.channel) {
-            Ok(channel) => channel,
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while legacy.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut channels = Vec::with_capacity(batch.len());
+        for message in batch.drain(..) {
+            let channel = match Channel::parse(&message.channel) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!(error = %e, "plain PUBLISH to an invalid channel name was not recorded");
+                    continue;
+                }
+            };
+            let priority = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                Ok(value) => Priority::default_for(&value),
+                Err(_) => {
+                    tracing::warn!(%channel, "plain PUBLISH is not JSON; recorded as text");
+                    Priority::Normal
+                }
+            };
+            let publish = Publish {
+                channel,
+                payload: message.payload,
+                priority,
+                ttl: None,
+                idempotency_key: None,
+            };
+            pipe.add_command(publish_command(&shared, &publish, true));
+            channels.push(publish.channel);
+        }
+        if channels.is_empty() {
+            continue;
+        }
+        let mut conn = shared.commands.clone();
+        match pipe.query_async::<Vec<(String, i64)>>(&mut conn).await {
+            Ok(results) => {
+                let refused = results.iter().filter(|(_, live)| *live == -1).count();
+                if refused > 0 {
+                    tracing::warn!(
+                        refused,
+                        "not the recorder any more; plain PUBLISHes left to the new holder"
+                    );
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "plain PUBLISH to an invalid channel name was not recorded");
-                continue;
-            }
-        };
-        let priority = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
-            Ok(value) => Priority::default_for(&value),
-            Err(_) => {
-                tracing::warn!(%channel, "plain PUBLISH is not JSON; recorded as text");
-                Priority::Normal
-            }
-        };
-        let publish = Publish {
-            channel,
-            payload: message.payload,
-            priority,
-            ttl: None,
-            idempotency_key: None,
-        };
-        match run_publish_script(&shared, &publish, true).await {
-            Ok(Some(published)) => {
-                tracing::debug!(channel = %publish.channel, id = %published.id, "recorded a plain PUBLISH");
-            }
-            Ok(None) => {
-                tracing::warn!(channel = %publish.channel, "not the recorder any more; left to the new holder")
-            }
-            Err(e) => {
-                tracing::error!(channel = %publish.channel, error = %e, "a plain PUBLISH could not be recorded")
+                tracing::error!(count = channels.len(), first = %channels[0], error = %e, "plain PUBLISHes could not be recorded")
             }
         }
     }
@@ -481,10 +495,13 @@ impl Broker for RedisBroker {
             commands: self.commands.clone(),
             node_id: self.node_id.clone(),
             retention: self.retention,
-            publish_script: self.publish_script.clone(),
         };
-        run_publish_script(&shared, &publish, false)
-            .await?
+        let mut conn = self.commands.clone();
+        let (id, live): (String, i64) = publish_command(&shared, &publish, false)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        published(id, live)?
             .ok_or_else(|| BrokerError::Storage("unfenced publish reported a fence".into()))
     }
 

@@ -1,0 +1,481 @@
+//! `cargo xtask bench relay`: a benchmark, not a test. Release builds of the relay and of
+//! `wardline-loadgen`, a real `redis-server`, several load generator processes with their sources
+//! spread over 127.0.0.x; the table goes to `bench/results/relay.md`.
+//!
+//! Measured, in order:
+//! 1. idle memory per WebSocket: the relay's RSS with N subscribed `wardline.v1` connections minus
+//!    its RSS after a warm-up, divided by N;
+//! 2. broadcast: K notifications to `system:alerts` (which every connection reads), published with
+//!    `POST /v1/publish` 500 ms apart; the relay's CPU time (user + system, from /proc) over the phase
+//!    divided by K, and the latency from just before each publish to each receipt;
+//! 3. unicast throughput: M plain `PUBLISH`es (the existing backends' path) to the connections' own
+//!    channels from 50 Redis clients, end to end (first publish → last receipt, every message
+//!    recorded to history and delivered), against `redis-benchmark` PUBLISH with 50 clients in the same run.
+//!
+//! WebSocket heartbeats are set to 1 h so that idle pings do not count as broadcast CPU.
+
+use crate::demo::http_post;
+use crate::deps::{ensure_apt, workspace_root};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "benchmark-secret-0123456789abcdef";
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
+/// User + system CPU time of a process, in milliseconds.
+fn cpu_ms(pid: u32, ticks_per_s: u64) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let after_name = stat.rsplit_once(") ").ok_or("bad stat")?.1;
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().map_err(|e| e.to_string())?
+        + fields[12].parse::<u64>().map_err(|e| e.to_string())?;
+    Ok(ticks * 1000 / ticks_per_s)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Loadgen {
+    _process: Process,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Loadgen {
+    fn spawn(
+        bin: &Path,
+        relay: &str,
+        count: usize,
+        offset: usize,
+        first_ip: usize,
+    ) -> Result<Loadgen, String> {
+        let mut child = Command::new(bin)
+            .args([
+                "connect", "--relay", relay, "--secret", SECRET, "--prefix", "bench",
+            ])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--offset",
+                &offset.to_string(),
+            ])
+            .args(["--first-ip", &first_ip.to_string(), "--ips", "40"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the load generator: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Loadgen {
+            _process: Process(child),
+            stdin,
+            stdout,
+        })
+    }
+
+    fn expect_line(&mut self, prefix: &str) -> Result<String, String> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        if line.starts_with(prefix) {
+            Ok(line)
+        } else {
+            Err(format!("load generator said {line:?}, expected {prefix}"))
+        }
+    }
+
+    fn report(&mut self, path: &Path) -> Result<Value, String> {
+        writeln!(self.stdin, "report {}", path.display()).map_err(|e| e.to_string())?;
+        self.expect_line("reported")?;
+        serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn build_release() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::deps::run(Command::new(cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "wardline-relay",
+        "-p",
+        "wardline-bench",
+    ]))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let target = exe.parent().and_then(Path::parent).ok_or("no target dir")?;
+    Ok(target.join("release"))
+}
+
+/// Entry point of `cargo xtask bench <what>`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("relay") => relay(),
+        _ => Err("usage: cargo xtask bench relay (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES to scale)".into()),
+    }
+}
+
+fn relay() -> Result<(), String> {
+    let connections = env_or("WARDLINE_BENCH_CONNECTIONS", 10_000);
+    let broadcasts = env_or("WARDLINE_BENCH_BROADCASTS", 20);
+    let messages = env_or("WARDLINE_BENCH_MESSAGES", 100_000);
+    let processes = 4;
+    ensure_apt(&[
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+    ])?;
+    let release = build_release()?;
+    let work = std::env::temp_dir().join(format!("wardline-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let ticks_per_s: u64 = String::from_utf8_lossy(
+        &Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap_or(100);
+
+    let redis_port = free_port().to_string();
+    let _redis = Process(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &redis_port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "1000",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?,
+    );
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("redis-cli")
+        .args(["-p", &redis_port, "ping"])
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+    {
+        if Instant::now() > deadline {
+            return Err("redis-server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut relay_child = Command::new(release.join("wardline-relay"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis_url,
+            "--jwt-secret",
+            SECRET,
+        ])
+        .args([
+            "--connections-per-ip-burst",
+            "1000000",
+            "--connections-per-ip-per-s",
+            "1000000",
+            "--heartbeat",
+            "1h",
+        ])
+        .arg("--data-dir")
+        .arg(&work)
+        .env("WARDLINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the relay: {e}"))?;
+    let mut relay_out = BufReader::new(relay_child.stdout.take().expect("piped"));
+    let relay_pid = relay_child.id();
+    let _relay = Process(relay_child);
+    let mut line = String::new();
+    relay_out.read_line(&mut line).map_err(|e| e.to_string())?;
+    let relay_addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .ok_or_else(|| format!("relay said {line:?}"))?
+        .to_owned();
+    let loadgen_bin = release.join("wardline-loadgen");
+    let admin = token_via_relay(&release, &work)?;
+
+    // Warm-up: one round of connections and publishes, so that allocator arenas and the channel map exist.
+    {
+        let mut warm = Loadgen::spawn(&loadgen_bin, &relay_addr, 200, connections, 200)?;
+        warm.expect_line("ready")?;
+        http_post(
+            &relay_addr,
+            "/v1/publish",
+            &admin,
+            &json!({"channel": "system:alerts", "message": {"type": "warmup"}}),
+        )?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_before = rss_kib(relay_pid)?;
+
+    eprintln!("bench: opening {connections} connections from {processes} processes");
+    let opened = Instant::now();
+    let mut loadgens = Vec::new();
+    for k in 0..processes {
+        let share = connections / processes + usize::from(k < connections % processes);
+        let offset = k * (connections / processes) + k.min(connections % processes);
+        loadgens.push(Loadgen::spawn(
+            &loadgen_bin,
+            &relay_addr,
+            share,
+            offset,
+            2 + k * 40,
+        )?);
+    }
+    for loadgen in &mut loadgens {
+        loadgen.expect_line("ready")?;
+    }
+    let open_s = opened.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_after = rss_kib(relay_pid)?;
+    let per_connection_kib = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+    eprintln!(
+        "bench: {connections} connections in {open_s:.1} s, {per_connection_kib:.2} KiB each"
+    );
+
+    let cpu_before = cpu_ms(relay_pid, ticks_per_s)?;
+    let phase = Instant::now();
+    for n in 0..broadcasts {
+        let message = json!({"type": "system_notification", "content": format!("broadcast {n}"), "sent_us": now_us()});
+        http_post(
+            &relay_addr,
+            "/v1/publish",
+            &admin,
+            &json!({"channel": "system:alerts", "message": message}),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_broadcast_ms =
+        cpu_ms(relay_pid, ticks_per_s)?.saturating_sub(cpu_before) as f64 / broadcasts as f64;
+    let phase_s = phase.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    for (k, loadgen) in loadgens.iter_mut().enumerate() {
+        let report = loadgen.report(&work.join(format!("broadcast-{k}.json")))?;
+        latencies.extend(
+            report["broadcast_latencies_us"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64),
+        );
+    }
+    latencies.sort_unstable();
+    let expected = connections * broadcasts;
+    eprintln!(
+        "bench: broadcast {cpu_broadcast_ms:.1} ms CPU each, {} of {expected} received",
+        latencies.len()
+    );
+
+    // Raw Redis PUBLISH, as redis-benchmark measures it, with a payload of the same size.
+    let sample =
+        json!({"type": "lab_result_available", "n": 99_999, "sent_us": now_us()}).to_string();
+    let benchmark = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &redis_port,
+            "-c",
+            "50",
+            "-n",
+            &messages.to_string(),
+            "-q",
+            "PUBLISH",
+            "bench:raw",
+            &sample,
+        ])
+        .output()
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let benchmark_text = String::from_utf8_lossy(&benchmark.stdout);
+    let redis_rps: f64 = benchmark_text
+        .rsplit(':')
+        .next()
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("could not read redis-benchmark's output {benchmark_text:?}"))?;
+
+    let start_us = now_us();
+    let publisher = Command::new(&loadgen_bin)
+        .args([
+            "publish",
+            "--redis",
+            &redis_url,
+            "--count",
+            &messages.to_string(),
+            "--clients",
+            "50",
+        ])
+        .args(["--prefix", "bench", "--users", &connections.to_string()])
+        .output()
+        .map_err(|e| format!("publisher: {e}"))?;
+    if !publisher.status.success() {
+        return Err(format!(
+            "publisher failed: {}",
+            String::from_utf8_lossy(&publisher.stderr)
+        ));
+    }
+    let publish_line = String::from_utf8_lossy(&publisher.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (received, last_us) = loop {
+        let (mut received, mut last_us) = (0, 0);
+        for (k, loadgen) in loadgens.iter_mut().enumerate() {
+            let report = loadgen.report(&work.join(format!("unicast-{k}.json")))?;
+            received += report["unicast_received"].as_u64().unwrap_or(0);
+            last_us = last_us.max(report["unicast_last_us"].as_u64().unwrap_or(0));
+        }
+        if received as usize >= messages || Instant::now() > deadline {
+            break (received, last_us);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let unicast_s = last_us.saturating_sub(start_us) as f64 / 1e6;
+    let unicast_rps = received as f64 / unicast_s;
+    let ratio = unicast_rps / redis_rps;
+    eprintln!(
+        "bench: unicast {received}/{messages} in {unicast_s:.2} s = {unicast_rps:.0}/s; redis-benchmark {redis_rps:.0}/s"
+    );
+    drop(loadgens);
+
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let p50 = percentile(&latencies, 0.50) as f64 / 1000.0;
+    let p99 = percentile(&latencies, 0.99) as f64 / 1000.0;
+    let max = latencies.last().copied().unwrap_or(0) as f64 / 1000.0;
+    let kernel = String::from_utf8_lossy(
+        &Command::new("uname")
+            .arg("-r")
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let date = String::from_utf8_lossy(
+        &Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let table = format!(
+        "# Relay benchmark\n\n\
+         Measured by `cargo xtask bench relay` on {date}: {cores} cores, Linux {kernel}, release build, relay on \
+         Redis (one node, recorder on), {connections} `wardline.v1` connections from {processes} load \
+         generator processes (sources 127.0.0.2–{last_ip}), each subscribed to its own doctor channel and \
+         `system:alerts`. The load generators, Redis and the relay share the same cores, so latencies \
+         are upper bounds. Heartbeats were set to 1 h during the run.\n\n\
+         | measure | result | target | |\n|---|---|---|---|\n\
+         | idle memory per WebSocket connection ({connections} connections) | {per_connection_kib:.2} KiB | ≤ 6 KiB | {} |\n\
+         | relay CPU time per broadcast to {connections} connections | {cpu_broadcast_ms:.1} ms | ≤ 100 ms | {} |\n\
+         | broadcast delivery latency p50 / p99 / max ({} deliveries of {expected}) | {p50:.1} / {p99:.1} / {max:.1} ms | p99 ≤ 120 ms | {} |\n\
+         | unicast end-to-end throughput (plain PUBLISH → recorded → delivered, 50 publishers) | {unicast_rps:.0} msg/s ({received} of {messages} in {unicast_s:.2} s) | | |\n\
+         | `redis-benchmark -c 50` PUBLISH, same run | {redis_rps:.0} msg/s | | |\n\
+         | unicast throughput ÷ redis-benchmark PUBLISH | {ratio:.2} | ≥ 0.8 | {} |\n\n\
+         Details: relay RSS {rss_before} KiB after warm-up, {rss_after} KiB with the connections open \
+         (opened in {open_s:.1} s); broadcast phase {broadcasts} publishes 500 ms apart over {phase_s:.1} s; \
+         publisher: `{publish_line}`.\n",
+        met(per_connection_kib <= 6.0),
+        met(cpu_broadcast_ms <= 100.0),
+        latencies.len(),
+        met(p99 <= 120.0 && latencies.len() == expected),
+        met(ratio >= 0.8),
+        last_ip = 2 + processes * 40 - 1,
+    );
+    let out = workspace_root().join("bench/results/relay.md");
+    std::fs::create_dir_all(out.parent().expect("parent")).map_err(|e| e.to_string())?;
+    std::fs::write(&out, &table).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{table}");
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn token_via_relay(release: &Path, data_dir: &Path) -> Result<String, String> {
+    let output = Command::new(release.join("wardline-relay"))
+        .args([
+            "token",
+            "--sub",
+            "bench-admin",
+            "--role",
+            "admin",
+            "--ttl",
+            "2h",
+            "--jwt-secret",
+            SECRET,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
