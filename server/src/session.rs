@@ -9,7 +9,6 @@ use crate::auth::Claims;
 use crate::broker::{BrokerError, BrokerHealth, now_ms};
 use crate::delivery::Delivery;
 use crate::hub::{Hub, Subscriber};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{mpsc, watch};
@@ -78,7 +77,8 @@ pub struct Session {
     subscriber: Arc<Subscriber>,
     queue: mpsc::Receiver<Arc<Delivery>>,
     joined: Vec<Channel>,
-    positions: BTreeMap<Channel, Cursor>,
+    // A few channels per session: a vector costs far less than a map's nodes.
+    positions: Vec<(Channel, Cursor)>,
     health: watch::Receiver<BrokerHealth>,
 }
 
@@ -94,7 +94,7 @@ impl Session {
             subscriber,
             queue,
             joined: Vec::new(),
-            positions: BTreeMap::new(),
+            positions: Vec::new(),
             health,
         }
     }
@@ -104,9 +104,28 @@ impl Session {
         &self.claims
     }
 
-    /// The last id sent on each channel (or the cursor the client resumed from).
-    pub fn positions(&self) -> &BTreeMap<Channel, Cursor> {
+    /// The last id sent on a channel (or the cursor the client resumed from).
+    pub fn position(&self, channel: &Channel) -> Option<Cursor> {
+        self.positions
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, p)| *p)
+    }
+
+    /// The last id sent on each channel, in subscription order.
+    pub fn positions(&self) -> &[(Channel, Cursor)] {
         &self.positions
+    }
+
+    fn position_mut(&mut self, channel: &Channel) -> &mut Cursor {
+        let index = match self.positions.iter().position(|(c, _)| c == channel) {
+            Some(index) => index,
+            None => {
+                self.positions.push((channel.clone(), Cursor::ZERO));
+                self.positions.len() - 1
+            }
+        };
+        &mut self.positions[index].1
     }
 
     /// Subscribes to a channel and replays what follows `since`; without `since`, from the channel's
@@ -131,7 +150,7 @@ impl Session {
                 .unwrap_or_default(),
         };
         self.join(&channel).await?;
-        let position = self.positions.entry(channel.clone()).or_default();
+        let position = self.position_mut(&channel);
         *position = (*position).max(start);
         let mut replay = Vec::new();
         let mut gap = false;
@@ -155,7 +174,7 @@ impl Session {
                 break;
             }
         }
-        let position = self.positions.entry(channel.clone()).or_default();
+        let position = self.position_mut(&channel);
         *position = (*position).max(after);
         let metrics = self.hub.metrics();
         metrics
@@ -191,8 +210,24 @@ impl Session {
     /// Waits for the next notification to send, or for a reason to close.
     pub async fn next_event(&mut self) -> SessionEvent {
         loop {
+            // The queue comes first: when a notification is waiting, the other branches are never
+            // polled, so a broadcast wakes 10,000 sessions without registering 20,000 waiters. A
+            // lagging subscriber gets nothing more from the hub, so its queue drains and the lag
+            // branch is reached within a queue's length.
             tokio::select! {
                 biased;
+                delivery = self.queue.recv() => {
+                    let Some(delivery) = delivery else {
+                        return SessionEvent::BrokerDown("the relay is stopping".into());
+                    };
+                    let message = &delivery.message;
+                    let position = self.position_mut(&message.channel);
+                    if message.id <= *position || (message.ttl.is_some() && message.expired_at(now_ms())) {
+                        continue;
+                    }
+                    *position = message.id;
+                    return SessionEvent::Notification(delivery);
+                }
                 _ = self.subscriber.lagging() => return SessionEvent::SlowConsumer,
                 changed = self.health.changed() => {
                     if changed.is_err() {
@@ -201,18 +236,6 @@ impl Session {
                     if let BrokerHealth::Down(reason) = &*self.health.borrow_and_update() {
                         return SessionEvent::BrokerDown(reason.clone());
                     }
-                }
-                delivery = self.queue.recv() => {
-                    let Some(delivery) = delivery else {
-                        return SessionEvent::BrokerDown("the relay is stopping".into());
-                    };
-                    let message = &delivery.message;
-                    let position = self.positions.entry(message.channel.clone()).or_default();
-                    if message.id <= *position || message.expired_at(now_ms()) {
-                        continue;
-                    }
-                    *position = message.id;
-                    return SessionEvent::Notification(delivery);
                 }
             }
         }

@@ -208,7 +208,8 @@ impl SseStream {
             _ = self.heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
             event = self.session.next_event() => match event {
                 SessionEvent::Notification(delivery) => {
-                    let id = format!("id: {}\n", format_position(self.session.positions()));
+                    let positions: BTreeMap<Channel, Cursor> = self.session.positions().iter().cloned().collect();
+                    let id = format!("id: {}\n", format_position(&positions));
                     self.pending.push_back(delivery.sse_data());
                     Bytes::from(id)
                 }

@@ -164,6 +164,7 @@ fn encode(mode: Mode, delivery: &Delivery, user: &str) -> Utf8Bytes {
 /// Sends a frame, giving up if the session overflows meanwhile (a peer that stopped reading).
 async fn send(socket: &mut WebSocket, session: &Session, message: Message) -> Result<(), Stop> {
     tokio::select! {
+        biased;
         sent = socket.send(message) => sent.map_err(|_| Stop::Gone),
         _ = session.lagging() => Err(slow_consumer()),
     }
@@ -249,7 +250,9 @@ async fn drive(
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
-                    handle_inbound(socket, session, mode, message, &mut frames).await
+                    // Boxed: inbound frames are rare, and their handling (subscribe, replay, ack)
+                    // would otherwise make every idle connection's future as large as its largest step.
+                    Box::pin(handle_inbound(socket, session, mode, message, &mut frames)).await
                 }
             },
             _ = heartbeat.tick() => {
@@ -353,7 +356,7 @@ async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) ->
                         for delivery in &resumed.replay {
                             send(socket, session, Message::Text(delivery.v1_frame())).await?;
                         }
-                        let cursor = session.positions().get(&resumed.channel).copied();
+                        let cursor = session.position(&resumed.channel);
                         let frame = ServerFrame::Resumed {
                             replayed: resumed.replay.len() as u64,
                             gap: resumed.gap,
