@@ -2,44 +2,25 @@
 //!
 //! It keeps, per channel, the subscribers on this node and holds one broker subscription per channel
 //! while at least one is there (reference counting by the subscriber list itself). A live message is
-//! wrapped once into an `Arc<Delivery>` and offered to each subscriber's bounded queue with
-//! `try_send`: a full queue marks that subscriber as lagging and never slows the others.
+//! wrapped once into an `Arc<Delivery>` and offered to each subscriber's bounded queue: a full
+//! queue marks that subscriber as lagging and never slows the others.
 
 use crate::broker::{Broker, BrokerError, StoredMessage};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
+use crate::queue::DeliveryQueue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use wardline_protocol::Channel;
 
-/// One connection's place in the hub.
+/// One connection's place in the hub: its queue.
 #[derive(Debug)]
 pub struct Subscriber {
     id: u64,
-    queue: mpsc::Sender<Arc<Delivery>>,
-    lagged: AtomicBool,
-    lag: Notify,
-}
-
-impl Subscriber {
-    /// Whether a message was dropped because the queue was full.
-    pub fn is_lagging(&self) -> bool {
-        self.lagged.load(Ordering::Acquire)
-    }
-
-    /// Waits until the subscriber lags.
-    pub async fn lagging(&self) {
-        while !self.is_lagging() {
-            self.lag.notified().await;
-        }
-    }
-
-    fn mark_lagging(&self) {
-        self.lagged.store(true, Ordering::Release);
-        self.lag.notify_one();
-    }
+    /// Notifications waiting to be sent.
+    pub queue: DeliveryQueue,
 }
 
 /// Channel → subscribers on this node.
@@ -93,18 +74,12 @@ impl Hub {
     }
 
     /// A new subscriber with a queue of `capacity` notifications.
-    pub fn subscriber(&self, capacity: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Delivery>>) {
-        let (queue, rx) = mpsc::channel(capacity);
+    pub fn subscriber(&self, capacity: usize) -> Arc<Subscriber> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        (
-            Arc::new(Subscriber {
-                id,
-                queue,
-                lagged: AtomicBool::new(false),
-                lag: Notify::new(),
-            }),
-            rx,
-        )
+        Arc::new(Subscriber {
+            id,
+            queue: DeliveryQueue::new(capacity),
+        })
     }
 
     /// Adds the subscriber to a channel; the broker subscription is in place when this returns.
@@ -175,13 +150,8 @@ impl Hub {
         };
         let mut delivered = 0;
         for subscriber in subscribers {
-            if subscriber.is_lagging() {
-                continue;
-            }
-            match subscriber.queue.try_send(delivery.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.mark_lagging(),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if subscriber.queue.offer(delivery.clone()) {
+                delivered += 1;
             }
         }
         self.metrics

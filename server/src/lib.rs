@@ -5,7 +5,8 @@
 //! Layout, in the order data flows:
 //! - [`broker`]: stores notifications and fans them out between relay nodes; an embedded broker
 //!   (SQLite, one node) and a Redis broker (streams + pub/sub, many nodes) behind one trait;
-//! - [`hub`]: this node's channel → connections fan-out, with one broker subscription per channel;
+//! - [`hub`]: this node's channel → connections fan-out, with one broker subscription per channel,
+//!   into each connection's bounded [`queue`];
 //! - [`delivery`]: a notification with each wire format encoded at most once;
 //! - [`session`]: one connection's domain state (channels, positions, resume seam), shared by
 //!   every transport;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod queue;
 pub mod ratelimit;
 pub mod sensitive;
 pub mod session;

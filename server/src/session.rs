@@ -9,9 +9,10 @@ use crate::auth::Claims;
 use crate::broker::{BrokerError, BrokerHealth, now_ms};
 use crate::delivery::Delivery;
 use crate::hub::{Hub, Subscriber};
+use crate::queue::Next;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode};
 
 /// History is read in pages of this many notifications.
@@ -75,7 +76,6 @@ pub struct Session {
     hub: Arc<Hub>,
     claims: Claims,
     subscriber: Arc<Subscriber>,
-    queue: mpsc::Receiver<Arc<Delivery>>,
     joined: Vec<Channel>,
     // A few channels per session: a vector costs far less than a map's nodes.
     positions: Vec<(Channel, Cursor)>,
@@ -85,14 +85,13 @@ pub struct Session {
 impl Session {
     /// Opens a session for a verified token, with a queue of `capacity` notifications.
     pub fn open(hub: &Arc<Hub>, claims: Claims, capacity: usize) -> Session {
-        let (subscriber, queue) = hub.subscriber(capacity);
+        let subscriber = hub.subscriber(capacity);
         let mut health = hub.broker().health();
         health.borrow_and_update();
         Session {
             hub: hub.clone(),
             claims,
             subscriber,
-            queue,
             joined: Vec::new(),
             positions: Vec::new(),
             health,
@@ -210,15 +209,14 @@ impl Session {
     /// Waits for the next notification to send, or for a reason to close.
     pub async fn next_event(&mut self) -> SessionEvent {
         loop {
-            // The queue comes first: when a notification is waiting, the other branches are never
-            // polled, so a broadcast wakes 10,000 sessions without registering 20,000 waiters. A
-            // lagging subscriber gets nothing more from the hub, so its queue drains and the lag
-            // branch is reached within a queue's length.
+            // The queue comes first: when a notification is waiting the health branch is never
+            // polled, so a broadcast to 10,000 sessions registers no extra waiters.
             tokio::select! {
                 biased;
-                delivery = self.queue.recv() => {
-                    let Some(delivery) = delivery else {
-                        return SessionEvent::BrokerDown("the relay is stopping".into());
+                next = self.subscriber.queue.next() => {
+                    let delivery = match next {
+                        Next::Delivery(delivery) => delivery,
+                        Next::Lagging => return SessionEvent::SlowConsumer,
                     };
                     let message = &delivery.message;
                     let position = self.position_mut(&message.channel);
@@ -228,7 +226,6 @@ impl Session {
                     *position = message.id;
                     return SessionEvent::Notification(delivery);
                 }
-                _ = self.subscriber.lagging() => return SessionEvent::SlowConsumer,
                 changed = self.health.changed() => {
                     if changed.is_err() {
                         return SessionEvent::BrokerDown("the broker stopped".into());
@@ -243,7 +240,7 @@ impl Session {
 
     /// Waits until this session's queue has overflowed.
     pub async fn lagging(&self) {
-        self.subscriber.lagging().await
+        self.subscriber.queue.lagging().await
     }
 
     /// Records the user's acknowledgement of notifications on a channel they read.
