@@ -382,3 +382,104 @@ async fn seed004_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()
     Ok(())
 }
 on_both_brokers!(seed004_clients_get_their_frames);
+
+/// A cursor older than the history kept is reported as a gap, and what is kept is replayed.
+async fn a_cursor_older_than_history_reports_a_gap(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &["--history-max-len", "50"]).await?;
+    let mut first = None;
+    for n in 0..250 {
+        let (status, reply) = relay
+            .publish(
+                "system:alerts",
+                &json!({"type": "system_notification", "n": n}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        first.get_or_insert_with(|| reply["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut client =
+        V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600)).await?;
+    let (replayed, outcomes) = client
+        .subscribe(&[("system:alerts", first.as_deref())])
+        .await?;
+    let ServerFrame::Resumed {
+        gap,
+        replayed: count,
+        ..
+    } = &outcomes[0]
+    else {
+        panic!("{outcomes:?}")
+    };
+    assert!(gap, "the first id was trimmed away");
+    assert_eq!(*count as usize, replayed.len());
+    // Redis trims approximately (whole stream nodes), the embedded broker exactly; both keep the newest.
+    assert!(
+        replayed.len() >= 50 && replayed.len() < 249,
+        "{}",
+        replayed.len()
+    );
+    assert_eq!(replayed.last().unwrap().message["n"], 249);
+    let (_, stats) = relay
+        .get("/v1/stats", Some(&token("ops", "admin", &[], 60)))
+        .await;
+    assert_eq!(stats["gaps_total"], 1, "{stats}");
+    Ok(())
+}
+on_both_brokers!(a_cursor_older_than_history_reports_a_gap);
+
+/// A browser passes its token as a `bearer.<jwt>` subprotocol next to `wardline.v1` or `wardline.raw`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_pass_the_token_as_a_subprotocol() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let bearer = format!("bearer.{}", token("d1", "doctor", &[], 600));
+    let mut v1 = connect(&relay.ws_url("/ws/d1"), &["wardline.v1", &bearer])
+        .await
+        .unwrap();
+    let welcome: Value = serde_json::from_str(&next_text(&mut v1).await.unwrap().unwrap()).unwrap();
+    assert_eq!(welcome["op"], "welcome");
+    let mut raw = connect(&relay.ws_url("/ws/d1"), &["wardline.raw", &bearer])
+        .await
+        .unwrap();
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    let text = next_text(&mut raw).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        critical_lab_result(1)
+    );
+}
+
+/// An admin's test notification reaches the user's own channel, at low priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_send_test_notifications_to_a_users_channel() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let mut client = V1Client::connect(&relay.ws_url(""), "p1", &token("p1", "patient", &[], 600))
+        .await
+        .unwrap();
+    client
+        .subscribe(&[("patient:p1:notifications", None)])
+        .await
+        .unwrap();
+    let body = json!({"user_id": "p1", "role": "patient", "title": "Test", "message": "Can you see this?"});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/ws/test-notification", relay.base))
+        .bearer_auth(token("ops", "admin", &[], 600))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = client.notifications(1).await.unwrap();
+    assert_eq!(
+        (got[0].kind.as_str(), got[0].priority),
+        ("test_notification", wardline_protocol::Priority::Low)
+    );
+    assert_eq!(got[0].message["message"], "Can you see this?");
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/ws/test-notification", relay.base))
+        .bearer_auth(token("backend", "service", &[], 600))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+}

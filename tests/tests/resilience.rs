@@ -338,3 +338,60 @@ async fn embedded_history_survives_a_relay_restart() {
     );
     let _ = client.socket.next().await;
 }
+
+/// New connections beyond an address's burst are refused with 429 until its bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_from_one_address_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    // The harness's generous limits come first on the command line; these later flags win.
+    let relay = Relay::start_in(
+        dir.path(),
+        None,
+        &[
+            "--connections-per-ip-burst",
+            "3",
+            "--connections-per-ip-per-s",
+            "1",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let doctor = token("d1", "doctor", &[], 600);
+    let url = relay.ws_url(&format!("/ws/d1?token={doctor}"));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&url, &[]).await.unwrap());
+    }
+    match connect(&url, &[]).await {
+        Err(wardline_tests::client::Refused::Http(429, body)) => assert_eq!(code(&body), 42901),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        relay.get("/healthz", None).await.0,
+        200,
+        "plain HTTP is not limited"
+    );
+}
+
+/// SSE streams carry a heartbeat comment at the configured interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_carry_heartbeats() {
+    let relay = Relay::embedded(&["--heartbeat", "300ms"]).await.unwrap();
+    let url = format!(
+        "{}/sse/d1?token={}",
+        relay.base,
+        token("d1", "doctor", &[], 600)
+    );
+    let mut response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    while !seen.contains(": heartbeat") {
+        let chunk = tokio::time::timeout(WAIT, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

@@ -33,10 +33,20 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE_RENEW: Duration = Duration::from_secs(1);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Stores, then fans out. KEYS: stream, idempotency key (or the stream again), lease (or the stream
-/// again). ARGV: payload, priority, ttl ms ('' for none), max len, max age ms, live channel,
-/// idempotency ttl s, fencing node ('' for none), '1' when an idempotency key is given.
+/// Stores, trims, then fans out. KEYS: stream, idempotency key (or the stream again), lease (or the
+/// stream again), trimmed-through key. ARGV: payload, priority, ttl ms ('' for none), max len, max age
+/// ms, live channel, idempotency ttl s, fencing node ('' for none), '1' when an idempotency key is given.
+///
+/// Trimming is exact and remembers the newest id it removed (Redis 7.0's `max-deleted-entry-id` does
+/// not count trims), so a cursor before it is a gap and one at it is not. By length it runs once the
+/// stream is 10 % over, so its cost is spread over many publishes.
 const PUBLISH_SCRIPT: &str = r#"
+local function newer(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
 if ARGV[8] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[8] then
   return {'', -1}
 end
@@ -44,10 +54,24 @@ if ARGV[9] == '1' then
   local existing = redis.call('GET', KEYS[2])
   if existing then return {existing, -2} end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARGV[3])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now_ms - tonumber(ARGV[5])))
+local through = nil
+local expired = redis.call('XREVRANGE', KEYS[1], '(' .. tostring(now_ms - tonumber(ARGV[5])) .. '-0', '-', 'COUNT', 1)
+if #expired > 0 then through = expired[1][1] end
+local max_len = tonumber(ARGV[4])
+local len = redis.call('XLEN', KEYS[1])
+if len > max_len + math.floor(max_len / 10) then
+  local surplus = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - max_len)
+  local last = surplus[#surplus][1]
+  if through == nil or newer(last, through) then through = last end
+end
+if through then
+  local ms, seq = string.match(through, '(%d+)-(%d+)')
+  redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. tostring(tonumber(seq) + 1))
+  redis.call('SET', KEYS[4], through)
+end
 if ARGV[9] == '1' then redis.call('SET', KEYS[2], id, 'EX', ARGV[7]) end
 local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
 return {id, n}
@@ -71,6 +95,10 @@ fn stream_key(channel: &Channel) -> String {
 
 fn idempotency_key(channel: &Channel, key: &str) -> String {
     format!("wardline:{{{channel}}}:idem:{key}")
+}
+
+fn trimmed_key(channel: &Channel) -> String {
+    format!("wardline:{{{channel}}}:trimmed")
 }
 
 fn receipts_key(channel: &Channel, id: Cursor) -> String {
@@ -176,10 +204,11 @@ fn publish_command(shared: &Shared, publish: &Publish, fence: bool) -> redis::Cm
     let mut command = redis::cmd("EVAL");
     command
         .arg(PUBLISH_SCRIPT)
-        .arg(3)
+        .arg(4)
         .arg(&stream)
         .arg(idem.as_deref().unwrap_or(&stream))
         .arg(if fence { LEASE_KEY } else { &stream })
+        .arg(trimmed_key(&publish.channel))
         .arg(publish.payload.as_ref())
         .arg(publish.priority.as_str())
         .arg(
@@ -550,9 +579,9 @@ impl Broker for RedisBroker {
             }
         }
         let gap = after > Cursor::ZERO
-            && max_deleted_id(&mut conn, &key)
+            && trimmed_through(&mut conn, channel)
                 .await?
-                .is_some_and(|d| after < d);
+                .is_some_and(|t| after < t);
         Ok(HistoryPage {
             messages,
             gap,
@@ -571,10 +600,11 @@ impl Broker for RedisBroker {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        newest
+        let newest: Option<Cursor> = newest
             .first()
             .map(|(id, _)| id.parse().map_err(|e| BrokerError::Storage(format!("{e}"))))
-            .transpose()
+            .transpose()?;
+        Ok(newest.max(trimmed_through(&mut conn, channel).await?))
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
@@ -658,39 +688,14 @@ impl Broker for RedisBroker {
     }
 }
 
-/// The newest id trimmed from a stream (Redis ≥ 7 reports it in `XINFO STREAM`).
-async fn max_deleted_id(
+/// The newest id trimmed from a channel's stream, if any was.
+async fn trimmed_through(
     conn: &mut ConnectionManager,
-    key: &str,
+    channel: &Channel,
 ) -> Result<Option<Cursor>, BrokerError> {
-    let info: redis::Value = match redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async(conn)
-        .await
-    {
-        Ok(info) => info,
-        Err(e) if e.to_string().contains("no such key") => return Ok(None),
-        Err(e) => return Err(unavailable(e)),
-    };
-    let pairs: Vec<redis::Value> = match info {
-        redis::Value::Array(items) => items,
-        redis::Value::Map(map) => map.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => return Ok(None),
-    };
-    for pair in pairs.chunks(2) {
-        let [redis::Value::BulkString(name), value] = pair else {
-            continue;
-        };
-        if name.as_slice() == b"max-deleted-entry-id" {
-            let text: String = redis::from_redis_value(value.clone()).map_err(unavailable)?;
-            let id: Cursor = text
-                .parse()
-                .map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
-            return Ok((id > Cursor::ZERO).then_some(id));
-        }
-    }
-    Ok(None)
+    let text: Option<String> = conn.get(trimmed_key(channel)).await.map_err(unavailable)?;
+    text.map(|t| t.parse().map_err(|e| BrokerError::Storage(format!("{e}"))))
+        .transpose()
 }
 
 #[cfg(test)]
