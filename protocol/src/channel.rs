@@ -5,14 +5,15 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest id accepted inside a channel name.
 const MAX_ID_LEN: usize = 128;
 
-/// A validated channel name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Channel(String);
+/// A validated channel name. Cloning shares the name: a relay holds the same channel in its
+/// fan-out map and in every session's resume positions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Channel(Arc<str>);
 
 /// What a channel is for, borrowed from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +106,7 @@ impl Channel {
     /// Validates a channel name.
     pub fn parse(name: &str) -> Result<Channel, ChannelError> {
         if name == "system:alerts" {
-            return Ok(Channel(name.to_owned()));
+            return Ok(Channel(name.into()));
         }
         let mut parts = name.split(':');
         let (Some(prefix), Some(id), Some(suffix), None) =
@@ -118,7 +119,7 @@ impl Channel {
             | ("patient", "notifications")
             | ("appointment", "updates") => {
                 if valid_id(id) {
-                    Ok(Channel(name.to_owned()))
+                    Ok(Channel(name.into()))
                 } else {
                     Err(ChannelError::InvalidId(name.to_owned()))
                 }
@@ -129,7 +130,7 @@ impl Channel {
 
     /// `system:alerts`, the broadcast channel.
     pub fn system_alerts() -> Channel {
-        Channel("system:alerts".to_owned())
+        Channel("system:alerts".into())
     }
 
     /// The channel's name.
@@ -139,7 +140,7 @@ impl Channel {
 
     /// What the channel is for.
     pub fn kind(&self) -> ChannelKind<'_> {
-        if self.0 == "system:alerts" {
+        if &*self.0 == "system:alerts" {
             return ChannelKind::SystemAlerts;
         }
         let mut parts = self.0.split(':');
@@ -166,6 +167,12 @@ impl Channel {
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

@@ -76,8 +76,8 @@ pub struct Session {
     hub: Arc<Hub>,
     claims: Claims,
     subscriber: Arc<Subscriber>,
-    joined: Vec<Channel>,
-    // A few channels per session: a vector costs far less than a map's nodes.
+    // The channels joined, each with the last id sent (zero until one is): a few per session, and a
+    // vector costs far less than a map's nodes.
     positions: Vec<(Channel, Cursor)>,
     health: watch::Receiver<BrokerHealth>,
 }
@@ -92,7 +92,6 @@ impl Session {
             hub: hub.clone(),
             claims,
             subscriber,
-            joined: Vec::new(),
             positions: Vec::new(),
             health,
         }
@@ -199,9 +198,9 @@ impl Session {
     }
 
     async fn join(&mut self, channel: &Channel) -> Result<(), SessionError> {
-        if !self.joined.contains(channel) {
+        if self.position(channel).is_none() {
             self.hub.join(channel, &self.subscriber).await?;
-            self.joined.push(channel.clone());
+            self.positions.push((channel.clone(), Cursor::ZERO));
         }
         Ok(())
     }
@@ -267,6 +266,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.hub.leave(&self.joined, &self.subscriber);
+        let channels: Vec<Channel> = self.positions.iter().map(|(c, _)| c.clone()).collect();
+        self.hub.leave(&channels, &self.subscriber);
     }
 }

@@ -110,7 +110,8 @@ pub(crate) fn http_post(
 fn demo_notification(n: u64, critical_every: u64) -> (String, Value) {
     let doctor = format!("doctor:{DOCTOR}:notifications");
     let patient = format!("patient:{PATIENT}:notifications");
-    if n % critical_every == critical_every - 1 {
+    // The fifth is critical, then every `critical_every`-th: something loud early in the demo.
+    if n % critical_every == 4 {
         return (
             doctor,
             json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("lab-{n}"),
@@ -229,6 +230,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .env_remove("REDIS_HOST")
         .env_remove("WARDLINE_REDIS_URL")
         .env_remove("WARDLINE_JWT_SECRET")
+        .env(
+            "WARDLINE_LOG",
+            std::env::var("WARDLINE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", relay_path.display()))?;
@@ -256,8 +261,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("  doctor token ({DOCTOR}): {doctor}");
         println!("  patient token ({PATIENT}): {patient}");
         println!(
-            "  try: websocat 'ws://{address}/ws/{DOCTOR}?token=<doctor token>'   — Ctrl-C stops the demo\n"
+            "  any seed 001 client works as written: ws://{address}/ws/{DOCTOR}?token=<doctor token>"
         );
+        println!("  Ctrl-C stops the demo\n");
     }
     let (seen_tx, seen) = mpsc::channel();
     for (user, token) in [(DOCTOR, doctor), (PATIENT, patient)] {
