@@ -26,7 +26,14 @@ pub enum ClientFrame {
         /// The channels.
         channels: Vec<SubscribeChannel>,
     },
-    /// The client has stored these notifications of a channel.
+    /// The device has stored these notifications (a delivery receipt; sent after the local commit).
+    Received {
+        /// The channel the ids belong to.
+        channel: String,
+        /// The notifications' ids.
+        ids: Vec<String>,
+    },
+    /// A person has acknowledged these notifications.
     Ack {
         /// The channel the ids belong to.
         channel: String,
@@ -44,7 +51,7 @@ pub enum FrameError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// An `op` the relay does not know.
-    #[error("unknown op {0:?}: expected subscribe, ack or ping")]
+    #[error("unknown op {0:?}: expected subscribe, received, ack or ping")]
     UnknownOp(String),
 }
 
@@ -68,10 +75,39 @@ impl ClientFrame {
             Some(_) => return Err(FrameError::Malformed("`op` must be a string".into())),
             None => return Err(FrameError::Malformed("missing `op`".into())),
         };
-        if !matches!(op.as_str(), "subscribe" | "ack" | "ping") {
+        if !matches!(op.as_str(), "subscribe" | "received" | "ack" | "ping") {
             return Err(FrameError::UnknownOp(op));
         }
         serde_json::from_value(value).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+}
+
+/// What a receipt says about a notification and one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptKind {
+    /// The recipient's device stored it.
+    Received,
+    /// The recipient, a person, acknowledged it.
+    Acknowledged,
+}
+
+impl ReceiptKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptKind::Received => "received",
+            ReceiptKind::Acknowledged => "acknowledged",
+        }
+    }
+
+    /// Parses a kind's name.
+    pub fn parse(name: &str) -> Option<ReceiptKind> {
+        match name {
+            "received" => Some(ReceiptKind::Received),
+            "acknowledged" => Some(ReceiptKind::Acknowledged),
+            _ => None,
+        }
     }
 }
 
@@ -124,8 +160,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Cursor>,
     },
-    /// The relay recorded these acknowledgements.
-    Acked {
+    /// The relay recorded these receipts.
+    Recorded {
+        /// Delivery to the device, or acknowledgement by a person.
+        kind: ReceiptKind,
         /// The channel.
         channel: Channel,
         /// The ids recorded.

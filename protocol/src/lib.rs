@@ -18,7 +18,9 @@ pub mod message;
 pub use channel::{Channel, ChannelError, ChannelKind, Role};
 pub use cursor::{Cursor, CursorError};
 pub use error::{ErrorCode, close};
-pub use frame::{ClientFrame, FrameError, Notification, ServerFrame, SubscribeChannel};
+pub use frame::{
+    ClientFrame, FrameError, Notification, ReceiptKind, ServerFrame, SubscribeChannel,
+};
 pub use message::Priority;
 
 /// The WebSocket subprotocol of Wardline's envelope protocol.

@@ -84,7 +84,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/ws/test-notification",
             post(http::stats::test_notification),
         )
-        .route("/v1/receipts", get(http::stats::receipts))
+        .route(
+            "/v1/receipts",
+            get(http::receipts::receipts).post(http::receipts::record_receipts),
+        )
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .route("/metrics", get(http::health::metrics))

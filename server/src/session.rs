@@ -13,7 +13,7 @@ use crate::queue::Next;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
-use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode};
+use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode, ReceiptKind};
 
 /// History is read in pages of this many notifications.
 const REPLAY_PAGE: usize = 500;
@@ -242,11 +242,12 @@ impl Session {
         self.subscriber.queue.lagging().await
     }
 
-    /// Records the user's acknowledgement of notifications on a channel they read.
-    pub async fn ack(
+    /// Records the user's receipts for notifications on a channel they read.
+    pub async fn record_receipts(
         &self,
         name: &str,
         ids: &[String],
+        kind: ReceiptKind,
     ) -> Result<(Channel, Vec<Cursor>), SessionError> {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
@@ -258,7 +259,7 @@ impl Session {
             .collect::<Result<Vec<Cursor>, _>>()?;
         self.hub
             .broker()
-            .record_acks(&channel, &ids, &self.claims.sub)
+            .record_receipts(&channel, &ids, &self.claims.sub, kind)
             .await?;
         Ok((channel, ids))
     }

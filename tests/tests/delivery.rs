@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use wardline_protocol::{ClientFrame, ErrorCode, ReceiptKind, ServerFrame};
 use wardline_tests::client::{SseClient, V1Client, connect, next_text};
 use wardline_tests::{
     BrokerKind, RedisServer, Relay, WAIT, critical_lab_result, on_both_brokers, token,
@@ -257,26 +257,35 @@ async fn two_relays_on_one_redis_deliver_across_and_record_once() {
     );
 }
 
-/// Acks are recorded per recipient and the publisher can read the receipts.
+/// Receipts (stored on the device, acknowledged by a person) are recorded per recipient, over the
+/// WebSocket or over HTTP, and the publisher can read them.
 async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {
     let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
-    let mut client =
-        V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600)).await?;
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
     client.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(7)).await;
     let id = client.notifications(1).await?[0].id;
     assert_eq!(reply["message_id"].as_str(), Some(id.to_string().as_str()));
+    let ids = vec![id.to_string()];
     client
-        .send(&ClientFrame::Ack {
+        .send(&ClientFrame::Received {
             channel: DOCTOR_CHANNEL.into(),
-            ids: vec![id.to_string()],
+            ids: ids.clone(),
         })
         .await?;
-    assert!(matches!(client.frame().await?, ServerFrame::Acked { ids, .. } if ids == vec![id]));
+    assert_eq!(
+        client.frame().await?,
+        ServerFrame::Recorded {
+            kind: ReceiptKind::Received,
+            channel: wardline_protocol::Channel::parse(DOCTOR_CHANNEL)?,
+            ids: vec![id]
+        }
+    );
     client
         .send(&ClientFrame::Ack {
             channel: "doctor:d2:notifications".into(),
-            ids: vec![id.to_string()],
+            ids: ids.clone(),
         })
         .await?;
     assert!(matches!(
@@ -299,6 +308,25 @@ async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {
             ..
         }
     ));
+
+    // The person acknowledges from somewhere without a connection: HTTP with their own token.
+    let ack = json!({"channel": DOCTOR_CHANNEL, "ids": ids, "kind": "acknowledged"});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/receipts", relay.base))
+        .bearer_auth(&doctor)
+        .json(&ack)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let other = token("p1", "patient", &[], 600);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/receipts", relay.base))
+        .bearer_auth(&other)
+        .json(&ack)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 403);
+
     let service = token("backend", "service", &[], 600);
     let (status, body) = relay
         .get(
@@ -307,9 +335,34 @@ async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let receipts = body["receipts"].as_array().unwrap();
-    assert_eq!(receipts.len(), 1);
-    assert_eq!(receipts[0]["user"], "d1");
+    let receipts: Vec<(String, String)> = body["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap().to_owned(),
+                r["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        receipts,
+        [
+            ("d1".to_owned(), "received".to_owned()),
+            ("d1".to_owned(), "acknowledged".to_owned())
+        ]
+    );
+    assert_eq!(
+        relay
+            .get(
+                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
+                Some(&doctor)
+            )
+            .await
+            .0,
+        403
+    );
     Ok(())
 }
 on_both_brokers!(acks_become_receipts);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use wardline_protocol::{Channel, Cursor, Priority};
+use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -42,8 +42,9 @@ CREATE TABLE IF NOT EXISTS receipts (
     ms INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     user TEXT NOT NULL,
-    acked_at INTEGER NOT NULL,
-    PRIMARY KEY (channel, ms, seq, user)
+    kind TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (channel, ms, seq, user, kind)
 ) WITHOUT ROWID;
 ";
 
@@ -358,11 +359,12 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    async fn record_acks(
+    async fn record_receipts(
         &self,
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        kind: ReceiptKind,
     ) -> Result<(), BrokerError> {
         let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
         self.blocking(move |store| {
@@ -370,8 +372,8 @@ impl Broker for EmbeddedBroker {
             let now = now_ms();
             for id in ids {
                 tx.execute(
-                    "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, acked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![channel.as_str(), id.ms, id.seq, user, now],
+                    "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
                 )
                 .map_err(storage)?;
             }
@@ -386,11 +388,16 @@ impl Broker for EmbeddedBroker {
             let mut stmt = store
                 .conn
                 .prepare_cached(
-                    "SELECT user, acked_at FROM receipts WHERE channel = ?1 AND ms = ?2 AND seq = ?3 ORDER BY acked_at",
+                    "SELECT user, kind, at FROM receipts WHERE channel = ?1 AND ms = ?2 AND seq = ?3 ORDER BY at",
                 )
                 .map_err(storage)?;
             stmt.query_map(params![channel.as_str(), id.ms, id.seq], |row| {
-                Ok(Receipt { user: row.get(0)?, acked_at_ms: row.get(1)? })
+                let kind: String = row.get(1)?;
+                Ok(Receipt {
+                    user: row.get(0)?,
+                    kind: ReceiptKind::parse(&kind).unwrap_or(ReceiptKind::Received),
+                    at_ms: row.get(2)?,
+                })
             })
             .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
@@ -525,11 +532,11 @@ mod tests {
             1
         );
         broker
-            .record_acks(&channel, &[first.id], "d1")
+            .record_receipts(&channel, &[first.id], "d1", ReceiptKind::Acknowledged)
             .await
             .unwrap();
         broker
-            .record_acks(&channel, &[first.id], "d1")
+            .record_receipts(&channel, &[first.id], "d1", ReceiptKind::Acknowledged)
             .await
             .unwrap();
         let receipts = broker.receipts(&channel, first.id).await.unwrap();

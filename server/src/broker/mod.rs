@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use wardline_protocol::{Channel, Cursor, ErrorCode, Priority};
+use wardline_protocol::{Channel, Cursor, ErrorCode, Priority, ReceiptKind};
 
 /// A notification as stored: the publisher's payload, untouched, and what the relay knows of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +74,15 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
-/// One recipient's acknowledgement of a notification.
+/// One recipient's receipt for a notification.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Receipt {
-    /// Who acknowledged it.
+    /// The recipient.
     pub user: String,
-    /// When, Unix milliseconds.
-    pub acked_at_ms: u64,
+    /// Stored on the device, or acknowledged by the person.
+    pub kind: ReceiptKind,
+    /// When, Unix milliseconds (the first time, if recorded more than once).
+    pub at_ms: u64,
 }
 
 /// Whether the broker can be reached.
@@ -151,15 +153,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops live delivery of `channel` to this node.
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
 
-    /// Records that `user` acknowledged these notifications.
-    async fn record_acks(
+    /// Records receipts of `user` for these notifications (the first of each kind counts).
+    async fn record_receipts(
         &self,
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        kind: ReceiptKind,
     ) -> Result<(), BrokerError>;
 
-    /// The acknowledgements of one notification.
+    /// The receipts of one notification, oldest first.
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError>;
 
     /// Follows the broker's health.

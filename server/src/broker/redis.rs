@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
-use wardline_protocol::{Channel, Cursor, Priority};
+use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
 
 const LIVE_PREFIX: &str = "wardline:live:";
 const LEASE_KEY: &str = "wardline:recorder";
@@ -630,17 +630,20 @@ impl Broker for RedisBroker {
             .map_err(|_| unavailable("pub/sub task stopped"))
     }
 
-    async fn record_acks(
+    async fn record_receipts(
         &self,
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        kind: ReceiptKind,
     ) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
         let now = super::now_ms();
+        // One hash per notification: field `<kind>:<user>`, value the time, first write wins.
+        let field = format!("{}:{user}", kind.as_str());
         for id in ids {
             let key = receipts_key(channel, *id);
-            pipe.hset_nx(&key, user, now).ignore();
+            pipe.hset_nx(&key, &field, now).ignore();
             pipe.expire(&key, self.retention.max_age.as_secs() as i64)
                 .ignore();
         }
@@ -656,9 +659,17 @@ impl Broker for RedisBroker {
             .map_err(unavailable)?;
         let mut receipts: Vec<Receipt> = entries
             .into_iter()
-            .map(|(user, acked_at_ms)| Receipt { user, acked_at_ms })
+            .filter_map(|(field, at_ms)| {
+                let (kind, user) = field.split_once(':')?;
+                let kind = ReceiptKind::parse(kind)?;
+                Some(Receipt {
+                    user: user.to_owned(),
+                    kind,
+                    at_ms,
+                })
+            })
             .collect();
-        receipts.sort_by_key(|r| r.acked_at_ms);
+        receipts.sort_by_key(|r| r.at_ms);
         Ok(receipts)
     }
 

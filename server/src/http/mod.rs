@@ -1,7 +1,8 @@
-//! Plain HTTP endpoints: publishing, stats, receipts, health and metrics.
+//! Plain HTTP endpoints: publishing, receipts, stats, health and metrics.
 
 pub mod health;
 pub mod publish;
+pub mod receipts;
 pub mod stats;
 
 use crate::AppState;

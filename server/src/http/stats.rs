@@ -1,5 +1,4 @@
-//! Operator endpoints: stats (admin, service), delivery receipts (admin, service) and test
-//! notifications (admin).
+//! Operator endpoints: stats (admin, service) and test notifications (admin).
 
 use crate::AppState;
 use crate::broker::{BrokerHealth, Publish};
@@ -7,7 +6,7 @@ use crate::error::ApiError;
 use crate::http::{authenticate, require_stats_reader};
 use crate::metrics::Transport;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -46,34 +45,6 @@ pub async fn stats(
         "slow_consumer_closes_total": m.slow_consumer_closes_total.load(Relaxed),
         "gaps_total": m.gaps_total.load(Relaxed),
     })))
-}
-
-/// Query of `GET /v1/receipts`.
-#[derive(Debug, Deserialize)]
-pub struct ReceiptsQuery {
-    channel: String,
-    id: String,
-}
-
-/// `GET /v1/receipts?channel=…&id=…`: who acknowledged a notification, and when.
-pub async fn receipts(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<ReceiptsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    require_stats_reader(&authenticate(&state, None, &headers)?)?;
-    let channel = Channel::parse(&query.channel)
-        .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
-    let id = query
-        .id
-        .parse()
-        .map_err(|e: wardline_protocol::CursorError| {
-            ApiError::new(ErrorCode::BadCursor, e.to_string())
-        })?;
-    let receipts = state.hub.broker().receipts(&channel, id).await?;
-    Ok(Json(
-        json!({"channel": channel, "id": id, "receipts": receipts}),
-    ))
 }
 
 /// Body of `POST /v1/ws/test-notification` (seed 004's, plus the recipient's role).

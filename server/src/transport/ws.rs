@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 use wardline_protocol::{
-    ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, SUBPROTOCOL_RAW, SUBPROTOCOL_V1, ServerFrame,
-    close,
+    ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, ReceiptKind, SUBPROTOCOL_RAW, SUBPROTOCOL_V1,
+    ServerFrame, close,
 };
 
 /// Largest frame tungstenite buffers before failing the connection; frames between the protocol's
@@ -378,18 +378,34 @@ async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) ->
             }
             Ok(())
         }
-        ClientFrame::Ack { channel, ids } => match session.ack(&channel, &ids).await {
-            Ok((channel, ids)) => {
-                send_frame(socket, session, &ServerFrame::Acked { channel, ids }).await
-            }
-            Err(e) => {
-                send_frame(
-                    socket,
-                    session,
-                    &error_frame(e.code(), e.to_string(), Some(channel)),
-                )
-                .await
-            }
-        },
+        ClientFrame::Received { channel, ids } => {
+            record(socket, session, channel, ids, ReceiptKind::Received).await
+        }
+        ClientFrame::Ack { channel, ids } => {
+            record(socket, session, channel, ids, ReceiptKind::Acknowledged).await
+        }
+    }
+}
+
+async fn record(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    channel: String,
+    ids: Vec<String>,
+    kind: ReceiptKind,
+) -> Result<(), Stop> {
+    match session.record_receipts(&channel, &ids, kind).await {
+        Ok((channel, ids)) => {
+            send_frame(
+                socket,
+                session,
+                &ServerFrame::Recorded { kind, channel, ids },
+            )
+            .await
+        }
+        Err(e) => {
+            let error = error_frame(e.code(), e.to_string(), Some(channel));
+            send_frame(socket, session, &error).await
+        }
     }
 }
