@@ -5,7 +5,8 @@
 //! - [`cursor`]: a position in one channel's history (`<ms>-<seq>`, a Redis stream id);
 //! - [`message`]: priorities and the seed notification types, with readable titles and bodies;
 //! - [`frame`]: the `wardline.v1` WebSocket frames and the seed 004 frame shape;
-//! - [`error`]: stable numeric error codes and WebSocket close codes.
+//! - [`error`]: stable numeric error codes and WebSocket close codes;
+//! - [`sensitive`]: `Sensitive<T>`, which keeps secrets out of `Debug` and logs.
 //!
 //! The protocol is documented with an example of every frame in `protocol/README.md`.
 
@@ -14,6 +15,7 @@ pub mod cursor;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod sensitive;
 
 pub use channel::{Channel, ChannelError, ChannelKind, Role};
 pub use cursor::{Cursor, CursorError};
@@ -22,6 +24,7 @@ pub use frame::{
     ClientFrame, FrameError, Notification, ReceiptKind, ServerFrame, SubscribeChannel,
 };
 pub use message::Priority;
+pub use sensitive::Sensitive;
 
 /// The WebSocket subprotocol of Wardline's envelope protocol.
 pub const SUBPROTOCOL_V1: &str = "wardline.v1";

@@ -246,7 +246,7 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensitive::Sensitive;
+    use wardline_protocol::Sensitive;
 
     fn config() -> JwtConfig {
         JwtConfig {

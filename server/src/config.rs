@@ -2,12 +2,12 @@
 //! then defaults, in that order of precedence. Redis also falls back to seed 002's `REDIS_URL` and
 //! seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
 
-use crate::sensitive::Sensitive;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use wardline_protocol::Sensitive;
 
 /// Flags of `wardline-relay serve`; every one can also be set as `WARDLINE_<NAME>` or in the file.
 #[derive(Debug, Default, Clone, clap::Args)]

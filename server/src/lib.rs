@@ -28,7 +28,6 @@ pub mod hub;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
-pub mod sensitive;
 pub mod session;
 pub mod transport;
 

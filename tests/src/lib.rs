@@ -5,6 +5,7 @@
 //! never a fixed sleep. A missing `redis-server` is a failure: `cargo xtask test` installs it.
 
 pub mod client;
+pub mod receiver;
 
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -219,8 +220,15 @@ impl Relay {
         owned_dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Relay> {
         let mut command = Command::new(binary("wardline-relay"));
+        let listen = if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .env_remove("WARDLINE_JWT_SECRET");
         if with_secret {

@@ -316,7 +316,9 @@ impl Broker for EmbeddedBroker {
             messages.truncate(limit);
             let now = now_ms();
             messages.retain(|m| !m.expired_at(now));
-            let gap = after > Cursor::ZERO && trimmed_through.is_some_and(|t| after < t);
+            // From zero too: a device that first subscribed to an empty channel holds cursor 0-0, and
+            // must hear that what it missed since was trimmed.
+            let gap = trimmed_through.is_some_and(|t| after < t);
             Ok(HistoryPage {
                 messages,
                 gap,
@@ -503,10 +505,7 @@ mod tests {
         let page = broker.history(&channel, ids[2], 10).await.unwrap();
         assert!(!page.gap);
         let page = broker.history(&channel, Cursor::ZERO, 10).await.unwrap();
-        assert!(
-            !page.gap,
-            "a client starting from zero asks for what is kept"
-        );
+        assert!(page.gap, "from zero, what was trimmed is missing too");
     }
 
     #[tokio::test]

@@ -578,10 +578,9 @@ impl Broker for RedisBroker {
                 messages.push(message);
             }
         }
-        let gap = after > Cursor::ZERO
-            && trimmed_through(&mut conn, channel)
-                .await?
-                .is_some_and(|t| after < t);
+        let gap = trimmed_through(&mut conn, channel)
+            .await?
+            .is_some_and(|t| after < t);
         Ok(HistoryPage {
             messages,
             gap,

@@ -1,4 +1,5 @@
-//! `Sensitive<T>`: a value that must never reach a log, printed as `***` by `Debug` and `Display`.
+//! `Sensitive<T>`: a value that must never reach a log (a signing key, a token), printed as `***` by
+//! `Debug` and `Display`. Not a wire type, but both sides hold secrets and share this one wrapper.
 
 use std::fmt;
 

@@ -1,0 +1,356 @@
+//! `wardline`: the receiver on the command line — `listen` keeps the subscription in the foreground;
+//! `list`, `ack`, `read` and `status` work on the inbox (and tell the relay about acknowledgements).
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wardline_client::inbox::now_ms;
+use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription};
+use wardline_protocol::{Priority, ReceiptKind, Sensitive};
+
+#[derive(Parser)]
+#[command(
+    name = "wardline",
+    version,
+    about = "Wardline receiver: never miss a clinical notification"
+)]
+struct Cli {
+    /// The relay's base URL, e.g. http://127.0.0.1:8851.
+    #[arg(long, global = true, env = "WARDLINE_SERVER")]
+    server: Option<String>,
+    /// Your user id (the token's subject).
+    #[arg(long, global = true, env = "WARDLINE_USER")]
+    user: Option<String>,
+    /// The inbox database (default: $XDG_DATA_HOME/wardline/inbox.sqlite3).
+    #[arg(long, global = true, env = "WARDLINE_DB")]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keep the subscription running in the foreground, printing each new notification.
+    Listen {
+        /// One JSON object per line on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored notifications, newest first.
+    List {
+        /// Only unread ones.
+        #[arg(long)]
+        unread: bool,
+        /// Only this type (e.g. critical_lab_result).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only this priority (low, normal, high, critical).
+        #[arg(long, value_parser = parse_priority)]
+        priority: Option<Priority>,
+        /// Full-text search.
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge notifications (and tell the relay).
+    Ack {
+        /// Ids as listed (or channel/id).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Mark notifications read.
+    Read {
+        /// Ids as listed (or channel/id).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Connection state, last message, unread and unacknowledged critical counts, gaps.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_priority(name: &str) -> Result<Priority, String> {
+    Priority::parse(name).ok_or_else(|| format!("{name:?} is not low, normal, high or critical"))
+}
+
+fn default_db() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("wardline/inbox.sqlite3")
+}
+
+fn token() -> anyhow::Result<Sensitive<String>> {
+    match std::env::var("WARDLINE_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Ok(Sensitive::new(token.trim().to_owned())),
+        _ => bail!("no token: set WARDLINE_TOKEN to the token your hospital issued"),
+    }
+}
+
+fn print_row(row: &Row, json: bool) {
+    if json {
+        let line = serde_json::json!({
+            "id": row.id, "channel": row.channel, "type": row.kind, "priority": row.priority,
+            "title": row.title, "message": row.message, "sent_at": row.sent_at,
+            "read": row.read_at.is_some(), "acked": row.acked_at.is_some(),
+        });
+        println!("{line}");
+    } else {
+        let marker = match row.priority {
+            Priority::Critical => "‼ CRITICAL",
+            Priority::High => "! high    ",
+            _ => "          ",
+        };
+        let state = if row.acked_at.is_some() {
+            "acked"
+        } else if row.read_at.is_some() {
+            "read"
+        } else {
+            "new"
+        };
+        println!(
+            "{} {marker} {:5} {} — {}  [{}]",
+            row.id, state, row.title, row.body, row.channel
+        );
+    }
+}
+
+fn describe_event(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Connecting { transport } => format!("connecting ({transport})"),
+        Event::Connected { transport } => format!("connected ({transport})"),
+        Event::Reconnecting {
+            in_ms,
+            reason,
+            offline_since,
+        } => {
+            let offline = Duration::from_millis(now_ms().saturating_sub(*offline_since)).as_secs();
+            format!(
+                "offline for {offline} s ({reason}); retrying in {:.1} s",
+                *in_ms as f64 / 1000.0
+            )
+        }
+        Event::GapDetected { channel, since } => format!(
+            "HISTORY GAP on {channel}: notifications after {} are no longer on the relay; some may be missing",
+            since
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "the start".into())
+        ),
+        Event::SignInRequired { reason } => format!("sign-in required: {reason}"),
+        Event::NotificationStored { .. } => return None,
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn listen(cli: &Cli, inbox: Inbox, json: bool) -> anyhow::Result<i32> {
+    let server = cli
+        .server
+        .clone()
+        .context("no relay: give --server URL or set WARDLINE_SERVER")?;
+    let user = cli
+        .user
+        .clone()
+        .context("no user: give --user ID or set WARDLINE_USER")?;
+    let options = Options {
+        server,
+        user,
+        token: token()?,
+        heartbeat: Duration::from_secs(15),
+    };
+    let subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
+    let mut events = subscription.events();
+    let printer = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(Event::NotificationStored { notification }) => print_row(&notification, json),
+                Ok(event) => {
+                    if let Some(text) = describe_event(&event) {
+                        eprintln!("wardline: {text}");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!(
+                        "wardline: {n} events not shown (all are stored; see `wardline list`)"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let ended = subscription.run(shutdown_signal()).await;
+    drop(subscription);
+    let _ = printer.await;
+    match ended? {
+        Ended::Shutdown => Ok(0),
+        Ended::SignInRequired(reason) => {
+            eprintln!("wardline: stopped: {reason}");
+            Ok(3)
+        }
+    }
+}
+
+async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32> {
+    let resolved = inbox.resolve(ids)?;
+    inbox.mark_acked(&resolved)?;
+    let (Some(server), Ok(token)) = (cli.server.as_deref(), token()) else {
+        eprintln!("wardline: acknowledged here; the listener tells the relay when it connects");
+        return Ok(0);
+    };
+    let client = reqwest::Client::new();
+    for (channel, id) in &resolved {
+        let body = serde_json::json!({"channel": channel, "ids": [id], "kind": "acknowledged"});
+        let sent = client
+            .post(format!("{}/v1/receipts", server.trim_end_matches('/')))
+            .bearer_auth(token.expose())
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                inbox.mark_synced(ReceiptKind::Acknowledged, channel, &[*id])?;
+                println!("acknowledged {id}");
+            }
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                eprintln!(
+                    "wardline: acknowledged {id} here, but the relay refused it ({status}: {body}); it is sent again when the listener connects"
+                );
+            }
+            Err(e) => eprintln!(
+                "wardline: acknowledged {id} here; the relay is unreachable ({e}); the listener sends it when connected"
+            ),
+        }
+    }
+    Ok(0)
+}
+
+fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
+    let counts = inbox.counts()?;
+    let gaps = inbox.gaps()?;
+    let state = |key: &str| inbox.state(key).ok().flatten();
+    let updated_at: u64 = state("updated_at")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut connection = state("connection").unwrap_or_else(|| "never started".into());
+    // A listener refreshes its state at every heartbeat; one silent for a minute is not running.
+    if connection != "stopped"
+        && connection != "never started"
+        && now_ms().saturating_sub(updated_at) > 60_000
+    {
+        connection = format!("not running (last seen as {connection})");
+    }
+    let detail = state("detail").unwrap_or_default();
+    if json {
+        let value = serde_json::json!({
+            "connection": connection, "detail": detail, "changed_at": state("changed_at").and_then(|v| v.parse::<u64>().ok()),
+            "total": counts.total, "unread": counts.unread, "unacked_critical": counts.unacked_critical,
+            "last_received_at": counts.last_received_at, "gaps": gaps,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "connection: {connection}{}",
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" — {detail}")
+            }
+        );
+        println!(
+            "notifications: {} stored, {} unread, {} critical not acknowledged",
+            counts.total, counts.unread, counts.unacked_critical
+        );
+        if let Some(last) = counts.last_received_at {
+            let ago = Duration::from_millis(now_ms().saturating_sub(last)).as_secs();
+            println!("last notification: {ago} s ago");
+        }
+        for gap in &gaps {
+            println!(
+                "HISTORY GAP on {} (after {}): some notifications may be missing",
+                gap.channel,
+                gap.since.as_deref().unwrap_or("the start")
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let db = cli.db.clone().unwrap_or_else(default_db);
+    let mut inbox = Inbox::open(&db)?;
+    match &cli.command {
+        Command::Listen { json } => {
+            inbox.purge_older_than(Duration::from_secs(90 * 24 * 3600))?;
+            listen(&cli, inbox, *json).await
+        }
+        Command::List {
+            unread,
+            kind,
+            priority,
+            search,
+            limit,
+            json,
+        } => {
+            let filter = Filter {
+                unread: *unread,
+                kind: kind.clone(),
+                priority: *priority,
+                search: search.clone(),
+                limit: *limit,
+                ..Filter::default()
+            };
+            for row in inbox.list(&filter)? {
+                print_row(&row, *json);
+            }
+            Ok(0)
+        }
+        Command::Ack { ids } => ack(&cli, inbox, ids).await,
+        Command::Read { ids } => {
+            let resolved = inbox.resolve(ids)?;
+            inbox.mark_read(&resolved)?;
+            Ok(0)
+        }
+        Command::Status { json } => status(&inbox, *json),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wardline: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,760 @@
+//! The local inbox: every notification the device received, in SQLite (WAL), with the cursor of
+//! each channel stored in the same transaction as the rows it covers.
+//!
+//! That transaction is the receiver's promise: after a crash at any point, either a notification and
+//! the cursor past it are both on disk, or neither is, so resuming from the stored cursor loses
+//! nothing and (with the unique key on channel and id) stores nothing twice. Receipts go to the relay
+//! only for committed rows, and are remembered until the relay confirms them.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wardline_protocol::message::describe;
+use wardline_protocol::{Channel, Cursor, Notification, Priority, ReceiptKind};
+
+/// Each migration moves the schema one version up; `PRAGMA user_version` says where a file is.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE notifications (
+    rowid INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    id_ms INTEGER NOT NULL,
+    id_seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    message TEXT NOT NULL,
+    sent_at TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    read_at INTEGER,
+    acked_at INTEGER,
+    received_synced INTEGER NOT NULL DEFAULT 0,
+    ack_synced INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (channel, id_ms, id_seq)
+);
+CREATE INDEX notifications_by_time ON notifications (received_at);
+CREATE INDEX notifications_unsynced ON notifications (received_synced, ack_synced);
+CREATE VIRTUAL TABLE notifications_fts USING fts5(
+    title, body, message, content = 'notifications', content_rowid = 'rowid'
+);
+CREATE TRIGGER notifications_fts_insert AFTER INSERT ON notifications BEGIN
+    INSERT INTO notifications_fts (rowid, title, body, message) VALUES (new.rowid, new.title, new.body, new.message);
+END;
+CREATE TRIGGER notifications_fts_delete AFTER DELETE ON notifications BEGIN
+    INSERT INTO notifications_fts (notifications_fts, rowid, title, body, message)
+    VALUES ('delete', old.rowid, old.title, old.body, old.message);
+END;
+CREATE TABLE cursors (
+    channel TEXT PRIMARY KEY,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE gaps (
+    rowid INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    since TEXT,
+    detected_at INTEGER NOT NULL
+);
+CREATE TABLE state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// Why the inbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// The file is not a Wardline inbox (or not SQLite at all).
+    #[error("{path} is not a usable inbox: {reason}. Move it away to start a new one")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// Another process holds the database locked for longer than the busy timeout.
+    #[error("the inbox is locked by another process ({0}); close it or try again")]
+    Locked(String),
+    /// Written by a newer Wardline.
+    #[error("the inbox {path} has schema version {found}; this wardline knows up to {known}")]
+    TooNew {
+        /// The file.
+        path: String,
+        /// Its version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// Any other SQLite failure.
+    #[error("inbox: {0}")]
+    Sqlite(rusqlite::Error),
+    /// An id given on the command line matches nothing, or more than one notification.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A stored notification, as listed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// Its id (its cursor in its channel).
+    pub id: Cursor,
+    /// Its channel.
+    pub channel: Channel,
+    /// The payload's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its priority.
+    pub priority: Priority,
+    /// A readable title.
+    pub title: String,
+    /// A readable body.
+    pub body: String,
+    /// The publisher's payload.
+    pub message: serde_json::Value,
+    /// When the relay stored it.
+    pub sent_at: String,
+    /// When this device stored it, Unix ms.
+    pub received_at: u64,
+    /// When the user read it, Unix ms.
+    pub read_at: Option<u64>,
+    /// When the user acknowledged it, Unix ms.
+    pub acked_at: Option<u64>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only unread ones.
+    pub unread: bool,
+    /// Only this type.
+    pub kind: Option<String>,
+    /// Only this priority.
+    pub priority: Option<Priority>,
+    /// Only this channel.
+    pub channel: Option<String>,
+    /// Full-text search over title, body and payload (FTS5 query syntax).
+    pub search: Option<String>,
+    /// Received at or after, Unix ms.
+    pub since_ms: Option<u64>,
+    /// Received before, Unix ms.
+    pub until_ms: Option<u64>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// A history gap the relay reported.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    /// The channel.
+    pub channel: String,
+    /// The cursor the client resumed from.
+    pub since: Option<String>,
+    /// When, Unix ms.
+    pub detected_at: u64,
+}
+
+/// Counts for `wardline status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Notifications stored.
+    pub total: u64,
+    /// Not read yet.
+    pub unread: u64,
+    /// Critical and not acknowledged.
+    pub unacked_critical: u64,
+    /// When the newest arrived, Unix ms.
+    pub last_received_at: Option<u64>,
+}
+
+/// Receipts the relay has not confirmed yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingReceipts {
+    /// Per channel, ids stored but not confirmed as received.
+    pub received: Vec<(Channel, Vec<Cursor>)>,
+    /// Per channel, ids acknowledged but not confirmed.
+    pub acknowledged: Vec<(Channel, Vec<Cursor>)>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The local inbox.
+pub struct Inbox {
+    conn: Connection,
+    path: String,
+}
+
+fn classify(path: &str, e: rusqlite::Error) -> InboxError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            InboxError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            InboxError::Locked(format!("{path}: {e}"))
+        }
+        _ => InboxError::Sqlite(e),
+    }
+}
+
+impl From<rusqlite::Error> for InboxError {
+    fn from(e: rusqlite::Error) -> InboxError {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                InboxError::Locked(e.to_string())
+            }
+            _ => InboxError::Sqlite(e),
+        }
+    }
+}
+
+impl Inbox {
+    /// Opens (or creates) the inbox at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Inbox, InboxError> {
+        let display = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| InboxError::Corrupt {
+                path: display.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| classify(&display, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| classify(&display, e))?;
+        let mut inbox = Inbox {
+            conn,
+            path: display,
+        };
+        inbox.migrate()?;
+        Ok(inbox)
+    }
+
+    fn migrate(&mut self) -> Result<(), InboxError> {
+        let path = self.path.clone();
+        let wrap = |e| classify(&path, e);
+        self.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(wrap)?;
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(wrap)?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(wrap)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(InboxError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(wrap)?;
+            tx.execute_batch(migration).map_err(wrap)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(wrap)?;
+            tx.commit().map_err(wrap)?;
+        }
+        // Reading the schema back tells a damaged file apart from a healthy one now, not later.
+        self.conn
+            .query_row("SELECT count(*) FROM notifications", [], |_| Ok(()))
+            .map_err(wrap)?;
+        Ok(())
+    }
+
+    /// The stored cursor of each channel.
+    pub fn cursors(&self) -> Result<Vec<(Channel, Cursor)>, InboxError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT channel, ms, seq FROM cursors")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, Cursor::new(r.get(1)?, r.get(2)?)))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, cursor) = row?;
+            if let Ok(channel) = Channel::parse(&name) {
+                out.push((channel, cursor));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a channel's cursor forward (never back), e.g. to where a live-only subscription began.
+    pub fn advance_cursor(&mut self, channel: &Channel, cursor: Cursor) -> Result<(), InboxError> {
+        let tx = self.conn.transaction()?;
+        advance(&tx, channel, cursor)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores notifications and moves their channels' cursors in one transaction; returns those
+    /// that were new (a replayed duplicate is stored once).
+    pub fn store(&mut self, notifications: &[Notification]) -> Result<Vec<Row>, InboxError> {
+        let tx = self.conn.transaction()?;
+        let now = now_ms();
+        let mut stored = Vec::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO notifications
+                 (channel, id_ms, id_seq, type, priority, title, body, message, sent_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for n in notifications {
+                let (title, body) = describe(&n.message);
+                let message = n.message.to_string();
+                let inserted = insert.execute(params![
+                    n.channel.as_str(),
+                    n.id.ms,
+                    n.id.seq,
+                    n.kind,
+                    n.priority.as_str(),
+                    title,
+                    body,
+                    message,
+                    n.sent_at,
+                    now
+                ])?;
+                if inserted == 1 {
+                    stored.push(Row {
+                        id: n.id,
+                        channel: n.channel.clone(),
+                        kind: n.kind.clone(),
+                        priority: n.priority,
+                        title,
+                        body,
+                        message: n.message.clone(),
+                        sent_at: n.sent_at.clone(),
+                        received_at: now,
+                        read_at: None,
+                        acked_at: None,
+                    });
+                }
+            }
+        }
+        for n in notifications {
+            advance(&tx, &n.channel, n.id)?;
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Records a gap the relay reported on resuming a channel.
+    pub fn record_gap(
+        &mut self,
+        channel: &Channel,
+        since: Option<Cursor>,
+    ) -> Result<(), InboxError> {
+        self.conn.execute(
+            "INSERT INTO gaps (channel, since, detected_at) VALUES (?1, ?2, ?3)",
+            params![channel.as_str(), since.map(|c| c.to_string()), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Every gap recorded, newest first.
+    pub fn gaps(&self) -> Result<Vec<Gap>, InboxError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT channel, since, detected_at FROM gaps ORDER BY rowid DESC")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Gap {
+                channel: r.get(0)?,
+                since: r.get(1)?,
+                detected_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Lists notifications, newest first.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Row>, InboxError> {
+        let mut sql = String::from(
+            "SELECT n.id_ms, n.id_seq, n.channel, n.type, n.priority, n.title, n.body, n.message, n.sent_at,
+                    n.received_at, n.read_at, n.acked_at
+             FROM notifications n WHERE 1 = 1",
+        );
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+        if filter.unread {
+            sql.push_str(" AND n.read_at IS NULL");
+        }
+        if let Some(kind) = &filter.kind {
+            args.push(Box::new(kind.clone()));
+            sql.push_str(&format!(" AND n.type = ?{}", args.len()));
+        }
+        if let Some(priority) = filter.priority {
+            args.push(Box::new(priority.as_str()));
+            sql.push_str(&format!(" AND n.priority = ?{}", args.len()));
+        }
+        if let Some(channel) = &filter.channel {
+            args.push(Box::new(channel.clone()));
+            sql.push_str(&format!(" AND n.channel = ?{}", args.len()));
+        }
+        if let Some(since) = filter.since_ms {
+            args.push(Box::new(since));
+            sql.push_str(&format!(" AND n.received_at >= ?{}", args.len()));
+        }
+        if let Some(until) = filter.until_ms {
+            args.push(Box::new(until));
+            sql.push_str(&format!(" AND n.received_at < ?{}", args.len()));
+        }
+        if let Some(search) = &filter.search {
+            args.push(Box::new(search.clone()));
+            sql.push_str(&format!(
+                " AND n.rowid IN (SELECT rowid FROM notifications_fts WHERE notifications_fts MATCH ?{})",
+                args.len()
+            ));
+        }
+        args.push(Box::new(
+            if filter.limit == 0 { 50 } else { filter.limit } as u64
+        ));
+        sql.push_str(&format!(
+            " ORDER BY n.received_at DESC, n.rowid DESC LIMIT ?{}",
+            args.len()
+        ));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
+            |r| {
+                let channel: String = r.get(2)?;
+                let priority: String = r.get(4)?;
+                let message: String = r.get(7)?;
+                Ok(Row {
+                    id: Cursor::new(r.get(0)?, r.get(1)?),
+                    channel: Channel::parse(&channel).unwrap_or_else(|_| Channel::system_alerts()),
+                    kind: r.get(3)?,
+                    priority: Priority::parse(&priority).unwrap_or(Priority::Normal),
+                    title: r.get(5)?,
+                    body: r.get(6)?,
+                    message: serde_json::from_str(&message)
+                        .unwrap_or(serde_json::Value::String(message)),
+                    sent_at: r.get(8)?,
+                    received_at: r.get(9)?,
+                    read_at: r.get(10)?,
+                    acked_at: r.get(11)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Finds the channel of each id (ids are unique within a channel; an id found in two channels
+    /// must be given as `channel/id`).
+    pub fn resolve(&self, ids: &[String]) -> Result<Vec<(Channel, Cursor)>, InboxError> {
+        let mut out = Vec::new();
+        for text in ids {
+            let (channel, id) = match text.rsplit_once('/') {
+                Some((channel, id)) => (Some(channel), id),
+                None => (None, text.as_str()),
+            };
+            let cursor: Cursor = id
+                .parse()
+                .map_err(|e| InboxError::NotFound(format!("{e}")))?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT channel FROM notifications WHERE id_ms = ?1 AND id_seq = ?2",
+            )?;
+            let found: Vec<String> = stmt
+                .query_map(params![cursor.ms, cursor.seq], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let found: Vec<String> = found
+                .into_iter()
+                .filter(|c| channel.is_none_or(|want| want == c))
+                .collect();
+            match &found[..] {
+                [one] => out.push((
+                    Channel::parse(one).map_err(|e| InboxError::NotFound(e.to_string()))?,
+                    cursor,
+                )),
+                [] => {
+                    return Err(InboxError::NotFound(format!(
+                        "no notification {text} in the inbox"
+                    )));
+                }
+                many => {
+                    return Err(InboxError::NotFound(format!(
+                        "{text} is in several channels ({}); give it as channel/id",
+                        many.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks notifications read.
+    pub fn mark_read(&mut self, ids: &[(Channel, Cursor)]) -> Result<(), InboxError> {
+        let tx = self.conn.transaction()?;
+        for (channel, id) in ids {
+            tx.execute(
+                "UPDATE notifications SET read_at = coalesce(read_at, ?4) WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3",
+                params![channel.as_str(), id.ms, id.seq, now_ms()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks notifications acknowledged (and read); the relay is told when it can be.
+    pub fn mark_acked(&mut self, ids: &[(Channel, Cursor)]) -> Result<(), InboxError> {
+        let tx = self.conn.transaction()?;
+        for (channel, id) in ids {
+            tx.execute(
+                "UPDATE notifications SET acked_at = coalesce(acked_at, ?4), read_at = coalesce(read_at, ?4)
+                 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3",
+                params![channel.as_str(), id.ms, id.seq, now_ms()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Receipts not yet confirmed by the relay.
+    pub fn pending_receipts(&self) -> Result<PendingReceipts, InboxError> {
+        let group = |sql: &str| -> Result<Vec<(Channel, Vec<Cursor>)>, InboxError> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, Cursor::new(r.get(1)?, r.get(2)?)))
+            })?;
+            let mut grouped: Vec<(Channel, Vec<Cursor>)> = Vec::new();
+            for row in rows {
+                let (name, id) = row?;
+                let Ok(channel) = Channel::parse(&name) else {
+                    continue;
+                };
+                match grouped.iter_mut().find(|(c, _)| *c == channel) {
+                    Some((_, ids)) => ids.push(id),
+                    None => grouped.push((channel, vec![id])),
+                }
+            }
+            Ok(grouped)
+        };
+        Ok(PendingReceipts {
+            received: group(
+                "SELECT channel, id_ms, id_seq FROM notifications WHERE received_synced = 0 ORDER BY rowid LIMIT 1000",
+            )?,
+            acknowledged: group(
+                "SELECT channel, id_ms, id_seq FROM notifications WHERE acked_at IS NOT NULL AND ack_synced = 0 ORDER BY rowid LIMIT 1000",
+            )?,
+        })
+    }
+
+    /// Notes that the relay confirmed receipts.
+    pub fn mark_synced(
+        &mut self,
+        kind: ReceiptKind,
+        channel: &Channel,
+        ids: &[Cursor],
+    ) -> Result<(), InboxError> {
+        let column = match kind {
+            ReceiptKind::Received => "received_synced",
+            ReceiptKind::Acknowledged => "ack_synced",
+        };
+        let tx = self.conn.transaction()?;
+        {
+            let mut update = tx.prepare_cached(&format!(
+                "UPDATE notifications SET {column} = 1 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3"
+            ))?;
+            for id in ids {
+                update.execute(params![channel.as_str(), id.ms, id.seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts for the status line.
+    pub fn counts(&self) -> Result<Counts, InboxError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE read_at IS NULL),
+                    count(*) FILTER (WHERE priority = 'critical' AND acked_at IS NULL), max(received_at)
+             FROM notifications",
+            [],
+            |r| Ok(Counts { total: r.get(0)?, unread: r.get(1)?, unacked_critical: r.get(2)?, last_received_at: r.get(3)? }),
+        )?)
+    }
+
+    /// Deletes notifications received longer ago than `keep` (default policy: 90 days).
+    pub fn purge_older_than(&mut self, keep: Duration) -> Result<usize, InboxError> {
+        let cutoff = now_ms().saturating_sub(keep.as_millis() as u64);
+        Ok(self.conn.execute(
+            "DELETE FROM notifications WHERE received_at <= ?1",
+            params![cutoff],
+        )?)
+    }
+
+    /// Saves a piece of listener state (for `wardline status` in another process).
+    pub fn set_state(&mut self, key: &str, value: &str) -> Result<(), InboxError> {
+        self.conn.execute(
+            "INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Reads a piece of listener state.
+    pub fn state(&self, key: &str) -> Result<Option<String>, InboxError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM state WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+fn advance(tx: &Transaction<'_>, channel: &Channel, cursor: Cursor) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO cursors (channel, ms, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (channel) DO UPDATE SET ms = excluded.ms, seq = excluded.seq
+         WHERE excluded.ms > cursors.ms OR (excluded.ms = cursors.ms AND excluded.seq > cursors.seq)",
+    )?
+    .execute(params![channel.as_str(), cursor.ms, cursor.seq])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn notification(channel: &str, ms: u64, message: serde_json::Value) -> Notification {
+        Notification {
+            id: Cursor::new(ms, 0),
+            channel: Channel::parse(channel).unwrap(),
+            kind: message["type"].as_str().unwrap_or("unknown").to_owned(),
+            priority: Priority::default_for(&message),
+            sent_at: "2026-11-23T10:00:00.000Z".into(),
+            message,
+        }
+    }
+
+    fn critical(ms: u64) -> Notification {
+        notification(
+            "doctor:d1:notifications",
+            ms,
+            json!({"type": "critical_lab_result", "patient_name": "Bob Wilson", "test_type": "BMP"}),
+        )
+    }
+
+    #[test]
+    fn rows_and_cursors_are_stored_together_and_duplicates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let stored = inbox.store(&[critical(1), critical(2)]).unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[0].title, "Critical lab result — BMP for Bob Wilson");
+        assert!(
+            inbox.store(&[critical(2)]).unwrap().is_empty(),
+            "a replayed duplicate is not stored again"
+        );
+        let cursors = inbox.cursors().unwrap();
+        assert_eq!(
+            cursors,
+            vec![(
+                Channel::parse("doctor:d1:notifications").unwrap(),
+                Cursor::new(2, 0)
+            )]
+        );
+        inbox
+            .advance_cursor(&cursors[0].0, Cursor::new(1, 0))
+            .unwrap();
+        assert_eq!(
+            inbox.cursors().unwrap()[0].1,
+            Cursor::new(2, 0),
+            "cursors never move back"
+        );
+        let counts = inbox.counts().unwrap();
+        assert_eq!(
+            (counts.total, counts.unread, counts.unacked_critical),
+            (2, 2, 2)
+        );
+    }
+
+    #[test]
+    fn filters_and_full_text_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        inbox
+            .store(&[
+                critical(1),
+                notification("patient:p1:notifications", 2, json!({"type": "new_prescription", "medication": "Amoxicillin", "doctor_name": "Dr. Smith"})),
+            ])
+            .unwrap();
+        let search = |text: &str| Filter {
+            search: Some(text.into()),
+            ..Filter::default()
+        };
+        assert_eq!(inbox.list(&search("amoxicillin")).unwrap().len(), 1);
+        assert_eq!(
+            inbox.list(&search("Wilson")).unwrap()[0].kind,
+            "critical_lab_result"
+        );
+        assert!(inbox.list(&search("nothing")).unwrap().is_empty());
+        let critical_only = Filter {
+            priority: Some(Priority::Critical),
+            ..Filter::default()
+        };
+        assert_eq!(inbox.list(&critical_only).unwrap().len(), 1);
+        let ids = inbox.resolve(&["1-0".into()]).unwrap();
+        inbox.mark_acked(&ids).unwrap();
+        let unread = Filter {
+            unread: true,
+            ..Filter::default()
+        };
+        assert_eq!(inbox.list(&unread).unwrap().len(), 1);
+        assert_eq!(inbox.counts().unwrap().unacked_critical, 0);
+        let pending = inbox.pending_receipts().unwrap();
+        assert_eq!(
+            pending.acknowledged,
+            ids.iter()
+                .map(|(c, i)| (c.clone(), vec![*i]))
+                .collect::<Vec<_>>()
+        );
+        inbox
+            .mark_synced(ReceiptKind::Acknowledged, &ids[0].0, &[ids[0].1])
+            .unwrap();
+        assert!(inbox.pending_receipts().unwrap().acknowledged.is_empty());
+        assert!(matches!(
+            inbox.resolve(&["9-0".into()]),
+            Err(InboxError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_inbox_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.sqlite3");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        let err = Inbox::open(&path).err().expect("refused");
+        assert!(matches!(err, InboxError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("not a usable inbox"), "{err}");
+    }
+
+    #[test]
+    fn retention_deletes_old_rows_from_the_index_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        inbox.store(&[critical(1)]).unwrap();
+        assert_eq!(inbox.purge_older_than(Duration::ZERO).unwrap(), 1);
+        assert!(
+            inbox
+                .list(&Filter {
+                    search: Some("Wilson".into()),
+                    ..Filter::default()
+                })
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Wardline receiver: keeps a subscription to the relay alive, stores every notification in a local
+//! SQLite inbox, and reports what happens, so that nothing is ever missed without anyone knowing.
+//!
+//! Layout:
+//! - [`subscription`]: the connection to the relay (reconnect with backoff, resume from cursors,
+//!   dead-connection and wake detection, receipts after commit);
+//! - [`inbox`]: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
+//!   still to send, gaps, status);
+//! - [`events`]: the stream of state changes the CLI and the app show;
+//! - [`backoff`]: reconnection delays;
+//! - the `wardline` binary (`src/bin/wardline.rs`): the command line over all of it.
+//!
+//! No Tauri here: the app is a thin shell over this crate.
+
+pub mod backoff;
+pub mod events;
+pub mod inbox;
+pub mod subscription;
+
+pub use events::Event;
+pub use inbox::{Filter, Inbox, InboxError, Row};
+pub use subscription::{Ended, Options, Subscription, SubscriptionError};

@@ -1,0 +1,231 @@
+//! The `wardline` receiver end to end: real relays, Redis, SQLite files and the real binary.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use wardline_tests::receiver::{Listener, inbox_path, list, run};
+use wardline_tests::{RedisServer, Relay, free_port, token};
+
+const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
+
+fn numbered(n: usize) -> Value {
+    json!({"type": "lab_result_available", "result_id": format!("r{n}"), "test_type": "CBC", "n": n})
+}
+
+fn numbers(rows: &[Value]) -> Vec<u64> {
+    rows.iter()
+        .map(|r| r["message"]["n"].as_u64().expect("numbered"))
+        .collect()
+}
+
+/// The listener's relay is killed for 20 s while 200 notifications are published (through another
+/// relay node on the same Redis); the listener reconnects and stores all 200 once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_rides_out_a_relay_outage_and_stores_everything_once() {
+    let redis = RedisServer::start().await.unwrap();
+    let port = free_port().to_string();
+    let address = format!("127.0.0.1:{port}");
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = Relay::start_in(
+        dir_a.path(),
+        Some(&redis.url()),
+        &["--listen", &address],
+        None,
+    )
+    .await
+    .unwrap();
+    let relay_b = Relay::on_redis(&redis, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay_a.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    relay_b.publish(DOCTOR_CHANNEL, &numbered(0)).await;
+    assert_eq!(numbers(&listener.notifications(1).await.unwrap()), [0]);
+
+    drop(relay_a);
+    let outage = tokio::time::Instant::now();
+    listener.wait_for_stderr("offline").await.unwrap();
+    for n in 1..=200 {
+        assert_eq!(relay_b.publish(DOCTOR_CHANNEL, &numbered(n)).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep_until(outage + Duration::from_secs(20)).await;
+    let _relay_a = Relay::start_in(
+        dir_a.path(),
+        Some(&redis.url()),
+        &["--listen", &address],
+        None,
+    )
+    .await
+    .unwrap();
+    let got = listener.notifications(200).await.unwrap();
+    assert_eq!(numbers(&got), (1..=200).collect::<Vec<u64>>());
+    let stored = list(&relay_b.base, "d1", &doctor, &db).await.unwrap();
+    let mut stored_numbers = numbers(&stored);
+    stored_numbers.reverse();
+    assert_eq!(
+        stored_numbers,
+        (0..=200).collect::<Vec<u64>>(),
+        "each stored once, newest listed first"
+    );
+}
+
+/// A listener killed with SIGKILL mid-stream and started again loses nothing and stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_killed_mid_stream_loses_and_duplicates_nothing() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    let publisher = {
+        let base = relay.base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let service = token("backend", "service", &[], 3600);
+            for n in 0..300 {
+                let body = json!({"channel": DOCTOR_CHANNEL, "message": numbered(n)});
+                let response = client
+                    .post(format!("{base}/v1/publish"))
+                    .bearer_auth(&service)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    };
+    listener.notifications(100).await.unwrap();
+    listener.kill9().await;
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    publisher.await.unwrap();
+    // Whatever the first listener had not committed, the second replays; wait for the last one.
+    loop {
+        let got = listener.notifications(1).await.unwrap();
+        if got[0]["message"]["n"] == 299 {
+            break;
+        }
+    }
+    let stored = list(&relay.base, "d1", &doctor, &db).await.unwrap();
+    let mut stored_numbers = numbers(&stored);
+    stored_numbers.reverse();
+    assert_eq!(stored_numbers, (0..300).collect::<Vec<u64>>());
+}
+
+/// A cursor older than the relay's history: the gap is stored and `status` reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_gap_is_stored_and_reported() {
+    let relay = Relay::embedded(&["--history-max-len", "20"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    relay.publish(DOCTOR_CHANNEL, &numbered(0)).await;
+    listener.notifications(1).await.unwrap();
+    assert_eq!(listener.stop().await.unwrap(), 0);
+    for n in 1..=100 {
+        relay.publish(DOCTOR_CHANNEL, &numbered(n)).await;
+    }
+    let mut listener = Listener::spawn(&relay.base, "d1", &doctor, &db).unwrap();
+    let said = listener.wait_for_stderr("HISTORY GAP").await.unwrap();
+    assert!(said.iter().any(|l| l.contains(DOCTOR_CHANNEL)), "{said:?}");
+    let got = listener.notifications(20).await.unwrap();
+    assert_eq!(
+        numbers(&got),
+        (81..=100).collect::<Vec<u64>>(),
+        "what the relay kept"
+    );
+    let (code, stdout, _) = run(&relay.base, "d1", &doctor, &db, &["status", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["gaps"][0]["channel"], DOCTOR_CHANNEL, "{status}");
+    assert_eq!(status["connection"], "connected", "{status}");
+    assert_eq!(status["total"], 21);
+    let (_, human, _) = run(&relay.base, "d1", &doctor, &db, &["status"])
+        .await
+        .unwrap();
+    assert!(
+        human.contains("HISTORY GAP on doctor:d1:notifications"),
+        "{human}"
+    );
+}
+
+/// An expired token: a clear message and an exit, not a retry loop — at connect and mid-connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_stops_the_listener_with_a_clear_message() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let listener =
+        Listener::spawn(&relay.base, "d1", &token("d1", "doctor", &[], -10), &db).unwrap();
+    let (code, said) = listener.exit().await.unwrap();
+    assert_eq!(code, 3, "{said}");
+    assert!(said.contains("token has expired"), "{said}");
+    assert_eq!(said.matches("connecting").count(), 1, "tried once: {said}");
+
+    let mut listener = Listener::start(&relay.base, "d1", &token("d1", "doctor", &[], 3), &db)
+        .await
+        .unwrap();
+    listener.wait_for_stderr("sign-in required").await.unwrap();
+    let (code, said) = listener.exit().await.unwrap();
+    assert_eq!(code, 3, "{said}");
+    let (_, status, _) = run(&relay.base, "d1", "", &db, &["status"]).await.unwrap();
+    assert!(status.contains("sign_in_required"), "{status}");
+}
+
+/// A file that is not an inbox, and an inbox another process holds locked: clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    std::fs::write(&db, vec![0x5au8; 16384]).unwrap();
+    let (code, _, stderr) = run("http://127.0.0.1:9", "d1", "t", &db, &["list"])
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("is not a usable inbox") && stderr.contains("Move it away"),
+        "{stderr}"
+    );
+
+    let db = dir.path().join("locked.sqlite3");
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    relay.publish(DOCTOR_CHANNEL, &numbered(1)).await;
+    let id = listener.notifications(1).await.unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(listener);
+    let mut holder = tokio::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(60)"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+        .await
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let (code, _, stderr) = run(&relay.base, "d1", &doctor, &db, &["ack", &id])
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+}
