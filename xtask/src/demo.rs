@@ -1,10 +1,9 @@
 //! `cargo xtask demo`: the relay on its embedded broker, a demo publisher sending seed 000/001's
-//! notification types (one critical lab result a minute) and a terminal view of what a doctor and a
-//! patient receive. `--smoke` runs it fast and briefly and fails unless the view received the
+//! notification types (one critical lab result a minute) and the real receiver, `wardline listen`,
+//! for a doctor and a patient, each with its own inbox. `--smoke` runs it fast and briefly and fails unless the view received the
 //! notifications, including a critical one (the test command runs it so).
 //!
-//! Plain std networking on purpose: the demo talks to the relay the way any HTTP client does
-//! (`POST /v1/publish`, `GET /sse/{user}` as HTTP/1.0, so the body is not chunked).
+//! Plain std networking on purpose: the demo publishes the way any HTTP client does.
 
 use crate::deps::workspace_root;
 use serde_json::{Value, json};
@@ -21,7 +20,7 @@ const DOCTOR: &str = "dr-demo";
 static STOPPING: AtomicBool = AtomicBool::new(false);
 const PATIENT: &str = "pt-demo";
 
-/// Kills the relay when the demo ends, however it ends.
+/// Kills a child (the relay, a receiver) when the demo ends, however it ends.
 struct Relay(Child);
 
 impl Drop for Relay {
@@ -31,11 +30,19 @@ impl Drop for Relay {
     }
 }
 
-fn relay_binary() -> Result<std::path::PathBuf, String> {
+/// Builds the relay and the receiver; returns the relay's path (the receiver is next to it).
+fn build_binaries() -> Result<std::path::PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", "wardline-relay"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "wardline-relay",
+            "-p",
+            "wardline-client",
+        ])
         .status()
         .map_err(|e| format!("building the relay: {e}"))?;
     if !status.success() {
@@ -149,59 +156,64 @@ struct Seen {
     title: String,
 }
 
-/// Follows one user's SSE stream and reports each notification.
+/// Runs the real receiver (`wardline listen --json`) for one user and reports what it stores.
 fn view(
-    address: String,
+    wardline: &std::path::Path,
+    address: &str,
     user: &'static str,
-    token: String,
+    token: &str,
+    db: &std::path::Path,
     seen: mpsc::Sender<Seen>,
-) -> Result<(), String> {
-    let mut stream = TcpStream::connect(&address).map_err(|e| e.to_string())?;
-    write!(stream, "GET /sse/{user}?token={token} HTTP/1.0\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut lines = BufReader::new(stream).lines();
-    let status = lines
-        .next()
-        .ok_or("no response")?
-        .map_err(|e| e.to_string())?;
-    if !status.contains(" 200 ") {
-        return Err(format!("SSE for {user}: {status}"));
-    }
-    for line in lines {
-        let line = line.map_err(|e| e.to_string())?;
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        let Ok(frame) = serde_json::from_str::<Value>(data) else {
-            continue;
-        };
-        if frame["op"] != "notification" {
-            continue;
+) -> Result<Child, String> {
+    let mut child = Command::new(wardline)
+        .args(["listen", "--json"])
+        .env("WARDLINE_SERVER", format!("http://{address}"))
+        .env("WARDLINE_USER", user)
+        .env("WARDLINE_TOKEN", token)
+        .env("WARDLINE_DB", db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting wardline listen: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !STOPPING.load(Ordering::Relaxed) {
+                println!("[{user}] {}", line.trim_start_matches("wardline: "));
+            }
         }
-        let (title, body) = describe(&frame["message"]);
-        let priority = frame["priority"].as_str().unwrap_or("normal").to_owned();
-        let marker = if priority == "critical" {
-            "‼ CRITICAL"
-        } else {
-            "  "
-        };
-        println!(
-            "[{user}] {marker} {title} — {body}  (id {}, {})",
-            frame["id"].as_str().unwrap_or("?"),
-            frame["channel"].as_str().unwrap_or("?")
-        );
-        if seen
-            .send(Seen {
-                who: user,
-                priority,
-                title,
-            })
-            .is_err()
-        {
-            return Ok(());
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(row) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let priority = row["priority"].as_str().unwrap_or("normal").to_owned();
+            let (title, body) = describe(&row["message"]);
+            let marker = if priority == "critical" {
+                "‼ CRITICAL"
+            } else {
+                "  "
+            };
+            println!(
+                "[{user}] {marker} {title} — {body}  (id {}, {})",
+                row["id"].as_str().unwrap_or("?"),
+                row["channel"].as_str().unwrap_or("?")
+            );
+            if seen
+                .send(Seen {
+                    who: user,
+                    priority,
+                    title,
+                })
+                .is_err()
+            {
+                return;
+            }
         }
-    }
-    Err(format!("the SSE stream for {user} ended"))
+    });
+    Ok(child)
 }
 
 /// Entry point of `cargo xtask demo [--smoke]`.
@@ -212,7 +224,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "unexpected argument {other:?}: `cargo xtask demo [--smoke]`"
         ));
     }
-    let relay_path = relay_binary()?;
+    let relay_path = build_binaries()?;
     let data_dir = if smoke {
         std::env::temp_dir().join(format!("wardline-demo-{}", std::process::id()))
     } else {
@@ -266,16 +278,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("  Ctrl-C stops the demo\n");
     }
     let (seen_tx, seen) = mpsc::channel();
-    for (user, token) in [(DOCTOR, doctor), (PATIENT, patient)] {
-        let (address, seen_tx) = (address.clone(), seen_tx.clone());
-        std::thread::spawn(move || {
-            if let Err(e) = view(address, user, token, seen_tx)
-                && !STOPPING.load(Ordering::Relaxed)
-            {
-                eprintln!("xtask: viewer for {user}: {e}");
-            }
-        });
+    let wardline = relay_path.with_file_name("wardline");
+    let mut receivers = Vec::new();
+    for (user, token) in [(DOCTOR, &doctor), (PATIENT, &patient)] {
+        let db = data_dir.join(format!("{user}-inbox.sqlite3"));
+        receivers.push(Relay(view(
+            &wardline,
+            &address,
+            user,
+            token,
+            &db,
+            seen_tx.clone(),
+        )?));
     }
+    drop(seen_tx);
     // One critical lab result a minute at the demo's pace (every 30th at 2 s); faster for --smoke.
     let (interval, critical_every) = if smoke {
         (Duration::from_millis(100), 5)
@@ -299,8 +315,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     });
     if !smoke {
         while seen.recv().is_ok() {}
+        drop(receivers);
         drop(relay);
-        return Err("every viewer stopped".into());
+        return Err("every receiver stopped".into());
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut total, mut critical, mut patients) = (0, 0, 0);
@@ -315,6 +332,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         patients += usize::from(item.who == PATIENT);
     }
     STOPPING.store(true, Ordering::Relaxed);
+    drop(receivers);
     drop(relay);
     let _ = std::fs::remove_dir_all(&data_dir);
     if total >= 8 && critical >= 1 && patients >= 2 {
