@@ -7,11 +7,13 @@
 //! - [`inbox`]: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
 //!   still to send, gaps, status);
 //! - [`events`]: the stream of state changes the CLI and the app show;
+//! - [`alert`]: which OS alerts to raise, and the desktop alerter (notify-rust);
 //! - [`backoff`]: reconnection delays;
 //! - the `wardline` binary (`src/bin/wardline.rs`): the command line over all of it.
 //!
 //! No Tauri here: the app is a thin shell over this crate.
 
+pub mod alert;
 pub mod backoff;
 pub mod events;
 pub mod inbox;

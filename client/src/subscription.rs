@@ -12,6 +12,7 @@
 //!   must sign in again, and it says so.
 //! - A gap the relay reports is stored and announced, never hidden.
 
+use crate::alert::{Alerter, alerts_for};
 use crate::backoff::Backoff;
 use crate::events::Event;
 use crate::inbox::{Inbox, InboxError, now_ms};
@@ -19,7 +20,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use wardline_protocol::{
@@ -70,11 +71,17 @@ enum Outcome {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A notification the person acknowledged (from an alert's action, the app, …).
+pub type Acknowledgement = (Channel, Cursor);
+
 /// The relay connection of one user.
 pub struct Subscription {
     options: Options,
     inbox: Arc<Mutex<Inbox>>,
     events: broadcast::Sender<Event>,
+    alerter: Option<Arc<dyn Alerter>>,
+    acks: mpsc::UnboundedSender<Acknowledgement>,
+    acks_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<Acknowledgement>>,
 }
 
 /// Frames read in one go are stored in one transaction.
@@ -88,11 +95,42 @@ impl Subscription {
     /// A subscription writing into `inbox`.
     pub fn new(options: Options, inbox: Arc<Mutex<Inbox>>) -> Subscription {
         let (events, _) = broadcast::channel(1024);
+        let (acks, acks_in) = mpsc::unbounded_channel();
         Subscription {
             options,
             inbox,
             events,
+            alerter: None,
+            acks,
+            acks_in: tokio::sync::Mutex::new(acks_in),
         }
+    }
+
+    /// Raises OS alerts for what is stored.
+    pub fn with_alerter(mut self, alerter: Arc<dyn Alerter>) -> Subscription {
+        self.alerter = Some(alerter);
+        self
+    }
+
+    /// Where acknowledgements go: stored at once, told to the relay now or on the next connection.
+    pub fn acknowledger(&self) -> mpsc::UnboundedSender<Acknowledgement> {
+        self.acks.clone()
+    }
+
+    /// Marks acknowledgements in the inbox; returns them grouped by channel.
+    async fn take_acks(
+        &self,
+        first: Acknowledgement,
+        more: &mut mpsc::UnboundedReceiver<Acknowledgement>,
+    ) -> Result<Vec<(Channel, Vec<Cursor>)>, SubscriptionError> {
+        let mut acks = vec![first];
+        while let Ok(ack) = more.try_recv() {
+            acks.push(ack);
+        }
+        let marked = acks.clone();
+        self.with_inbox(move |inbox| inbox.mark_acked(&marked))
+            .await?;
+        Ok(group(acks))
     }
 
     /// Follows what the subscription reports.
@@ -147,6 +185,7 @@ impl Subscription {
         let url = self.ws_url()?;
         let mut backoff = Backoff::new();
         let mut offline_since = now_ms();
+        let mut acks = self.acks_in.lock().await;
         tokio::pin!(shutdown);
         loop {
             self.emit(Event::Connecting {
@@ -154,7 +193,7 @@ impl Subscription {
             });
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.connection(&url, &mut offline_since) => outcome?,
+                outcome = self.connection(&url, &mut offline_since, &mut acks) => outcome?,
                 _ = &mut shutdown => Outcome::Shutdown,
             };
             match outcome {
@@ -187,11 +226,19 @@ impl Subscription {
                         reason,
                         offline_since,
                     });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = &mut shutdown => {
-                            self.set_state("stopped", "");
-                            return Ok(Ended::Shutdown);
+                    let wait = tokio::time::sleep(delay);
+                    tokio::pin!(wait);
+                    loop {
+                        tokio::select! {
+                            _ = &mut wait => break,
+                            Some(ack) = acks.recv() => {
+                                // Stored now; the relay hears of it on the next connection.
+                                self.take_acks(ack, &mut acks).await?;
+                            }
+                            _ = &mut shutdown => {
+                                self.set_state("stopped", "");
+                                return Ok(Ended::Shutdown);
+                            }
                         }
                     }
                 }
@@ -204,6 +251,7 @@ impl Subscription {
         &self,
         url: &str,
         offline_since: &mut u64,
+        acks: &mut mpsc::UnboundedReceiver<Acknowledgement>,
     ) -> Result<Outcome, SubscriptionError> {
         let mut request = url
             .into_client_request()
@@ -307,6 +355,13 @@ impl Subscription {
                     }
                     *offline_since = now_ms();
                 }
+                Some(ack) = acks.recv() => {
+                    for (channel, ids) in self.take_acks(ack, acks).await? {
+                        if send(&mut socket, &receipt(ReceiptKind::Acknowledged, &channel, &ids)).await.is_err() {
+                            return Ok(retry("connection lost while sending an acknowledgement"));
+                        }
+                    }
+                }
                 _ = ping.tick() => {
                     if send(&mut socket, &ClientFrame::Ping).await.is_err() {
                         return Ok(retry("connection lost"));
@@ -365,18 +420,22 @@ impl Subscription {
         let received: Vec<(Channel, Cursor)> =
             batch.iter().map(|n| (n.channel.clone(), n.id)).collect();
         let stored = self.with_inbox(move |inbox| inbox.store(&batch)).await?;
+        if let Some(alerter) = self.alerter.clone() {
+            let alerts = alerts_for(&stored);
+            // The OS alert is best effort (the desktop may have no notification service); the
+            // alerter reports its failure once, and the notification is stored either way.
+            let _ = tokio::task::spawn_blocking(move || {
+                for alert in &alerts {
+                    let _ = alerter.raise(alert);
+                }
+            })
+            .await;
+        }
         for row in stored {
             self.emit(Event::NotificationStored { notification: row });
         }
         // Receipts only after the commit: the relay never hears "received" for what a crash could lose.
-        let mut by_channel: Vec<(Channel, Vec<Cursor>)> = Vec::new();
-        for (channel, id) in received {
-            match by_channel.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, ids)) => ids.push(id),
-                None => by_channel.push((channel, vec![id])),
-            }
-        }
-        for (channel, ids) in by_channel {
+        for (channel, ids) in group(received) {
             if send(socket, &receipt(ReceiptKind::Received, &channel, &ids))
                 .await
                 .is_err()
@@ -431,6 +490,18 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// Ids grouped by channel, in first-seen order.
+fn group(items: Vec<(Channel, Cursor)>) -> Vec<(Channel, Vec<Cursor>)> {
+    let mut grouped: Vec<(Channel, Vec<Cursor>)> = Vec::new();
+    for (channel, id) in items {
+        match grouped.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, ids)) => ids.push(id),
+            None => grouped.push((channel, vec![id])),
+        }
+    }
+    grouped
 }
 
 fn retry(reason: &str) -> Outcome {

@@ -5,6 +5,7 @@
 //! never a fixed sleep. A missing `redis-server` is a failure: `cargo xtask test` installs it.
 
 pub mod client;
+pub mod desktop;
 pub mod receiver;
 
 use anyhow::{Context, bail};

@@ -22,7 +22,12 @@ fn command(server: &str, user: &str, token: &str, db: &Path) -> Command {
         .env("WARDLINE_USER", user)
         .env("WARDLINE_TOKEN", token)
         .env("WARDLINE_DB", db)
-        .env("WARDLINE_LOG", "warn");
+        .env("WARDLINE_LOG", "warn")
+        // Never the developer's own desktop: tests that check alerts give their own bus.
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/wardline-test-bus",
+        );
     command
 }
 
@@ -41,7 +46,35 @@ impl Listener {
 
     /// Starts a listener without waiting.
     pub fn spawn(server: &str, user: &str, token: &str, db: &Path) -> anyhow::Result<Listener> {
-        let mut child = command(server, user, token, db)
+        Listener::spawn_with_bus(server, user, token, db, None)
+    }
+
+    /// Starts a listener whose OS alerts go to the D-Bus session bus at `bus`, and waits until it
+    /// is connected.
+    pub async fn start_with_bus(
+        server: &str,
+        user: &str,
+        token: &str,
+        db: &Path,
+        bus: &str,
+    ) -> anyhow::Result<Listener> {
+        let mut listener = Listener::spawn_with_bus(server, user, token, db, Some(bus))?;
+        listener.wait_for_stderr("connected (websocket)").await?;
+        Ok(listener)
+    }
+
+    fn spawn_with_bus(
+        server: &str,
+        user: &str,
+        token: &str,
+        db: &Path,
+        bus: Option<&str>,
+    ) -> anyhow::Result<Listener> {
+        let mut command = command(server, user, token, db);
+        if let Some(bus) = bus {
+            command.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
+        let mut child = command
             .args(["listen", "--json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

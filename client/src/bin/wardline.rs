@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wardline_client::alert::DesktopAlerter;
 use wardline_client::inbox::now_ms;
 use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
@@ -37,6 +38,9 @@ enum Command {
         /// One JSON object per line on stdout.
         #[arg(long)]
         json: bool,
+        /// Do not raise OS notifications.
+        #[arg(long)]
+        no_alerts: bool,
     },
     /// List stored notifications, newest first.
     List {
@@ -162,7 +166,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn listen(cli: &Cli, inbox: Inbox, json: bool) -> anyhow::Result<i32> {
+async fn listen(cli: &Cli, inbox: Inbox, json: bool, alerts: bool) -> anyhow::Result<i32> {
     let server = cli
         .server
         .clone()
@@ -177,7 +181,11 @@ async fn listen(cli: &Cli, inbox: Inbox, json: bool) -> anyhow::Result<i32> {
         token: token()?,
         heartbeat: Duration::from_secs(15),
     };
-    let subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
+    let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
+    if alerts {
+        let alerter = DesktopAlerter::new(subscription.acknowledger());
+        subscription = subscription.with_alerter(Arc::new(alerter));
+    }
     let mut events = subscription.events();
     let printer = tokio::spawn(async move {
         loop {
@@ -301,9 +309,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let db = cli.db.clone().unwrap_or_else(default_db);
     let mut inbox = Inbox::open(&db)?;
     match &cli.command {
-        Command::Listen { json } => {
+        Command::Listen { json, no_alerts } => {
             inbox.purge_older_than(Duration::from_secs(90 * 24 * 3600))?;
-            listen(&cli, inbox, *json).await
+            listen(&cli, inbox, *json, !*no_alerts).await
         }
         Command::List {
             unread,

@@ -1,0 +1,188 @@
+//! Real desktop parts for the receiver's tests: a private D-Bus session bus (`dbus-daemon`) and a
+//! notification server on it that records every `Notify` call and can invoke an action, as a
+//! person clicking "Acknowledge" would.
+
+use anyhow::Context;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use zbus::OwnedVariant;
+use zbus::object_server::SignalEmitter;
+
+/// A private session bus, stopped on drop.
+pub struct SessionBus {
+    _daemon: Child,
+    /// Its address, for `DBUS_SESSION_BUS_ADDRESS`.
+    pub address: String,
+}
+
+impl SessionBus {
+    /// Starts `dbus-daemon --session` and reads its address.
+    pub async fn start() -> anyhow::Result<SessionBus> {
+        let mut daemon = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("dbus-daemon is not installed (cargo xtask test installs the dbus package)")?;
+        let mut lines = BufReader::new(daemon.stdout.take().expect("piped")).lines();
+        let address = tokio::time::timeout(crate::WAIT, lines.next_line())
+            .await
+            .context("dbus-daemon printed no address")??
+            .context("dbus-daemon exited")?;
+        Ok(SessionBus {
+            _daemon: daemon,
+            address,
+        })
+    }
+}
+
+/// One `Notify` call, as the notification server received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyCall {
+    /// The id the server gave it.
+    pub id: u32,
+    /// The application name.
+    pub app_name: String,
+    /// The summary.
+    pub summary: String,
+    /// The body.
+    pub body: String,
+    /// Action keys and labels, alternating.
+    pub actions: Vec<String>,
+    /// The `urgency` hint (0 low, 1 normal, 2 critical).
+    pub urgency: Option<u8>,
+    /// The `sound-name` hint.
+    pub sound: Option<String>,
+    /// Milliseconds; -1 the server's default, 0 never.
+    pub expire_timeout: i32,
+}
+
+struct Recorder {
+    calls: Arc<Mutex<Vec<NotifyCall>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl Recorder {
+    #[allow(clippy::too_many_arguments)]
+    async fn notify(
+        &self,
+        app_name: &str,
+        _replaces_id: u32,
+        _app_icon: &str,
+        summary: &str,
+        body: &str,
+        actions: Vec<String>,
+        hints: HashMap<String, OwnedVariant>,
+        expire_timeout: i32,
+    ) -> u32 {
+        let mut calls = self.calls.lock().unwrap();
+        let id = calls.len() as u32 + 1;
+        calls.push(NotifyCall {
+            id,
+            app_name: app_name.to_owned(),
+            summary: summary.to_owned(),
+            body: body.to_owned(),
+            actions,
+            urgency: hints
+                .get("urgency")
+                .and_then(|v| v.downcast_ref::<u8>().ok()),
+            sound: hints
+                .get("sound-name")
+                .and_then(|v| v.downcast_ref::<String>().ok()),
+            expire_timeout,
+        });
+        id
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        ["actions", "body", "persistence", "sound"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "wardline-test-recorder".into(),
+            "wardline".into(),
+            "1".into(),
+            "1.2".into(),
+        )
+    }
+
+    fn close_notification(&self, _id: u32) {}
+
+    #[zbus(signal)]
+    async fn action_invoked(
+        emitter: &SignalEmitter<'_>,
+        id: u32,
+        action_key: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn notification_closed(
+        emitter: &SignalEmitter<'_>,
+        id: u32,
+        reason: u32,
+    ) -> zbus::Result<()>;
+}
+
+const PATH: &str = "/org/freedesktop/Notifications";
+
+/// A notification server on a bus that records what it is asked to show.
+pub struct NotificationServer {
+    connection: zbus::Connection,
+    calls: Arc<Mutex<Vec<NotifyCall>>>,
+}
+
+impl NotificationServer {
+    /// Serves `org.freedesktop.Notifications` on the bus at `address`.
+    pub async fn start(address: &str) -> anyhow::Result<NotificationServer> {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let connection = zbus::connection::Builder::address(address)
+            .name("org.freedesktop.Notifications")
+            .serve_at(
+                PATH,
+                Recorder {
+                    calls: calls.clone(),
+                },
+            )
+            .build()
+            .await?;
+        Ok(NotificationServer { connection, calls })
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<NotifyCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` calls arrived.
+    pub async fn wait_for_calls(&self, n: usize) -> anyhow::Result<Vec<NotifyCall>> {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        loop {
+            let calls = self.calls();
+            if calls.len() >= n {
+                return Ok(calls);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {} Notify calls: {calls:?}",
+                calls.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Emits `ActionInvoked`, as when the person clicks the action.
+    pub async fn invoke_action(&self, id: u32, action: &str) -> anyhow::Result<()> {
+        let iface = self
+            .connection
+            .object_server()
+            .interface::<_, Recorder>(PATH)
+            .await?;
+        Recorder::action_invoked(iface.signal_emitter(), id, action).await?;
+        Ok(())
+    }
+}

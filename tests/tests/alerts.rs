@@ -1,0 +1,69 @@
+//! OS alerts from the real `wardline listen`, on a real D-Bus session bus with a notification server
+//! that records what it is asked to show.
+
+use serde_json::json;
+use std::time::Duration;
+use wardline_tests::desktop::{NotificationServer, SessionBus};
+use wardline_tests::receiver::{Listener, inbox_path};
+use wardline_tests::{Relay, WAIT, critical_lab_result, token};
+
+const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
+
+/// A critical lab result is raised with critical urgency, no timeout, a sound and an "Acknowledge"
+/// action; clicking it acknowledges the result at the relay. An ordinary one is a normal alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
+    let bus = SessionBus::start().await.unwrap();
+    let server = NotificationServer::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener =
+        Listener::start_with_bus(&relay.base, "d1", &doctor, &inbox_path(&dir), &bus.address)
+            .await
+            .unwrap();
+
+    let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    let id = reply["message_id"].as_str().unwrap().to_owned();
+    listener.notifications(1).await.unwrap();
+    let call = server.wait_for_calls(1).await.unwrap().remove(0);
+    assert_eq!(call.app_name, "Wardline");
+    assert_eq!(call.summary, "Critical lab result — BMP for Bob Wilson");
+    assert_eq!(call.urgency, Some(2), "critical urgency");
+    assert_eq!(call.expire_timeout, 0, "never expires");
+    assert_eq!(call.actions, ["acknowledge", "Acknowledge"]);
+    assert!(call.sound.is_some());
+
+    // notify-rust listens for the action only once `show` has returned: invoke until it is heard.
+    let service = token("backend", "service", &[], 3600);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        server.invoke_action(call.id, "acknowledge").await.unwrap();
+        let (_, receipts) = relay
+            .get(
+                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
+                Some(&service),
+            )
+            .await;
+        let acknowledged = receipts["receipts"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["kind"] == "acknowledged" && r["user"] == "d1")
+        });
+        if acknowledged {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never recorded the acknowledgement: {receipts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    relay.publish(DOCTOR_CHANNEL, &json!({"type": "appointment_requested", "patient_name": "Alice Johnson", "reason": "Annual checkup"})).await;
+    listener.notifications(1).await.unwrap();
+    let call = server.wait_for_calls(2).await.unwrap().remove(1);
+    assert_eq!(call.summary, "Appointment requested by Alice Johnson");
+    assert_eq!(call.urgency, Some(1), "normal urgency");
+    assert_eq!(call.expire_timeout, -1, "the server's default timeout");
+    assert!(call.actions.is_empty());
+}
