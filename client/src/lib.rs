@@ -9,14 +9,17 @@
 //! - [`events`]: the stream of state changes the CLI and the app show;
 //! - [`alert`]: which OS alerts to raise, and the desktop alerter (notify-rust);
 //! - [`backoff`]: reconnection delays;
+//! - [`secrets`]: the token in the OS keychain; [`config`]: which relay and user (never the token);
 //! - the `wardline` binary (`src/bin/wardline.rs`): the command line over all of it.
 //!
 //! No Tauri here: the app is a thin shell over this crate.
 
 pub mod alert;
 pub mod backoff;
+pub mod config;
 pub mod events;
 pub mod inbox;
+pub mod secrets;
 pub mod subscription;
 
 pub use events::Event;

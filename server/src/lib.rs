@@ -77,6 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route("/sse/{user_id}", get(transport::sse::user_events))
         .route("/v1/ws/notifications", get(transport::ws::seed004_socket))
         .route("/v1/publish", post(http::publish::publish))
+        .route("/v1/me", get(http::me::me))
         .route("/v1/stats", get(http::stats::stats))
         .route("/v1/ws/stats", get(http::stats::stats))
         .route(

@@ -186,3 +186,58 @@ impl NotificationServer {
         Ok(())
     }
 }
+
+/// `gnome-keyring-daemon` on a private bus, unlocked with a known password, with its files in a
+/// temporary home: the real Secret Service a Linux desktop offers.
+pub struct Keyring {
+    _daemon: Child,
+    _home: tempfile::TempDir,
+}
+
+impl Keyring {
+    /// Starts it on the bus at `address` and waits until it owns `org.freedesktop.secrets`.
+    pub async fn start(address: &str) -> anyhow::Result<Keyring> {
+        let home = tempfile::tempdir()?;
+        for dir in ["data", "run", "config"] {
+            std::fs::create_dir_all(home.path().join(dir))?;
+        }
+        let mut daemon = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .env("DBUS_SESSION_BUS_ADDRESS", address)
+            .env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "gnome-keyring-daemon is not installed (cargo xtask test installs gnome-keyring)",
+            )?;
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = daemon.stdin.take().expect("piped");
+            stdin.write_all(b"test-password").await?;
+        }
+        // It answers before it owns the name; calling it too early would start a second, locked one.
+        let connection = zbus::connection::Builder::address(address).build().await?;
+        let bus = zbus::fdo::DBusProxy::new(&connection).await?;
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        while !bus
+            .name_has_owner("org.freedesktop.secrets".try_into()?)
+            .await?
+        {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "gnome-keyring-daemon never owned org.freedesktop.secrets"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(Keyring {
+            _daemon: daemon,
+            _home: home,
+        })
+    }
+}

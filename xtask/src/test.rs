@@ -12,9 +12,12 @@ fn cargo() -> Command {
 
 /// Installs the test dependencies, then runs fmt, clippy, the demo smoke run and every test.
 pub fn run_all() -> Result<(), String> {
+    // Real parts for the end-to-end tests: Redis, a D-Bus bus for OS alerts, a keychain.
     ensure_apt(&[
         ("redis-server", "redis-server"),
         ("redis-cli", "redis-tools"),
+        ("dbus-daemon", "dbus"),
+        ("gnome-keyring-daemon", "gnome-keyring"),
     ])?;
     ensure_python_websockets()?;
     run_command(cargo().args(["fmt", "--all", "--check"]))?;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wardline_client::alert::DesktopAlerter;
+use wardline_client::config::{self, Settings};
 use wardline_client::inbox::now_ms;
+use wardline_client::secrets;
 use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 
@@ -33,6 +35,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sign in: check the token with the relay, keep it in the OS keychain, remember server and user.
+    Login {
+        /// The token (read from stdin when not given, so it stays out of shell history).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Sign out: remove the token from the OS keychain.
+    Logout,
     /// Keep the subscription running in the foreground, printing each new notification.
     Listen {
         /// One JSON object per line on stdout.
@@ -95,11 +105,79 @@ fn default_db() -> PathBuf {
     base.join("wardline/inbox.sqlite3")
 }
 
-fn token() -> anyhow::Result<Sensitive<String>> {
-    match std::env::var("WARDLINE_TOKEN") {
-        Ok(token) if !token.trim().is_empty() => Ok(Sensitive::new(token.trim().to_owned())),
-        _ => bail!("no token: set WARDLINE_TOKEN to the token your hospital issued"),
+/// The relay and user: flags and environment first, then what `wardline login` remembered.
+fn server_and_user(cli: &Cli) -> anyhow::Result<(String, String)> {
+    let settings = Settings::load(&config::default_path()).map_err(anyhow::Error::msg)?;
+    let server = cli.server.clone().or(settings.server).context(
+        "no relay: run `wardline login --server URL --user ID`, or give --server / WARDLINE_SERVER",
+    )?;
+    let user = cli.user.clone().or(settings.user).context(
+        "no user: run `wardline login --server URL --user ID`, or give --user / WARDLINE_USER",
+    )?;
+    Ok((server, user))
+}
+
+/// The token: `WARDLINE_TOKEN` (for servers and CI; the keychain is then not touched), else the
+/// OS keychain.
+fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
+    if let Ok(token) = std::env::var("WARDLINE_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Ok(Sensitive::new(token.trim().to_owned()));
     }
+    match secrets::load_token(server, user)? {
+        Some(token) => Ok(token),
+        None => bail!(
+            "not signed in as {user} at {server}: run `wardline login` (or set WARDLINE_TOKEN)"
+        ),
+    }
+}
+
+async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
+    let server = cli
+        .server
+        .clone()
+        .context("give --server URL (the relay's base URL)")?;
+    let user = cli.user.clone().context("give --user ID")?;
+    let token = match given {
+        Some(token) => token,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the token from stdin")?;
+            line
+        }
+    };
+    let token = Sensitive::new(token.trim().to_owned());
+    anyhow::ensure!(!token.expose().is_empty(), "no token given");
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/me", server.trim_end_matches('/')))
+        .bearer_auth(token.expose())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the relay at {server}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let reason = body["message"].as_str().unwrap_or("no reason given");
+        bail!("the relay refused the token ({status}): {reason}");
+    }
+    if body["user"].as_str() != Some(user.as_str()) {
+        bail!("the token is for user {}, not {user}", body["user"]);
+    }
+    secrets::store_token(&server, &user, &token)?;
+    let settings = Settings {
+        server: Some(server.clone()),
+        user: Some(user.clone()),
+    };
+    settings
+        .save(&config::default_path())
+        .map_err(anyhow::Error::msg)?;
+    let role = body["role"].as_str().unwrap_or("?");
+    println!("signed in as {user} ({role}) at {server}; the token is in the OS keychain");
+    Ok(0)
 }
 
 fn print_row(row: &Row, json: bool) {
@@ -167,18 +245,12 @@ async fn shutdown_signal() {
 }
 
 async fn listen(cli: &Cli, inbox: Inbox, json: bool, alerts: bool) -> anyhow::Result<i32> {
-    let server = cli
-        .server
-        .clone()
-        .context("no relay: give --server URL or set WARDLINE_SERVER")?;
-    let user = cli
-        .user
-        .clone()
-        .context("no user: give --user ID or set WARDLINE_USER")?;
+    let (server, user) = server_and_user(cli)?;
+    let token = token(&server, &user)?;
     let options = Options {
         server,
         user,
-        token: token()?,
+        token,
         heartbeat: Duration::from_secs(15),
     };
     let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
@@ -220,7 +292,9 @@ async fn listen(cli: &Cli, inbox: Inbox, json: bool, alerts: bool) -> anyhow::Re
 async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32> {
     let resolved = inbox.resolve(ids)?;
     inbox.mark_acked(&resolved)?;
-    let (Some(server), Ok(token)) = (cli.server.as_deref(), token()) else {
+    let signed_in =
+        server_and_user(cli).and_then(|(server, user)| Ok((token(&server, &user)?, server)));
+    let Ok((token, server)) = signed_in else {
         eprintln!("wardline: acknowledged here; the listener tells the relay when it connects");
         return Ok(0);
     };
@@ -306,9 +380,22 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Login { token } => return login(&cli, token.clone()).await,
+        Command::Logout => {
+            let (server, user) = server_and_user(&cli)?;
+            secrets::delete_token(&server, &user)?;
+            println!(
+                "signed out: the token for {user} at {server} is no longer in the OS keychain"
+            );
+            return Ok(0);
+        }
+        _ => {}
+    }
     let db = cli.db.clone().unwrap_or_else(default_db);
     let mut inbox = Inbox::open(&db)?;
     match &cli.command {
+        Command::Login { .. } | Command::Logout => unreachable!("handled above"),
         Command::Listen { json, no_alerts } => {
             inbox.purge_older_than(Duration::from_secs(90 * 24 * 3600))?;
             listen(&cli, inbox, *json, !*no_alerts).await

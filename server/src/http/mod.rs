@@ -1,6 +1,7 @@
 //! Plain HTTP endpoints: publishing, receipts, stats, health and metrics.
 
 pub mod health;
+pub mod me;
 pub mod publish;
 pub mod receipts;
 pub mod stats;
