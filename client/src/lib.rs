@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`subscription`]: the connection to the relay (reconnect with backoff, resume from cursors,
-//!   dead-connection and wake detection, receipts after commit);
+//!   dead-connection and wake detection, receipts after commit), over a WebSocket (`ws`) or, where
+//!   proxies refuse those, Server-Sent Events ([`sse`]);
 //! - [`inbox`]: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
 //!   still to send, gaps, status);
 //! - [`events`]: the stream of state changes the CLI and the app show;
@@ -20,7 +21,9 @@ pub mod config;
 pub mod events;
 pub mod inbox;
 pub mod secrets;
+pub mod sse;
 pub mod subscription;
+mod ws;
 
 pub use events::Event;
 pub use inbox::{Filter, Inbox, InboxError, Row};

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod desktop;
+pub mod proxy;
 pub mod receiver;
 
 use anyhow::{Context, bail};

@@ -229,3 +229,55 @@ async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(stderr.contains("locked by another process"), "{stderr}");
 }
+
+/// Behind a proxy that refuses WebSocket upgrades, the listener falls back to SSE: it receives the
+/// same notifications, catches up after a restart with one Last-Event-ID, and its receipts reach
+/// the relay over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_that_blocks_websockets_the_listener_falls_back_to_sse() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let proxy = wardline_tests::proxy::NoWebSocketProxy::start(&relay.address)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::spawn(&proxy.base, "d1", &doctor, &db).unwrap();
+    let said = listener.wait_for_stderr("connected (sse)").await.unwrap();
+    assert!(
+        said.iter().any(|l| l.contains("connecting (websocket)")),
+        "tried the WebSocket first: {said:?}"
+    );
+    let (_, reply) = relay.publish(DOCTOR_CHANNEL, &numbered(0)).await;
+    relay
+        .publish(
+            "system:alerts",
+            &json!({"type": "system_notification", "content": "drill", "n": 1}),
+        )
+        .await;
+    assert_eq!(numbers(&listener.notifications(2).await.unwrap()), [0, 1]);
+    let (_, status, _) = run(&proxy.base, "d1", &doctor, &db, &["status"])
+        .await
+        .unwrap();
+    assert!(status.contains("Server-Sent Events"), "{status}");
+
+    assert_eq!(listener.stop().await.unwrap(), 0);
+    for n in 2..7 {
+        relay.publish(DOCTOR_CHANNEL, &numbered(n)).await;
+    }
+    let mut listener = Listener::spawn(&proxy.base, "d1", &doctor, &db).unwrap();
+    assert_eq!(
+        numbers(&listener.notifications(5).await.unwrap()),
+        (2..7).collect::<Vec<u64>>()
+    );
+
+    let id = reply["message_id"].as_str().unwrap();
+    let service = token("backend", "service", &[], 3600);
+    let (_, receipts) = relay
+        .get(
+            &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(receipts["receipts"][0]["kind"], "received", "{receipts}");
+}
