@@ -4,7 +4,7 @@
 //! A critical notification (a critical lab result) is raised on its own with critical urgency, no
 //! timeout, an alarm sound and an "Acknowledge" action that acknowledges it; others get normal
 //! urgency, and a burst of them (catching up after being offline) becomes one summary instead of
-//! a flood.
+//! a flood. In quiet hours only critical alerts are raised; everything is still stored.
 
 use crate::inbox::Row;
 use std::sync::Mutex;
@@ -45,10 +45,52 @@ pub struct Alert {
     pub acknowledges: Option<(Channel, Cursor)>,
 }
 
-/// The alerts for notifications just stored.
-pub fn alerts_for(rows: &[Row]) -> Vec<Alert> {
+/// Hours in which only critical alerts are raised, e.g. `22:00-07:00` (local time; may wrap midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    start_minute: u16,
+    end_minute: u16,
+}
+
+impl QuietHours {
+    /// Parses `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Result<QuietHours, String> {
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        };
+        let bad =
+            || format!("invalid quiet hours {text:?}: expected HH:MM-HH:MM, e.g. 22:00-07:00");
+        let (start, end) = text.split_once('-').ok_or_else(bad)?;
+        Ok(QuietHours {
+            start_minute: minute(start).ok_or_else(bad)?,
+            end_minute: minute(end).ok_or_else(bad)?,
+        })
+    }
+
+    /// Whether a minute of the day (0 to 1439) is quiet.
+    pub fn contains(&self, minute_of_day: u16) -> bool {
+        if self.start_minute <= self.end_minute {
+            (self.start_minute..self.end_minute).contains(&minute_of_day)
+        } else {
+            minute_of_day >= self.start_minute || minute_of_day < self.end_minute
+        }
+    }
+
+    /// Whether it is quiet now, in local time.
+    pub fn now(&self) -> bool {
+        use chrono::Timelike;
+        let now = chrono::Local::now();
+        self.contains((now.hour() * 60 + now.minute()) as u16)
+    }
+}
+
+/// The alerts for notifications just stored; in quiet hours, only the critical ones.
+pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
     let (critical, others): (Vec<&Row>, Vec<&Row>) =
         rows.iter().partition(|r| r.priority == Priority::Critical);
+    let others = if quiet { Vec::new() } else { others };
     let mut alerts: Vec<Alert> = critical
         .iter()
         .map(|row| Alert {
@@ -92,25 +134,39 @@ pub fn alerts_for(rows: &[Row]) -> Vec<Alert> {
 pub trait Alerter: Send + Sync {
     /// Raises one alert; returns when the OS accepted it (not when the person reacts).
     fn raise(&self, alert: &Alert) -> Result<(), String>;
+
+    /// Whether only critical alerts should be raised now.
+    fn quiet(&self) -> bool {
+        false
+    }
 }
 
 /// Alerts through the desktop's notification service (notify-rust).
 pub struct DesktopAlerter {
     acknowledged: mpsc::UnboundedSender<(Channel, Cursor)>,
+    quiet_hours: Option<QuietHours>,
     failed_once: Mutex<bool>,
 }
 
 impl DesktopAlerter {
     /// An alerter whose "Acknowledge" actions are sent to `acknowledged`.
-    pub fn new(acknowledged: mpsc::UnboundedSender<(Channel, Cursor)>) -> DesktopAlerter {
+    pub fn new(
+        acknowledged: mpsc::UnboundedSender<(Channel, Cursor)>,
+        quiet_hours: Option<QuietHours>,
+    ) -> DesktopAlerter {
         DesktopAlerter {
             acknowledged,
+            quiet_hours,
             failed_once: Mutex::new(false),
         }
     }
 }
 
 impl Alerter for DesktopAlerter {
+    fn quiet(&self) -> bool {
+        self.quiet_hours.is_some_and(|q| q.now())
+    }
+
     fn raise(&self, alert: &Alert) -> Result<(), String> {
         let mut notification = notify_rust::Notification::new();
         notification
@@ -186,7 +242,7 @@ mod tests {
             "Critical lab result — BMP for Bob Wilson",
         )];
         rows.extend((2..7).map(|n| row(n, Priority::Normal, &format!("note {n}"))));
-        let alerts = alerts_for(&rows);
+        let alerts = alerts_for(&rows, false);
         assert_eq!(alerts.len(), 2);
         assert_eq!(alerts[0].urgency, Urgency::Critical);
         assert!(alerts[0].persistent);
@@ -196,7 +252,7 @@ mod tests {
         );
         assert_eq!(alerts[1].summary, "5 new notifications");
         assert_eq!(alerts[1].urgency, Urgency::Normal);
-        let few = alerts_for(&rows[1..3]);
+        let few = alerts_for(&rows[1..3], false);
         assert_eq!(
             few.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
             ["note 2", "note 3"]
@@ -205,5 +261,18 @@ mod tests {
             few.iter()
                 .all(|a| !a.persistent && a.acknowledges.is_none())
         );
+        let quiet = alerts_for(&rows, true);
+        assert_eq!(quiet.len(), 1, "quiet hours keep only the critical alert");
+        assert_eq!(quiet[0].urgency, Urgency::Critical);
+    }
+
+    #[test]
+    fn quiet_hours_may_wrap_midnight() {
+        let night = QuietHours::parse("22:00-07:00").unwrap();
+        assert!(night.contains(23 * 60) && night.contains(0) && night.contains(6 * 60 + 59));
+        assert!(!night.contains(7 * 60) && !night.contains(12 * 60));
+        let lunch = QuietHours::parse("12:00-13:30").unwrap();
+        assert!(lunch.contains(12 * 60 + 45) && !lunch.contains(13 * 60 + 30));
+        assert!(QuietHours::parse("25:00-07:00").is_err() && QuietHours::parse("22:00").is_err());
     }
 }

@@ -378,12 +378,32 @@ impl Inbox {
 
     /// Lists notifications, newest first.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Row>, InboxError> {
-        let mut sql = String::from(
-            "SELECT n.id_ms, n.id_seq, n.channel, n.type, n.priority, n.title, n.body, n.message, n.sent_at,
-                    n.received_at, n.read_at, n.acked_at
-             FROM notifications n WHERE 1 = 1",
-        );
+        // Newest first is insertion order (rowid). With a search, the full-text index drives the
+        // query in that order, so a common word over a million rows stops at the limit instead of
+        // collecting every match first.
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+        let (mut sql, order) = match &filter.search {
+            Some(search) => {
+                args.push(Box::new(search.clone()));
+                (
+                    String::from(
+                        "SELECT n.id_ms, n.id_seq, n.channel, n.type, n.priority, n.title, n.body, n.message, n.sent_at,
+                                n.received_at, n.read_at, n.acked_at
+                         FROM notifications_fts f JOIN notifications n ON n.rowid = f.rowid
+                         WHERE notifications_fts MATCH ?1",
+                    ),
+                    "f.rowid",
+                )
+            }
+            None => (
+                String::from(
+                    "SELECT n.id_ms, n.id_seq, n.channel, n.type, n.priority, n.title, n.body, n.message, n.sent_at,
+                            n.received_at, n.read_at, n.acked_at
+                     FROM notifications n WHERE 1 = 1",
+                ),
+                "n.rowid",
+            ),
+        };
         if filter.unread {
             sql.push_str(" AND n.read_at IS NULL");
         }
@@ -407,20 +427,10 @@ impl Inbox {
             args.push(Box::new(until));
             sql.push_str(&format!(" AND n.received_at < ?{}", args.len()));
         }
-        if let Some(search) = &filter.search {
-            args.push(Box::new(search.clone()));
-            sql.push_str(&format!(
-                " AND n.rowid IN (SELECT rowid FROM notifications_fts WHERE notifications_fts MATCH ?{})",
-                args.len()
-            ));
-        }
         args.push(Box::new(
             if filter.limit == 0 { 50 } else { filter.limit } as u64
         ));
-        sql.push_str(&format!(
-            " ORDER BY n.received_at DESC, n.rowid DESC LIMIT ?{}",
-            args.len()
-        ));
+        sql.push_str(&format!(" ORDER BY {order} DESC LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(
             rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),

@@ -7,8 +7,8 @@
 //! built-in reconnection would bypass this subscription's backoff, resume and state reporting.
 
 use crate::subscription::{
-    Acknowledgement, Grouped, Outcome, SSE_FALLBACK_FOR, Subscription, SubscriptionError,
-    WakeDetector, retry,
+    Acknowledgement, ChangeDetector, Grouped, Outcome, SSE_FALLBACK_FOR, Subscription,
+    SubscriptionError, retry,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -131,7 +131,7 @@ impl Subscription {
         let give_websocket_a_try = tokio::time::sleep(SSE_FALLBACK_FOR);
         tokio::pin!(give_websocket_a_try);
         let mut clock = tokio::time::interval(Duration::from_secs(5));
-        let mut wake = WakeDetector::new();
+        let mut changes = ChangeDetector::new();
         let mut parser = SseParser::default();
         loop {
             tokio::select! {
@@ -172,8 +172,8 @@ impl Subscription {
                     self.post_receipts(&client, &http, ReceiptKind::Acknowledged, acknowledged).await?;
                 }
                 _ = clock.tick() => {
-                    if wake.woke() {
-                        return Ok(Outcome::Retry { reason: "woke from sleep".into(), immediate: true });
+                    if let Some(what) = changes.changed() {
+                        return Ok(Outcome::Retry { reason: what.into(), immediate: true });
                     }
                 }
                 _ = &mut give_websocket_a_try => {

@@ -308,7 +308,7 @@ impl Subscription {
             batch.iter().map(|n| (n.channel.clone(), n.id)).collect();
         let stored = self.with_inbox(move |inbox| inbox.store(&batch)).await?;
         if let Some(alerter) = self.alerter.clone() {
-            let alerts = alerts_for(&stored);
+            let alerts = alerts_for(&stored, alerter.quiet());
             // The OS alert is best effort (the desktop may have no notification service); the
             // alerter reports its failure once, and the notification is stored either way.
             let _ = tokio::task::spawn_blocking(move || {
@@ -370,27 +370,54 @@ impl Subscription {
     }
 }
 
-/// Watches for a wake from sleep: the wall clock moving much more (or less) than the monotonic one.
-pub(crate) struct WakeDetector {
+/// Notices what makes a connection stale without telling it: a wake from sleep (the wall clock
+/// moved much more, or less, than the monotonic one) or a network change (another default route).
+pub(crate) struct ChangeDetector {
     last: (Instant, SystemTime),
+    route: Option<String>,
 }
 
-impl WakeDetector {
+impl ChangeDetector {
     /// Starts watching now.
-    pub(crate) fn new() -> WakeDetector {
-        WakeDetector {
+    pub(crate) fn new() -> ChangeDetector {
+        ChangeDetector {
             last: (Instant::now(), SystemTime::now()),
+            route: default_route(),
         }
     }
 
-    /// Whether the clocks drifted apart since the last check.
-    pub(crate) fn woke(&mut self) -> bool {
+    /// What changed since the last check, if anything.
+    pub(crate) fn changed(&mut self) -> Option<&'static str> {
         let now = (Instant::now(), SystemTime::now());
         let mono = now.0.duration_since(self.last.0);
         let wall = now.1.duration_since(self.last.1).unwrap_or_default();
         self.last = now;
-        wall.abs_diff(mono) > CLOCK_JUMP
+        let route = default_route();
+        let network_changed = route != self.route;
+        self.route = route;
+        if wall.abs_diff(mono) > CLOCK_JUMP {
+            Some("woke from sleep")
+        } else if network_changed {
+            Some("the network changed")
+        } else {
+            None
+        }
     }
+}
+
+/// The default routes (interface and gateway), from `/proc/net/route` on Linux; `None` elsewhere.
+fn default_route() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    let routes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"00000000"))
+                .then(|| format!("{}/{}", fields[0], fields.get(2).unwrap_or(&"")))
+        })
+        .collect();
+    Some(routes.join(","))
 }
 
 /// Ids grouped by channel, in first-seen order.

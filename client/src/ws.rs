@@ -2,7 +2,7 @@
 //! and acknowledgements out, pings, dead-connection and wake detection.
 
 use crate::subscription::{
-    Acknowledgement, Outcome, Subscription, SubscriptionError, WakeDetector, retry,
+    Acknowledgement, ChangeDetector, Outcome, Subscription, SubscriptionError, retry,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::time::Duration;
@@ -107,7 +107,7 @@ impl Subscription {
         let heartbeat = self.options.heartbeat;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut clock = tokio::time::interval(Duration::from_secs(5));
-        let mut wake = WakeDetector::new();
+        let mut changes = ChangeDetector::new();
         loop {
             tokio::select! {
                 frame = tokio::time::timeout(dead_after, next_frame(&mut socket)) => {
@@ -153,8 +153,8 @@ impl Subscription {
                     self.touch_state();
                 }
                 _ = clock.tick() => {
-                    if wake.woke() {
-                        return Ok(Outcome::Retry { reason: "woke from sleep".into(), immediate: true });
+                    if let Some(what) = changes.changed() {
+                        return Ok(Outcome::Retry { reason: what.into(), immediate: true });
                     }
                 }
             }

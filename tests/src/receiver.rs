@@ -46,7 +46,7 @@ impl Listener {
 
     /// Starts a listener without waiting.
     pub fn spawn(server: &str, user: &str, token: &str, db: &Path) -> anyhow::Result<Listener> {
-        Listener::spawn_with_bus(server, user, token, db, None)
+        Listener::spawn_with(server, user, token, db, None, &[], &[])
     }
 
     /// Starts a listener whose OS alerts go to the D-Bus session bus at `bus`, and waits until it
@@ -58,24 +58,29 @@ impl Listener {
         db: &Path,
         bus: &str,
     ) -> anyhow::Result<Listener> {
-        let mut listener = Listener::spawn_with_bus(server, user, token, db, Some(bus))?;
+        let mut listener = Listener::spawn_with(server, user, token, db, Some(bus), &[], &[])?;
         listener.wait_for_stderr("connected (websocket)").await?;
         Ok(listener)
     }
 
-    fn spawn_with_bus(
+    /// Starts a listener with OS alerts on `bus`, extra `listen` flags and environment.
+    pub fn spawn_with(
         server: &str,
         user: &str,
         token: &str,
         db: &Path,
         bus: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Listener> {
         let mut command = command(server, user, token, db);
         if let Some(bus) = bus {
             command.env("DBUS_SESSION_BUS_ADDRESS", bus);
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .args(["listen", "--json"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -117,6 +122,11 @@ impl Listener {
             out.push(serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?);
         }
         Ok(out)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Kills it with SIGKILL, as a crash or a power cut would.

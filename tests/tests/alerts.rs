@@ -67,3 +67,47 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     assert_eq!(call.expire_timeout, -1, "the server's default timeout");
     assert!(call.actions.is_empty());
 }
+
+/// In quiet hours only critical alerts are raised; everything is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_silence_all_but_critical_alerts() {
+    let bus = SessionBus::start().await.unwrap();
+    let server = NotificationServer::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A window of two hours around now, in UTC (the listener runs with TZ=UTC).
+    let minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
+        % 1440) as i64;
+    let at = |m: i64| format!("{:02}:{:02}", m.rem_euclid(1440) / 60, m.rem_euclid(60));
+    let window = format!("{}-{}", at(minute - 60), at(minute + 60));
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::spawn_with(
+        &relay.base,
+        "d1",
+        &doctor,
+        &inbox_path(&dir),
+        Some(&bus.address),
+        &["--quiet-hours", &window],
+        &[("TZ", "UTC")],
+    )
+    .unwrap();
+    listener
+        .wait_for_stderr("connected (websocket)")
+        .await
+        .unwrap();
+    relay.publish(DOCTOR_CHANNEL, &json!({"type": "appointment_requested", "patient_name": "Alice Johnson", "reason": "Checkup"})).await;
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(2)).await;
+    assert_eq!(
+        listener.notifications(2).await.unwrap().len(),
+        2,
+        "both stored"
+    );
+    // Alerts are raised (each Notify answered) before the listener prints what it stored.
+    let calls = server.calls();
+    assert_eq!(calls.len(), 1, "only the critical one: {calls:?}");
+    assert_eq!(calls[0].urgency, Some(2));
+}

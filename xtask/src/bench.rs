@@ -151,6 +151,8 @@ fn build_release() -> Result<PathBuf, String> {
         "-p",
         "wardline-relay",
         "-p",
+        "wardline-client",
+        "-p",
         "wardline-bench",
     ]))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -162,7 +164,8 @@ fn build_release() -> Result<PathBuf, String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("relay") => relay(),
-        _ => Err("usage: cargo xtask bench relay (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES to scale)".into()),
+        Some("client") => client(),
+        _ => Err("usage: cargo xtask bench relay|client (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES, _ROWS to scale)".into()),
     }
 }
 
@@ -478,4 +481,78 @@ fn token_via_relay(release: &Path, data_dir: &Path) -> Result<String, String> {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn clientbench(release: &Path, args: &[&str]) -> Result<Value, String> {
+    eprintln!("bench: wardline-clientbench {}", args.join(" "));
+    let output = Command::new(release.join("wardline-clientbench"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("wardline-clientbench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "wardline-clientbench {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+}
+
+/// `cargo xtask bench client` → `bench/results/client.md` (how each number is taken: the first
+/// lines of `bench/src/clientbench.rs`).
+fn client() -> Result<(), String> {
+    let rows = env_or("WARDLINE_BENCH_ROWS", 1_000_000).to_string();
+    ensure_apt(&[("dbus-daemon", "dbus")])?;
+    let release = build_release()?;
+    let store = clientbench(&release, &["store", "--count", "200000"])?;
+    let search = clientbench(&release, &["search", "--rows", &rows, "--queries", "400"])?;
+    let alert = clientbench(&release, &["alert", "--count", "100"])?;
+    let idle = clientbench(&release, &["idle", "--seconds", "30"])?;
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let date = String::from_utf8_lossy(
+        &Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let rss_mib = num(&idle, "rss_kib") / 1024.0;
+    let table = format!(
+        "# Receiver benchmark\n\n\
+         Measured by `cargo xtask bench client` on {date}: 2 cores shared by everything, release build. \
+         How each number is taken is in `bench/src/clientbench.rs`.\n\n\
+         | measure | result | target | |\n|---|---|---|---|\n\
+         | store throughput (batches of 256, rows + cursor per transaction, {} notifications) | {:.0} notifications/s | ≥ 20,000/s | {} |\n\
+         | full-text search over {} stored notifications ({} queries, 50 newest matches) p50 / p99 / max | {:.2} / {:.2} / {:.2} ms | p99 ≤ 20 ms | {} |\n\
+         | relay publish → D-Bus `Notify` of a critical result ({} results) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | p99 ≤ 100 ms | {} |\n\
+         | idle `wardline listen`, connected, over {} s: RSS / CPU | {rss_mib:.1} MiB / {} ms ({:.2} %) | ≤ 15 MiB, ~0 % | {} |\n\n\
+         Filling the search inbox took {:.1} s.\n",
+        store["count"],
+        num(&store, "per_second"),
+        met(num(&store, "per_second") >= 20_000.0),
+        search["rows"],
+        search["queries"],
+        num(&search, "p50_ms"),
+        num(&search, "p99_ms"),
+        num(&search, "max_ms"),
+        met(num(&search, "p99_ms") <= 20.0),
+        alert["count"],
+        num(&alert, "p50_ms"),
+        num(&alert, "p99_ms"),
+        num(&alert, "max_ms"),
+        met(num(&alert, "p99_ms") <= 100.0),
+        idle["seconds"],
+        idle["cpu_ms"],
+        num(&idle, "cpu_percent"),
+        met(rss_mib <= 15.0 && num(&idle, "cpu_percent") < 1.0),
+        num(&search, "fill_seconds"),
+    );
+    let out = workspace_root().join("bench/results/client.md");
+    std::fs::write(&out, &table).map_err(|e| e.to_string())?;
+    println!("{table}");
+    println!("written to {}", out.display());
+    Ok(())
 }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wardline_client::alert::DesktopAlerter;
+use wardline_client::alert::{DesktopAlerter, QuietHours};
 use wardline_client::config::{self, Settings};
 use wardline_client::inbox::now_ms;
 use wardline_client::secrets;
@@ -51,6 +51,12 @@ enum Command {
         /// Do not raise OS notifications.
         #[arg(long)]
         no_alerts: bool,
+        /// Only critical alerts in these hours, local time (e.g. 22:00-07:00).
+        #[arg(long, env = "WARDLINE_QUIET_HOURS", value_parser = QuietHours::parse)]
+        quiet_hours: Option<QuietHours>,
+        /// Delete notifications received longer ago than this.
+        #[arg(long, env = "WARDLINE_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+        retention: Duration,
     },
     /// List stored notifications, newest first.
     List {
@@ -244,7 +250,13 @@ async fn shutdown_signal() {
     }
 }
 
-async fn listen(cli: &Cli, inbox: Inbox, json: bool, alerts: bool) -> anyhow::Result<i32> {
+/// `alerts`: `None` for no OS alerts, else the quiet hours (if any).
+async fn listen(
+    cli: &Cli,
+    inbox: Inbox,
+    json: bool,
+    alerts: Option<Option<QuietHours>>,
+) -> anyhow::Result<i32> {
     let (server, user) = server_and_user(cli)?;
     let token = token(&server, &user)?;
     let options = Options {
@@ -254,8 +266,8 @@ async fn listen(cli: &Cli, inbox: Inbox, json: bool, alerts: bool) -> anyhow::Re
         heartbeat: Duration::from_secs(15),
     };
     let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
-    if alerts {
-        let alerter = DesktopAlerter::new(subscription.acknowledger());
+    if let Some(quiet_hours) = alerts {
+        let alerter = DesktopAlerter::new(subscription.acknowledger(), quiet_hours);
         subscription = subscription.with_alerter(Arc::new(alerter));
     }
     let mut events = subscription.events();
@@ -396,9 +408,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut inbox = Inbox::open(&db)?;
     match &cli.command {
         Command::Login { .. } | Command::Logout => unreachable!("handled above"),
-        Command::Listen { json, no_alerts } => {
-            inbox.purge_older_than(Duration::from_secs(90 * 24 * 3600))?;
-            listen(&cli, inbox, *json, !*no_alerts).await
+        Command::Listen {
+            json,
+            no_alerts,
+            quiet_hours,
+            retention,
+        } => {
+            inbox.purge_older_than(*retention)?;
+            let alerts = (!*no_alerts).then_some(*quiet_hours);
+            listen(&cli, inbox, *json, alerts).await
         }
         Command::List {
             unread,

@@ -1,0 +1,215 @@
+//! `wardline-clientbench`: the receiver's benchmarks, run by `cargo xtask bench client`; each mode
+//! prints one JSON object.
+//!
+//! - `store --count N`: notifications stored per second through the inbox, in batches of 256 (as
+//!   the subscription stores what arrives together), each batch one transaction with its cursor.
+//! - `search --rows N --queries Q`: full-text search latency over an inbox of N notifications.
+//! - `alert --count N`: time from `POST /v1/publish` of a critical lab result to the `Notify` call
+//!   on a D-Bus notification server, through a real relay and a real `wardline listen`.
+//! - `idle --seconds S`: resident memory and CPU time of a connected, idle `wardline listen`.
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use wardline_client::{Filter, Inbox};
+use wardline_protocol::{Channel, Cursor, Notification, Priority};
+use wardline_tests::desktop::{NotificationServer, SessionBus};
+use wardline_tests::receiver::Listener;
+use wardline_tests::{Relay, critical_lab_result, token};
+
+const PATIENTS: [&str; 8] = [
+    "Bob Wilson",
+    "Alice Johnson",
+    "Maria Garcia",
+    "Chen Wei",
+    "Amara Okafor",
+    "Lars Nilsson",
+    "Priya Patel",
+    "Tomás Silva",
+];
+const TESTS: [&str; 6] = ["BMP", "CBC", "Troponin", "Potassium", "Lactate", "INR"];
+
+fn notification(n: u64) -> Notification {
+    let patient = PATIENTS[(n % 8) as usize];
+    let test = TESTS[(n / 8 % 6) as usize];
+    let (channel, message) = if n.is_multiple_of(10) {
+        (
+            "doctor:bench:notifications",
+            json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("r{n}"),
+            "patient_name": patient, "test_type": test, "requires_review": true}),
+        )
+    } else {
+        (
+            "patient:bench:notifications",
+            json!({"type": "lab_result_available", "result_id": format!("r{n}"),
+            "test_type": test, "reviewed": n.is_multiple_of(3), "note": format!("sample {n} for {patient}")}),
+        )
+    };
+    Notification {
+        id: Cursor::new(1_700_000_000_000 + n, 0),
+        channel: Channel::parse(channel).expect("valid"),
+        kind: message["type"].as_str().unwrap_or("unknown").to_owned(),
+        priority: Priority::default_for(&message),
+        sent_at: "2026-11-23T10:00:00.000Z".into(),
+        message,
+    }
+}
+
+fn fill(inbox: &mut Inbox, from: u64, count: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut n = from;
+    while n < from + count {
+        let batch: Vec<Notification> = (n..(n + 256).min(from + count)).map(notification).collect();
+        inbox.store(&batch)?;
+        n += batch.len() as u64;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn flag(args: &[String], name: &str, default: u64) -> u64 {
+    args.windows(2)
+        .find(|w| w[0] == format!("--{name}"))
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+fn store(args: &[String]) -> anyhow::Result<Value> {
+    let count = flag(args, "count", 200_000);
+    let dir = tempfile::tempdir()?;
+    let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3"))?;
+    let seconds = fill(&mut inbox, 0, count)?;
+    Ok(json!({"count": count, "seconds": seconds, "per_second": count as f64 / seconds}))
+}
+
+fn search(args: &[String]) -> anyhow::Result<Value> {
+    let rows = flag(args, "rows", 1_000_000);
+    let queries = flag(args, "queries", 200) as usize;
+    let dir = tempfile::tempdir()?;
+    let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3"))?;
+    let fill_seconds = fill(&mut inbox, 0, rows)?;
+    let words = [
+        "Wilson",
+        "Troponin",
+        "potassium",
+        "Garcia AND INR",
+        "\"Amara Okafor\"",
+        "sample",
+        "Lactate",
+        "Nilsson",
+    ];
+    let mut latencies = Vec::with_capacity(queries);
+    let mut found = 0;
+    for q in 0..queries {
+        let filter = Filter {
+            search: Some(words[q % words.len()].into()),
+            limit: 50,
+            ..Filter::default()
+        };
+        let started = Instant::now();
+        found += inbox.list(&filter)?.len();
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(
+        json!({"rows": rows, "fill_seconds": fill_seconds, "queries": queries, "results": found,
+              "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99), "max_ms": latencies[latencies.len() - 1]}),
+    )
+}
+
+async fn alert(args: &[String]) -> anyhow::Result<Value> {
+    let count = flag(args, "count", 100) as usize;
+    let bus = SessionBus::start().await?;
+    let server = NotificationServer::start(&bus.address).await?;
+    let relay = Relay::embedded(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start_with_bus(
+        &relay.base,
+        "d1",
+        &doctor,
+        &dir.path().join("inbox.sqlite3"),
+        &bus.address,
+    )
+    .await?;
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let started = Instant::now();
+        let (status, _) = relay
+            .publish("doctor:d1:notifications", &critical_lab_result(n))
+            .await;
+        anyhow::ensure!(status == 200, "publish failed");
+        server.wait_for_calls(n + 1).await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        listener.notifications(1).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(
+        json!({"count": count, "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99), "max_ms": latencies[count - 1]}),
+    )
+}
+
+fn proc_stat(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .context("stat")?
+        .1
+        .split(' ')
+        .collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok((rss_kib, ticks))
+}
+
+async fn idle(args: &[String]) -> anyhow::Result<Value> {
+    let seconds = flag(args, "seconds", 30);
+    let relay = Relay::embedded(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(
+        &relay.base,
+        "d1",
+        &doctor,
+        &dir.path().join("inbox.sqlite3"),
+    )
+    .await?;
+    relay
+        .publish("doctor:d1:notifications", &critical_lab_result(1))
+        .await;
+    listener.notifications(1).await?;
+    let pid = listener.pid().context("listener pid")?;
+    let ticks_per_s = 100;
+    let (_, before) = proc_stat(pid)?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (rss_kib, after) = proc_stat(pid)?;
+    let cpu_ms = (after - before) * 1000 / ticks_per_s;
+    Ok(
+        json!({"seconds": seconds, "rss_kib": rss_kib, "cpu_ms": cpu_ms, "cpu_percent": cpu_ms as f64 / (seconds as f64 * 10.0)}),
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("store") => store(&args)?,
+        Some("search") => search(&args)?,
+        Some("alert") => alert(&args).await?,
+        Some("idle") => idle(&args).await?,
+        _ => anyhow::bail!(
+            "usage: wardline-clientbench store|search|alert|idle [--count N] [--rows N] [--queries Q] [--seconds S]"
+        ),
+    };
+    println!("{result}");
+    Ok(())
+}
