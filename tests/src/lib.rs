@@ -24,17 +24,15 @@ pub const SECRET: &str = "end-to-end-test-secret-0123456789";
 /// How long any single wait may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// `<target>/debug`, where cargo put the binaries (tests run from `<target>/debug/deps`).
+/// A workspace binary: next to the running executable (a benchmark in `<target>/release`) or one
+/// level up (a test in `<target>/debug/deps`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (cargo xtask test does)",
-        path.display()
-    );
-    path
+    let here = exe.parent().expect("exe dir");
+    [here.join(name), here.parent().map(|p| p.join(name)).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is missing next to {}: run `cargo build --workspace --bins` first (cargo xtask test does)", exe.display()))
 }
 
 /// A free TCP port on 127.0.0.1.
