@@ -7,6 +7,7 @@
 //!   proxies refuse those, Server-Sent Events ([`sse`]);
 //! - [`inbox`]: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
 //!   still to send, gaps, status);
+//! - [`http`]: the relay's plain HTTP endpoints (token check, receipts);
 //! - [`events`]: the stream of state changes the CLI and the app show;
 //! - [`alert`]: which OS alerts to raise, and the desktop alerter (notify-rust);
 //! - [`backoff`]: reconnection delays;
@@ -19,6 +20,7 @@ pub mod alert;
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod inbox;
 pub mod secrets;
 pub mod sse;

@@ -193,23 +193,15 @@ impl Subscription {
         groups: Grouped,
     ) -> Result<(), SubscriptionError> {
         for (channel, ids) in groups {
-            let body = serde_json::json!({"channel": channel, "ids": ids, "kind": kind});
-            let sent = client
-                .post(format!("{http}/v1/receipts"))
-                .bearer_auth(self.options.token.expose())
-                .json(&body)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
+            let sent =
+                crate::http::send_receipts(client, http, &self.options.token, kind, &channel, &ids)
+                    .await;
             match sent {
-                Ok(response) if response.status().is_success() => {
+                Ok(()) => {
                     self.with_inbox(move |inbox| inbox.mark_synced(kind, &channel, &ids))
-                        .await?;
+                        .await?
                 }
-                Ok(response) => {
-                    tracing::warn!(status = %response.status(), "the relay refused receipts; sent again later")
-                }
-                Err(e) => tracing::warn!(error = %e, "receipts not sent; sent again later"),
+                Err(reason) => tracing::warn!(%reason, "receipts not recorded; sent again later"),
             }
         }
         Ok(())

@@ -281,3 +281,81 @@ async fn behind_a_proxy_that_blocks_websockets_the_listener_falls_back_to_sse() 
         .await;
     assert_eq!(receipts["receipts"][0]["kind"], "received", "{receipts}");
 }
+
+/// `wardline ack` acknowledges at the relay at once; `read` and `list --unread` work on the inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_read_and_list_from_the_command_line() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    relay
+        .publish(DOCTOR_CHANNEL, &wardline_tests::critical_lab_result(1))
+        .await;
+    relay.publish(DOCTOR_CHANNEL, &numbered(2)).await;
+    let got = listener.notifications(2).await.unwrap();
+    let (critical, other) = (
+        got[0]["id"].as_str().unwrap(),
+        got[1]["id"].as_str().unwrap(),
+    );
+    let (code, out, err) = run(&relay.base, "d1", &doctor, &db, &["ack", critical])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("acknowledged {critical}")), "{out}");
+    let service = token("backend", "service", &[], 3600);
+    let (_, receipts) = relay
+        .get(
+            &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={critical}"),
+            Some(&service),
+        )
+        .await;
+    assert!(
+        receipts["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "acknowledged"),
+        "{receipts}"
+    );
+    assert_eq!(
+        run(&relay.base, "d1", &doctor, &db, &["read", other])
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    let (_, unread, _) = run(
+        &relay.base,
+        "d1",
+        &doctor,
+        &db,
+        &["list", "--unread", "--json"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        unread.trim().is_empty(),
+        "both read (an ack reads too): {unread}"
+    );
+    let (_, status, _) = run(&relay.base, "d1", &doctor, &db, &["status", "--json"])
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        (
+            status["unread"].as_u64(),
+            status["unacked_critical"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{status}"
+    );
+    let (code, _, err) = run(&relay.base, "d1", &doctor, &db, &["ack", "1-0"])
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("no notification 1-0"), "{err}");
+}

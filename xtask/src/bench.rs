@@ -77,6 +77,15 @@ fn cpu_ms(pid: u32, ticks_per_s: u64) -> Result<u64, String> {
     Ok(ticks * 1000 / ticks_per_s)
 }
 
+/// The date and time now, for the results' headers.
+fn utc_now_text() -> Result<String, String> {
+    let output = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -415,15 +424,7 @@ fn relay() -> Result<(), String> {
     )
     .trim()
     .to_owned();
-    let date = String::from_utf8_lossy(
-        &Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map_err(|e| e.to_string())?
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let date = utc_now_text()?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -510,15 +511,7 @@ fn client() -> Result<(), String> {
     let idle = clientbench(&release, &["idle", "--seconds", "30"])?;
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let met = |ok: bool| if ok { "met" } else { "**not met**" };
-    let date = String::from_utf8_lossy(
-        &Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()
-            .map_err(|e| e.to_string())?
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let date = utc_now_text()?;
     let rss_mib = num(&idle, "rss_kib") / 1024.0;
     let table = format!(
         "# Receiver benchmark\n\n\

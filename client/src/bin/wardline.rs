@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wardline_client::alert::{DesktopAlerter, QuietHours};
 use wardline_client::config::{self, Settings};
+use wardline_client::http;
 use wardline_client::inbox::now_ms;
 use wardline_client::secrets;
 use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription};
@@ -157,21 +158,11 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     };
     let token = Sensitive::new(token.trim().to_owned());
     anyhow::ensure!(!token.expose().is_empty(), "no token given");
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/me", server.trim_end_matches('/')))
-        .bearer_auth(token.expose())
-        .timeout(Duration::from_secs(10))
-        .send()
+    let me = http::whoami(&server, &token)
         .await
-        .with_context(|| format!("cannot reach the relay at {server}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        let reason = body["message"].as_str().unwrap_or("no reason given");
-        bail!("the relay refused the token ({status}): {reason}");
-    }
-    if body["user"].as_str() != Some(user.as_str()) {
-        bail!("the token is for user {}, not {user}", body["user"]);
+        .map_err(anyhow::Error::msg)?;
+    if me["user"].as_str() != Some(user.as_str()) {
+        bail!("the token is for user {}, not {user}", me["user"]);
     }
     secrets::store_token(&server, &user, &token)?;
     let settings = Settings {
@@ -181,7 +172,7 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     settings
         .save(&config::default_path())
         .map_err(anyhow::Error::msg)?;
-    let role = body["role"].as_str().unwrap_or("?");
+    let role = me["role"].as_str().unwrap_or("?");
     println!("signed in as {user} ({role}) at {server}; the token is in the OS keychain");
     Ok(0)
 }
@@ -312,28 +303,14 @@ async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32>
     };
     let client = reqwest::Client::new();
     for (channel, id) in &resolved {
-        let body = serde_json::json!({"channel": channel, "ids": [id], "kind": "acknowledged"});
-        let sent = client
-            .post(format!("{}/v1/receipts", server.trim_end_matches('/')))
-            .bearer_auth(token.expose())
-            .json(&body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => {
-                inbox.mark_synced(ReceiptKind::Acknowledged, channel, &[*id])?;
+        let kind = ReceiptKind::Acknowledged;
+        match http::send_receipts(&client, &server, &token, kind, channel, &[*id]).await {
+            Ok(()) => {
+                inbox.mark_synced(kind, channel, &[*id])?;
                 println!("acknowledged {id}");
             }
-            Ok(response) => {
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                eprintln!(
-                    "wardline: acknowledged {id} here, but the relay refused it ({status}: {body}); it is sent again when the listener connects"
-                );
-            }
-            Err(e) => eprintln!(
-                "wardline: acknowledged {id} here; the relay is unreachable ({e}); the listener sends it when connected"
+            Err(reason) => eprintln!(
+                "wardline: acknowledged {id} here, but {reason}; the listener sends it again when connected"
             ),
         }
     }
