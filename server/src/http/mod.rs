@@ -28,6 +28,16 @@ pub fn authenticate(
     })
 }
 
+/// Parses a JSON request body, refusing a malformed one with 40001.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
 /// Refuses a token whose role may not read stats or receipts.
 pub fn require_stats_reader(claims: &Claims) -> Result<(), ApiError> {
     if claims.can_read_stats() {

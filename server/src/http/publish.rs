@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use crate::broker::Publish;
-use crate::http::authenticate;
+use crate::http::{authenticate, json_body};
 use crate::metrics::Metrics;
 use axum::Json;
 use axum::extract::State;
@@ -77,13 +77,7 @@ async fn try_publish(
         reason,
     };
     let claims = authenticate(state, None, headers).map_err(|e| fail("", e.code, e.message))?;
-    let request: PublishRequest = serde_json::from_slice(body).map_err(|e| {
-        fail(
-            "",
-            ErrorCode::MalformedJson,
-            format!("invalid request body: {e}"),
-        )
-    })?;
+    let request: PublishRequest = json_body(body).map_err(|e| fail("", e.code, e.message))?;
     let name = request.channel.as_str();
     let channel =
         Channel::parse(name).map_err(|e| fail(name, ErrorCode::UnknownChannel, e.to_string()))?;

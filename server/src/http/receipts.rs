@@ -3,7 +3,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::http::{authenticate, require_stats_reader};
+use crate::http::{authenticate, json_body, require_stats_reader};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -62,12 +62,7 @@ pub async fn record_receipts(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let claims = authenticate(&state, None, &headers)?;
-    let request: RecordReceipts = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("invalid request body: {e}"),
-        )
-    })?;
+    let request: RecordReceipts = json_body(&body)?;
     let channel = parse_channel(&request.channel)?;
     if !claims.can_read(&channel) {
         return Err(ApiError::new(

@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::broker::{BrokerHealth, Publish};
 use crate::error::ApiError;
-use crate::http::{authenticate, require_stats_reader};
+use crate::http::{authenticate, json_body, require_stats_reader};
 use crate::metrics::Transport;
 use axum::Json;
 use axum::extract::State;
@@ -74,12 +74,7 @@ pub async fn test_notification(
             "only an admin may send test notifications",
         ));
     }
-    let request: TestNotification = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("invalid request body: {e}"),
-        )
-    })?;
+    let request: TestNotification = json_body(&body)?;
     let prefix = match request.role {
         Some(Role::Patient) => "patient",
         Some(Role::Doctor) | None => "doctor",
