@@ -12,6 +12,7 @@
 //! - [`alert`]: which OS alerts to raise, and the desktop alerter (notify-rust);
 //! - [`backoff`]: reconnection delays;
 //! - [`secrets`]: the token in the OS keychain; [`config`]: which relay and user (never the token);
+//! - [`receiver`]: inbox + subscription + events as an app uses them (the Tauri app's domain);
 //! - the `wardline` binary (`src/bin/wardline.rs`): the command line over all of it.
 //!
 //! No Tauri here: the app is a thin shell over this crate.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod inbox;
+pub mod receiver;
 pub mod secrets;
 pub mod sse;
 pub mod subscription;

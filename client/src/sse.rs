@@ -8,7 +8,7 @@
 
 use crate::subscription::{
     Acknowledgement, ChangeDetector, Grouped, Outcome, SSE_FALLBACK_FOR, Subscription,
-    SubscriptionError, retry,
+    SubscriptionError, resume_point, retry,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -72,13 +72,18 @@ impl Subscription {
     ) -> Result<Outcome, SubscriptionError> {
         let (_, http) = self.bases()?;
         let cursors = self.with_inbox(|inbox| inbox.cursors()).await?;
-        let since_of = |channel: &Channel| {
-            cursors
-                .iter()
-                .find(|(c, _)| c == channel)
-                .map(|(_, cursor)| *cursor)
+        let since_of = |channel: &Channel| Some(resume_point(&cursors, channel));
+        // The stream carries every channel the token reads; the relay says which.
+        let me = match crate::http::whoami(&http, &self.options.token).await {
+            Ok(me) => me,
+            Err(reason) => return Ok(retry(&reason)),
         };
-        let position: Vec<String> = cursors.iter().map(|(c, p)| format!("{c}={p}")).collect();
+        let channels: Vec<Channel> =
+            serde_json::from_value(me["channels"].clone()).unwrap_or_default();
+        let position: Vec<String> = channels
+            .iter()
+            .map(|c| format!("{c}={}", resume_point(&cursors, c)))
+            .collect();
         let client = reqwest::Client::new();
         let mut request = client
             .get(format!("{http}/sse/{}", self.options.user))

@@ -86,6 +86,19 @@ pub struct Subscription {
 const STABLE: Duration = Duration::from_secs(30);
 /// How far the wall clock may move against the monotonic clock before it counts as a wake from sleep.
 const CLOCK_JUMP: Duration = Duration::from_secs(10);
+/// How far back a device that never received a channel starts it: the relay's default history, so a
+/// clinician signing in on a new computer sees the last week, unacknowledged critical results included.
+const BACKFILL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Where to resume a channel: its stored cursor, or a week ago for a channel never received.
+pub(crate) fn resume_point(cursors: &[(Channel, Cursor)], channel: &Channel) -> Cursor {
+    cursors
+        .iter()
+        .find(|(c, _)| c == channel)
+        .map(|(_, cursor)| *cursor)
+        .unwrap_or_else(|| Cursor::new(now_ms().saturating_sub(BACKFILL.as_millis() as u64), 0))
+}
+
 /// How long an SSE fallback runs before the WebSocket is tried again.
 pub(crate) const SSE_FALLBACK_FOR: Duration = Duration::from_secs(300);
 

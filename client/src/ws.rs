@@ -2,7 +2,7 @@
 //! and acknowledgements out, pings, dead-connection and wake detection.
 
 use crate::subscription::{
-    Acknowledgement, ChangeDetector, Outcome, Subscription, SubscriptionError, retry,
+    Acknowledgement, ChangeDetector, Outcome, Subscription, SubscriptionError, resume_point, retry,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::time::Duration;
@@ -67,12 +67,7 @@ impl Subscription {
             Err(_) => return Ok(retry("no welcome from the relay")),
         };
         let cursors = self.with_inbox(|inbox| inbox.cursors()).await?;
-        let since_of = |channel: &Channel| {
-            cursors
-                .iter()
-                .find(|(c, _)| c == channel)
-                .map(|(_, cursor)| *cursor)
-        };
+        let since_of = |channel: &Channel| Some(resume_point(&cursors, channel));
         let subscribe = ClientFrame::Subscribe {
             channels: channels
                 .iter()

@@ -359,3 +359,34 @@ async fn ack_read_and_list_from_the_command_line() {
     assert_eq!(code, 2);
     assert!(err.contains("no notification 1-0"), "{err}");
 }
+
+/// A device signing in for the first time sees the last week, not an empty inbox: a critical result
+/// published before it ever connected is stored and counted as waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_starts_with_the_last_week() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    relay
+        .publish(DOCTOR_CHANNEL, &wardline_tests::critical_lab_result(1))
+        .await;
+    relay
+        .publish(
+            "system:alerts",
+            &json!({"type": "system_notification", "content": "drill", "n": 2}),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::spawn(&relay.base, "d1", &doctor, &db).unwrap();
+    let got = listener.notifications(2).await.unwrap();
+    assert_eq!(got[0]["type"], "critical_lab_result");
+    let (_, status, _) = run(&relay.base, "d1", &doctor, &db, &["status", "--json"])
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["unacked_critical"], 1, "{status}");
+    assert!(
+        status["gaps"].as_array().unwrap().is_empty(),
+        "no gap for a fresh device: {status}"
+    );
+}

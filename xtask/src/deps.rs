@@ -40,11 +40,18 @@ pub fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-/// Installs Debian packages providing `programs` that are missing.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the Debian packages that are missing (a program found on the PATH counts as installed).
 pub fn ensure_apt(packages: &[(&str, &str)]) -> Result<(), String> {
     let missing: Vec<&str> = packages
         .iter()
-        .filter(|(program, _)| !have(program))
+        .filter(|(program, package)| !installed(package) && (program.is_empty() || !have(program)))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -64,6 +71,40 @@ pub fn ensure_apt(packages: &[(&str, &str)]) -> Result<(), String> {
     )))
 }
 
+/// The Debian packages the Tauri app builds and its tests run with (see shared/notes/tauri-setup.md).
+pub const TAURI_PACKAGES: &[(&str, &str)] = &[
+    ("", "libwebkit2gtk-4.1-dev"),
+    ("", "libjavascriptcoregtk-4.1-dev"),
+    ("", "libsoup-3.0-dev"),
+    ("", "libayatana-appindicator3-dev"),
+    ("", "librsvg2-dev"),
+    ("", "libxdo-dev"),
+    ("", "libssl-dev"),
+    ("pkg-config", "pkg-config"),
+    ("", "build-essential"),
+    ("file", "file"),
+    ("xvfb-run", "xvfb"),
+    ("WebKitWebDriver", "webkit2gtk-driver"),
+    ("", "dbus-x11"),
+];
+
+/// Installs the UI's npm packages (from the lock file) and builds `ui/dist`, which the app embeds.
+pub fn build_ui() -> Result<(), String> {
+    let ui = workspace_root().join("ui");
+    if !have("npm") {
+        ensure_apt(&[("npm", "npm")])?;
+    }
+    run(Command::new("npm").current_dir(&ui).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+    ]))?;
+    run(Command::new("npm")
+        .current_dir(&ui)
+        .args(["run", "--silent", "build"]))
+}
+
 /// Makes sure `python3` can import `websockets` (seed 001's Python client), installing it with pip.
 pub fn ensure_python_websockets() -> Result<(), String> {
     let import = || {
@@ -81,7 +122,7 @@ pub fn ensure_python_websockets() -> Result<(), String> {
     eprintln!("xtask: installing the Python websockets package (seed 001's client)");
     let pip = run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "websockets"]));
     if pip.is_err() && is_root() {
-        ensure_apt(&[("false", "python3-websockets")])?;
+        ensure_apt(&[("", "python3-websockets")])?;
     }
     if import() {
         Ok(())

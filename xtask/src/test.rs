@@ -1,6 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 
-use crate::deps::{ensure_apt, ensure_python_websockets, run as run_command, workspace_root};
+use crate::deps::{
+    TAURI_PACKAGES, build_ui, ensure_apt, ensure_python_websockets, run as run_command,
+    workspace_root,
+};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -12,14 +15,23 @@ fn cargo() -> Command {
 
 /// Installs the test dependencies, then runs fmt, clippy, the demo smoke run and every test.
 pub fn run_all() -> Result<(), String> {
-    // Real parts for the end-to-end tests: Redis, a D-Bus bus for OS alerts, a keychain.
+    // Real parts for the end-to-end tests: Redis, a D-Bus bus for OS alerts, a keychain; and what
+    // the Tauri app builds with.
     ensure_apt(&[
         ("redis-server", "redis-server"),
         ("redis-cli", "redis-tools"),
         ("dbus-daemon", "dbus"),
         ("gnome-keyring-daemon", "gnome-keyring"),
     ])?;
+    ensure_apt(TAURI_PACKAGES)?;
     ensure_python_websockets()?;
+    // The app embeds ui/dist: build it (and run the UI's unit tests) before any cargo step.
+    build_ui()?;
+    run_command(
+        Command::new("npm")
+            .current_dir(workspace_root().join("ui"))
+            .args(["run", "--silent", "test"]),
+    )?;
     run_command(cargo().args(["fmt", "--all", "--check"]))?;
     run_command(cargo().args([
         "clippy",

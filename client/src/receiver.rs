@@ -1,0 +1,250 @@
+//! `Receiver`: the receiver as an app uses it — one inbox, one subscription that starts at sign-in
+//! and stops at sign-out, and one stream of events that outlives both. No Tauri in it.
+
+use crate::alert::{DesktopAlerter, QuietHours};
+use crate::config::{self, Settings};
+use crate::events::Event;
+use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
+use crate::subscription::{Acknowledgement, Options, Subscription};
+use crate::{http, secrets};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use wardline_protocol::Sensitive;
+
+/// Why a receiver operation failed, with a stable code for the UI.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// The inbox failed.
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+    /// The relay refused the token or could not be reached at sign-in.
+    #[error("{0}")]
+    SignIn(String),
+    /// The OS keychain failed.
+    #[error(transparent)]
+    Keychain(#[from] secrets::SecretError),
+    /// Not signed in.
+    #[error("not signed in")]
+    NotSignedIn,
+}
+
+impl ReceiverError {
+    /// A stable code for the UI.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReceiverError::Inbox(_) => "inbox",
+            ReceiverError::SignIn(_) => "sign_in",
+            ReceiverError::Keychain(_) => "keychain",
+            ReceiverError::NotSignedIn => "not_signed_in",
+        }
+    }
+}
+
+/// Which OS alerts the subscription raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alerts {
+    /// None (the app raises its own, e.g. on mobile).
+    Off,
+    /// The desktop's notification service, with quiet hours if any.
+    Desktop(Option<QuietHours>),
+}
+
+/// Where the receiver stands, for a status banner.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Signed in as, at.
+    pub user: Option<String>,
+    /// The relay.
+    pub server: Option<String>,
+    /// connected, reconnecting, sign_in_required, stopped, never started.
+    pub connection: String,
+    /// Details (why reconnecting, when next).
+    pub detail: String,
+    /// Counts.
+    pub counts: Counts,
+    /// History gaps reported.
+    pub gaps: Vec<Gap>,
+}
+
+struct Running {
+    server: String,
+    user: String,
+    acks: mpsc::UnboundedSender<Acknowledgement>,
+    stop: oneshot::Sender<()>,
+}
+
+/// One user's receiver.
+pub struct Receiver {
+    inbox: Arc<Mutex<Inbox>>,
+    running: Mutex<Option<Running>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Receiver {
+    /// Opens the inbox at `db`.
+    pub fn open(db: &Path) -> Result<Receiver, ReceiverError> {
+        let inbox = Inbox::open(db)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Receiver {
+            inbox: Arc::new(Mutex::new(inbox)),
+            running: Mutex::new(None),
+            events,
+        })
+    }
+
+    /// Every event of every subscription this receiver runs.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Checks the token with the relay, keeps it in the OS keychain, remembers server and user, and
+    /// starts the subscription.
+    pub async fn sign_in(
+        &self,
+        server: &str,
+        user: &str,
+        token: Sensitive<String>,
+        alerts: Alerts,
+    ) -> Result<(), ReceiverError> {
+        let me = http::whoami(server, &token)
+            .await
+            .map_err(ReceiverError::SignIn)?;
+        if me["user"].as_str() != Some(user) {
+            return Err(ReceiverError::SignIn(format!(
+                "the token is for user {}, not {user}",
+                me["user"]
+            )));
+        }
+        secrets::store_token(server, user, &token)?;
+        let settings = Settings {
+            server: Some(server.to_owned()),
+            user: Some(user.to_owned()),
+        };
+        settings
+            .save(&config::default_path())
+            .map_err(ReceiverError::SignIn)?;
+        self.start(server, user, token, alerts);
+        Ok(())
+    }
+
+    /// Starts with what `sign_in` remembered, if anything; returns whether it started.
+    pub fn resume(&self, alerts: Alerts) -> Result<bool, ReceiverError> {
+        let settings = Settings::load(&config::default_path()).map_err(ReceiverError::SignIn)?;
+        let (Some(server), Some(user)) = (settings.server, settings.user) else {
+            return Ok(false);
+        };
+        let Some(token) = secrets::load_token(&server, &user)? else {
+            return Ok(false);
+        };
+        self.start(&server, &user, token, alerts);
+        Ok(true)
+    }
+
+    /// Starts the subscription (stopping any earlier one).
+    pub fn start(&self, server: &str, user: &str, token: Sensitive<String>, alerts: Alerts) {
+        self.stop();
+        let options = Options {
+            server: server.to_owned(),
+            user: user.to_owned(),
+            token,
+            heartbeat: Duration::from_secs(15),
+        };
+        let mut subscription = Subscription::new(options, self.inbox.clone());
+        if let Alerts::Desktop(quiet_hours) = alerts {
+            let alerter = DesktopAlerter::new(subscription.acknowledger(), quiet_hours);
+            subscription = subscription.with_alerter(Arc::new(alerter));
+        }
+        let acks = subscription.acknowledger();
+        let mut events = subscription.events();
+        let forward = self.events.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                let _ = forward.send(event);
+            }
+        });
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(async move {
+            if let Err(e) = subscription
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "the subscription stopped");
+            }
+        });
+        *self.running.lock().expect("receiver lock") = Some(Running {
+            server: server.to_owned(),
+            user: user.to_owned(),
+            acks,
+            stop,
+        });
+    }
+
+    /// Stops the subscription, if one runs.
+    pub fn stop(&self) {
+        if let Some(running) = self.running.lock().expect("receiver lock").take() {
+            let _ = running.stop.send(());
+        }
+    }
+
+    /// Stops the subscription and removes the token from the keychain.
+    pub fn sign_out(&self) -> Result<(), ReceiverError> {
+        let running = self.running.lock().expect("receiver lock").take();
+        let Some(running) = running else {
+            return Err(ReceiverError::NotSignedIn);
+        };
+        let _ = running.stop.send(());
+        secrets::delete_token(&running.server, &running.user)?;
+        Ok(())
+    }
+
+    /// Lists the inbox.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Row>, ReceiverError> {
+        Ok(self.inbox.lock().expect("inbox lock").list(filter)?)
+    }
+
+    /// Acknowledges notifications (ids as `channel/id` or bare ids): at once in the inbox, at the
+    /// relay through the running subscription (or on its next connection).
+    pub fn acknowledge(&self, ids: &[String]) -> Result<(), ReceiverError> {
+        let resolved = self.inbox.lock().expect("inbox lock").resolve(ids)?;
+        match &*self.running.lock().expect("receiver lock") {
+            Some(running) => {
+                for ack in resolved {
+                    let _ = running.acks.send(ack);
+                }
+            }
+            None => self
+                .inbox
+                .lock()
+                .expect("inbox lock")
+                .mark_acked(&resolved)?,
+        }
+        Ok(())
+    }
+
+    /// Marks notifications read.
+    pub fn mark_read(&self, ids: &[String]) -> Result<(), ReceiverError> {
+        let mut inbox = self.inbox.lock().expect("inbox lock");
+        let resolved = inbox.resolve(ids)?;
+        Ok(inbox.mark_read(&resolved)?)
+    }
+
+    /// Where things stand.
+    pub fn status(&self) -> Result<Status, ReceiverError> {
+        let running = self.running.lock().expect("receiver lock");
+        let inbox = self.inbox.lock().expect("inbox lock");
+        Ok(Status {
+            user: running.as_ref().map(|r| r.user.clone()),
+            server: running.as_ref().map(|r| r.server.clone()),
+            connection: inbox
+                .state("connection")?
+                .unwrap_or_else(|| "never started".into()),
+            detail: inbox.state("detail")?.unwrap_or_default(),
+            counts: inbox.counts()?,
+            gaps: inbox.gaps()?,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! Wardline app: the tray app over the receiver (`wardline-client`). Everything the app does is the
+//! receiver's; this crate only wires it to Tauri:
+//! - `commands`: the few-line commands the window calls, errors mapped to `{code, message}`;
+//! - `tray` (desktop): the tray icon and menu, which always show the connection's truth;
+//! - `run`: the builder — single instance, close-to-tray, events forwarded to the window.
+
+mod commands;
+#[cfg(desktop)]
+mod tray;
+
+use std::sync::Arc;
+use tauri::{Emitter, Manager};
+use wardline_client::receiver::{Alerts, Receiver};
+
+/// The event every receiver event is forwarded on, to the window.
+pub const EVENT: &str = "wardline://event";
+
+/// Where the app keeps its inbox.
+fn inbox_path(app: &tauri::AppHandle) -> std::path::PathBuf {
+    match std::env::var_os("WARDLINE_DB") {
+        Some(path) => path.into(),
+        None => app
+            .path()
+            .app_data_dir()
+            .unwrap_or_else(|_| ".".into())
+            .join("inbox.sqlite3"),
+    }
+}
+
+/// OS alerts: the desktop's notification service (critical results loud, with "Acknowledge"); on
+/// mobile, `tauri-plugin-notification` is to raise them (not yet wired).
+pub(crate) fn alerts() -> Alerts {
+    #[cfg(desktop)]
+    return Alerts::Desktop(None);
+    #[cfg(mobile)]
+    return Alerts::Off;
+}
+
+/// Runs the app.
+#[cfg_attr(mobile, tauri::mobile_entry_point)]
+pub fn run() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDLINE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let mut builder = tauri::Builder::default();
+    #[cfg(desktop)]
+    {
+        builder = builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            commands::show_main_window(app);
+        }));
+    }
+    builder
+        .invoke_handler(tauri::generate_handler![
+            commands::sign_in,
+            commands::sign_out,
+            commands::inbox,
+            commands::acknowledge,
+            commands::mark_read,
+            commands::status,
+        ])
+        .setup(|app| {
+            let receiver = Arc::new(Receiver::open(&inbox_path(app.handle()))?);
+            let mut events = receiver.events();
+            let handle = app.handle().clone();
+            tauri::async_runtime::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    #[cfg(desktop)]
+                    tray::reflect(&handle, &event);
+                    let _ = handle.emit(EVENT, &event);
+                }
+            });
+            // WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests),
+            // as they do for the CLI; otherwise the last sign-in resumes. Starting spawns the
+            // subscription on Tauri's runtime.
+            let started = {
+                let receiver = receiver.clone();
+                tauri::async_runtime::block_on(async move {
+                    match (
+                        std::env::var("WARDLINE_SERVER"),
+                        std::env::var("WARDLINE_USER"),
+                        std::env::var("WARDLINE_TOKEN"),
+                    ) {
+                        (Ok(server), Ok(user), Ok(token)) if !token.is_empty() => {
+                            receiver.start(
+                                &server,
+                                &user,
+                                wardline_protocol::Sensitive::new(token),
+                                alerts(),
+                            );
+                            Ok(true)
+                        }
+                        _ => receiver.resume(alerts()),
+                    }
+                })
+            };
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "could not resume the last sign-in");
+            }
+            app.manage(receiver);
+            #[cfg(desktop)]
+            tray::build(app.handle())?;
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            // Closing hides the window: the app keeps receiving in the tray until Quit.
+            #[cfg(desktop)]
+            if let tauri::WindowEvent::CloseRequested { api, .. } = event {
+                api.prevent_close();
+                let _ = window.hide();
+            }
+            #[cfg(mobile)]
+            let _ = (window, event);
+        })
+        .run(tauri::generate_context!("../tauri.conf.json"))
+        .expect("running the Wardline app");
+}

@@ -1,0 +1,20 @@
+// Every call the window makes, in one place: the Tauri commands and the event stream.
+import { invoke } from "@tauri-apps/api/core";
+import { listen } from "@tauri-apps/api/event";
+import type { Row, Status, WardlineEvent } from "./model";
+
+export interface InboxQuery {
+  unread?: boolean;
+  critical?: boolean;
+  kind?: string;
+  search?: string;
+}
+
+export const signIn = (server: string, user: string, token: string) => invoke<void>("sign_in", { server, user, token });
+export const signOut = () => invoke<void>("sign_out");
+export const inbox = (query: InboxQuery) => invoke<Row[]>("inbox", { query });
+export const acknowledge = (ids: string[]) => invoke<void>("acknowledge", { ids });
+export const markRead = (ids: string[]) => invoke<void>("mark_read", { ids });
+export const status = () => invoke<Status>("status");
+export const onEvent = (handler: (event: WardlineEvent) => void) =>
+  listen<WardlineEvent>("wardline://event", (e) => handler(e.payload));

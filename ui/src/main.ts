@@ -1,0 +1,133 @@
+// The window: sign-in first, then the inbox with its banner, filters, list and detail.
+import * as api from "./api";
+import { banner, details, key, sortInbox, type Row, type Status, type WardlineEvent } from "./model";
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+let rows: Row[] = [];
+let selected: string | null = null;
+let lastEvent: WardlineEvent | null = null;
+let status: Status | null = null;
+
+function renderBanner() {
+  if (!status) return;
+  const b = banner(status, lastEvent, Date.now());
+  const el = $("banner");
+  el.dataset.kind = b.kind;
+  el.textContent = b.text;
+}
+
+function renderList() {
+  const list = $<HTMLUListElement>("list");
+  list.replaceChildren(
+    ...sortInbox(rows).map((row) => {
+      const li = document.createElement("li");
+      li.setAttribute("role", "option");
+      li.tabIndex = 0;
+      li.dataset.key = key(row);
+      li.setAttribute("aria-selected", String(selected === key(row)));
+      li.className = [row.priority === "critical" && row.acked_at === null ? "critical" : "", row.read_at === null ? "unread" : ""].join(" ").trim();
+      const icon = row.priority === "critical" ? "‼ " : row.type.startsWith("appointment") ? "📅 " : row.type.includes("prescription") ? "💊 " : "🧪 ";
+      li.innerHTML = `<div class="title"></div><div class="meta"></div>`;
+      (li.firstElementChild as HTMLElement).textContent = icon + row.title;
+      (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${row.sent_at.slice(0, 16).replace("T", " ")}`;
+      li.addEventListener("click", () => select(key(row)));
+      li.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") select(key(row));
+        if (e.key === "ArrowDown") (li.nextElementSibling as HTMLElement | null)?.focus();
+        if (e.key === "ArrowUp") (li.previousElementSibling as HTMLElement | null)?.focus();
+      });
+      return li;
+    }),
+  );
+}
+
+function renderDetail() {
+  const panel = $("detail");
+  const row = rows.find((r) => key(r) === selected);
+  if (!row) {
+    panel.innerHTML = `<p class="meta">Select a notification.</p>`;
+    return;
+  }
+  panel.replaceChildren();
+  const h = document.createElement("h2");
+  h.textContent = row.title;
+  const dl = document.createElement("dl");
+  for (const [label, value] of details(row)) {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    dl.append(dt, dd);
+  }
+  const ack = document.createElement("button");
+  ack.className = "primary";
+  ack.textContent = row.acked_at === null ? "Acknowledge" : "Acknowledged";
+  ack.disabled = row.acked_at !== null;
+  ack.addEventListener("click", async () => {
+    await api.acknowledge([key(row)]);
+    await refresh();
+  });
+  const read = document.createElement("button");
+  read.textContent = row.read_at === null ? "Mark read" : "Read";
+  read.disabled = row.read_at !== null;
+  read.addEventListener("click", async () => {
+    await api.markRead([key(row)]);
+    await refresh();
+  });
+  panel.append(h, dl, ack, document.createTextNode(" "), read);
+}
+
+function select(k: string) {
+  selected = k;
+  renderList();
+  renderDetail();
+}
+
+async function refresh() {
+  status = await api.status();
+  const signedIn = status.user !== null;
+  $("signin").hidden = signedIn;
+  $("inbox").hidden = !signedIn;
+  $("signout").hidden = !signedIn;
+  $("who").textContent = signedIn ? `${status.user} at ${status.server}` : "";
+  if (signedIn) {
+    rows = await api.inbox({
+      unread: $<HTMLInputElement>("f-unread").checked,
+      critical: $<HTMLInputElement>("f-critical").checked,
+      kind: $<HTMLSelectElement>("f-type").value,
+      search: $<HTMLInputElement>("f-search").value,
+    });
+    renderList();
+    renderDetail();
+  }
+  renderBanner();
+}
+
+export async function start() {
+  $("signin").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("signin-error").textContent = "";
+    try {
+      await api.signIn($<HTMLInputElement>("server").value, $<HTMLInputElement>("user").value, $<HTMLInputElement>("token").value);
+      $<HTMLInputElement>("token").value = "";
+      await refresh();
+    } catch (error) {
+      const e = error as { message?: string };
+      $("signin-error").textContent = e.message ?? String(error);
+    }
+  });
+  $("signout").addEventListener("click", async () => {
+    await api.signOut();
+    lastEvent = null;
+    await refresh();
+  });
+  for (const id of ["f-unread", "f-critical", "f-type"]) $(id).addEventListener("change", refresh);
+  $("f-search").addEventListener("input", refresh);
+  await api.onEvent(async (event) => {
+    if (event.event !== "notification_stored") lastEvent = event;
+    await refresh();
+  });
+  await refresh();
+}
+
+void start();

@@ -1,0 +1,70 @@
+import { banner, details, sortInbox, type Row, type Status } from "./model";
+
+const row = (id: string, over: Partial<Row> = {}): Row => ({
+  id,
+  channel: "doctor:d1:notifications",
+  type: "lab_result_available",
+  priority: "normal",
+  title: `t${id}`,
+  body: "",
+  message: { type: "lab_result_available" },
+  sent_at: "2026-11-23T10:00:00.000Z",
+  received_at: Number(id),
+  read_at: null,
+  acked_at: null,
+  ...over,
+});
+
+const status = (over: Partial<Status> = {}): Status => ({
+  user: "d1",
+  server: "http://relay",
+  connection: "connected",
+  detail: "",
+  counts: { total: 0, unread: 0, unacked_critical: 0, last_received_at: null },
+  gaps: [],
+  ...over,
+});
+
+describe("the inbox order", () => {
+  it("pins unacknowledged critical results on top, then newest first", () => {
+    const sorted = sortInbox([row("1"), row("2", { priority: "critical" }), row("3"), row("4", { priority: "critical", acked_at: 5 })]);
+    expect(sorted.map((r) => r.id)).toEqual(["2", "4", "3", "1"]);
+  });
+});
+
+describe("the banner", () => {
+  it("says when and why it is offline, and when it retries", () => {
+    const offline = Date.UTC(2026, 10, 23, 10, 42);
+    const b = banner(status(), { event: "reconnecting", in_ms: 8000, reason: "connection lost", offline_since: offline }, offline + 5000);
+    expect(b).toEqual({ kind: "warn", text: "Offline since 10:42 — retrying in 8 s" });
+  });
+
+  it("never hides a history gap", () => {
+    const b = banner(status({ gaps: [{ channel: "doctor:abc:notifications", since: "1-0", detected_at: 0 }] }), null, 0);
+    expect(b.text).toBe("History gap on doctor:abc:notifications — some notifications may be missing");
+  });
+
+  it("puts critical results waiting before 'connected'", () => {
+    const b = banner(status({ counts: { total: 3, unread: 1, unacked_critical: 1, last_received_at: null } }), null, 0);
+    expect(b).toEqual({ kind: "critical", text: "1 critical result waiting for acknowledgement" });
+    expect(banner(status(), { event: "connected", transport: "websocket" }, 0)).toEqual({ kind: "ok", text: "Connected" });
+  });
+
+  it("asks to sign in again when the token is refused", () => {
+    expect(banner(status(), { event: "sign_in_required", reason: "the token has expired" }, 0).kind).toBe("critical");
+  });
+});
+
+describe("the detail view", () => {
+  it("shows the seed payload's fields in words", () => {
+    const critical = row("1", {
+      message: { type: "critical_lab_result", patient_name: "Bob Wilson", test_type: "BMP", requires_review: true },
+    });
+    expect(details(critical)).toEqual([
+      ["Patient", "Bob Wilson"],
+      ["Test", "BMP"],
+      ["Needs review", "Yes"],
+      ["Sent", "2026-11-23T10:00:00.000Z"],
+    ]);
+  });
+});

@@ -1,0 +1,106 @@
+// What the window shows, computed from the receiver's data: no DOM and no Tauri here, so it is
+// tested as plain functions.
+
+export type Priority = "low" | "normal" | "high" | "critical";
+
+export interface Row {
+  id: string;
+  channel: string;
+  type: string;
+  priority: Priority;
+  title: string;
+  body: string;
+  message: Record<string, unknown>;
+  sent_at: string;
+  received_at: number;
+  read_at: number | null;
+  acked_at: number | null;
+}
+
+export interface Gap {
+  channel: string;
+  since: string | null;
+  detected_at: number;
+}
+
+export interface Status {
+  user: string | null;
+  server: string | null;
+  connection: string;
+  detail: string;
+  counts: { total: number; unread: number; unacked_critical: number; last_received_at: number | null };
+  gaps: Gap[];
+}
+
+export type WardlineEvent =
+  | { event: "connecting"; transport: string }
+  | { event: "connected"; transport: string }
+  | { event: "reconnecting"; in_ms: number; reason: string; offline_since: number }
+  | { event: "gap_detected"; channel: string; since: string | null }
+  | { event: "notification_stored"; notification: Row }
+  | { event: "sign_in_required"; reason: string };
+
+/** The key a notification is acknowledged or read by. */
+export const key = (row: Row): string => `${row.channel}/${row.id}`;
+
+/** Critical notifications not yet acknowledged first (newest first), then the rest, newest first. */
+export function sortInbox(rows: Row[]): Row[] {
+  const pinned = (r: Row) => r.priority === "critical" && r.acked_at === null;
+  return [...rows].sort((a, b) => Number(pinned(b)) - Number(pinned(a)) || b.received_at - a.received_at);
+}
+
+const time = (ms: number) => new Date(ms).toISOString().slice(11, 16);
+
+export interface Banner {
+  kind: "ok" | "warn" | "critical";
+  text: string;
+}
+
+/** The status banner: always the truth about the connection, gaps, and critical results waiting. */
+export function banner(status: Status, last: WardlineEvent | null, now: number): Banner {
+  if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
+  if (last?.event === "reconnecting") {
+    const seconds = Math.max(0, Math.round(last.in_ms / 1000));
+    return { kind: "warn", text: `Offline since ${time(last.offline_since)} — retrying in ${seconds} s` };
+  }
+  if (status.gaps.length > 0) {
+    const channels = [...new Set(status.gaps.map((g) => g.channel))].join(", ");
+    return { kind: "warn", text: `History gap on ${channels} — some notifications may be missing` };
+  }
+  if (status.counts.unacked_critical > 0) {
+    const n = status.counts.unacked_critical;
+    return { kind: "critical", text: `${n} critical result${n === 1 ? "" : "s"} waiting for acknowledgement` };
+  }
+  if (status.connection === "connected" || last?.event === "connected") return { kind: "ok", text: "Connected" };
+  void now;
+  return { kind: "warn", text: status.connection === "never started" ? "Not connected" : `Not connected (${status.connection})` };
+}
+
+const LABELS: Record<string, string> = {
+  patient_name: "Patient",
+  test_type: "Test",
+  result_id: "Result",
+  requires_review: "Needs review",
+  reviewed: "Reviewed by the doctor",
+  appointment_id: "Appointment",
+  reason: "Reason",
+  requested_time: "Requested for",
+  new_status: "Status",
+  scheduled_time: "Scheduled for",
+  medication: "Medication",
+  doctor_name: "Prescribed by",
+  urgent: "Urgent",
+};
+
+/** The payload's fields in words, for the detail view. */
+export function details(row: Row): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const [field, value] of Object.entries(row.message)) {
+    if (field === "type") continue;
+    const label = LABELS[field] ?? field.replace(/_/g, " ");
+    const text = typeof value === "boolean" ? (value ? "Yes" : "No") : String(value);
+    out.push([label, text]);
+  }
+  out.push(["Sent", row.sent_at]);
+  return out;
+}
