@@ -88,14 +88,15 @@ pub const TAURI_PACKAGES: &[(&str, &str)] = &[
     ("", "dbus-x11"),
 ];
 
-/// Installs the UI's npm packages (from the lock file) and builds `ui/dist`, which the app embeds.
+/// Installs the UI's npm packages as the lock file pins them (`npm install`: `npm ci` refuses a lock
+/// file that leaves out other platforms' optional packages) and builds `ui/dist`, which the app embeds.
 pub fn build_ui() -> Result<(), String> {
     let ui = workspace_root().join("ui");
     if !have("npm") {
         ensure_apt(&[("npm", "npm")])?;
     }
     run(Command::new("npm").current_dir(&ui).args([
-        "ci",
+        "install",
         "--no-audit",
         "--no-fund",
         "--loglevel=error",

@@ -24,13 +24,21 @@ pub fn run_all() -> Result<(), String> {
         ("gnome-keyring-daemon", "gnome-keyring"),
     ])?;
     ensure_apt(TAURI_PACKAGES)?;
+    ensure_apt(&[("chromium", "chromium")])?;
     ensure_python_websockets()?;
     // The app embeds ui/dist: build it (and run the UI's unit tests) before any cargo step.
     build_ui()?;
+    let ui = workspace_root().join("ui");
     run_command(
         Command::new("npm")
-            .current_dir(workspace_root().join("ui"))
+            .current_dir(&ui)
             .args(["run", "--silent", "test"]),
+    )?;
+    // The built UI in real headless Chromium, Tauri's IPC mocked at the boundary.
+    run_command(
+        Command::new("npm")
+            .current_dir(&ui)
+            .args(["run", "--silent", "test:browser"]),
     )?;
     run_command(cargo().args(["fmt", "--all", "--check"]))?;
     run_command(cargo().args([

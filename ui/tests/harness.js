@@ -1,0 +1,58 @@
+// Loaded before the app in browser tests: Tauri's IPC mocked at the boundary with
+// @tauri-apps/api/mocks, holding a small fake receiver the test drives through window.__wardline.
+import { mockIPC } from "/tauri-api/mocks.js";
+import { emit } from "/tauri-api/event.js";
+
+const now = Date.now();
+const row = (id, priority, type, title, body, message, minutesAgo) => ({
+  id, channel: "doctor:d1:notifications", type, priority, title, body, message,
+  sent_at: new Date(now - minutesAgo * 60000).toISOString(), received_at: now - minutesAgo * 60000,
+  read_at: null, acked_at: null,
+});
+const state = {
+  // A test that starts signed in sets this before reloading the page.
+  signedIn: sessionStorage.getItem("signed-in") === "yes",
+  calls: [],
+  gaps: [],
+  rows: [
+    row("1795400000000-0", "normal", "appointment_requested", "Appointment requested by Alice Johnson", "Alice Johnson: Annual checkup",
+        { type: "appointment_requested", patient_name: "Alice Johnson", reason: "Annual checkup" }, 5),
+    row("1795400000001-0", "critical", "critical_lab_result", "Critical lab result — BMP for Bob Wilson", "Requires review now.",
+        { type: "critical_lab_result", patient_name: "Bob Wilson", test_type: "BMP", requires_review: true }, 30),
+    row("1795400000002-0", "normal", "lab_result_available", "Lab result available — CBC", "Your result is ready",
+        { type: "lab_result_available", test_type: "CBC", reviewed: true }, 1),
+  ],
+};
+const status = () => ({
+  user: state.signedIn ? "d1" : null, server: state.signedIn ? "http://relay.test:8851" : null,
+  connection: state.signedIn ? "connected" : "never started", detail: "",
+  counts: { total: state.rows.length, unread: state.rows.filter((r) => !r.read_at).length,
+            unacked_critical: state.rows.filter((r) => r.priority === "critical" && !r.acked_at).length, last_received_at: now },
+  gaps: state.gaps,
+});
+const byKey = (k) => state.rows.find((r) => `${r.channel}/${r.id}` === k);
+
+mockIPC((cmd, args) => {
+  state.calls.push([cmd, args]);
+  switch (cmd) {
+    case "status": return status();
+    case "sign_in":
+      if (args.token !== "good-token") throw { code: "sign_in", message: "the relay refused the token (401): invalid token: bad signature" };
+      state.signedIn = true;
+      return null;
+    case "sign_out": state.signedIn = false; return null;
+    case "inbox": {
+      const q = args.query;
+      return state.rows.filter((r) => (!q.unread || !r.read_at) && (!q.critical || r.priority === "critical")
+        && (!q.kind || r.type === q.kind) && (!q.search || (r.title + r.body).toLowerCase().includes(q.search.toLowerCase())));
+    }
+    case "acknowledge": for (const k of args.ids) { const r = byKey(k); r.acked_at = Date.now(); r.read_at ??= Date.now(); } return null;
+    case "mark_read": for (const k of args.ids) byKey(k).read_at = Date.now(); return null;
+    default: return undefined;
+  }
+}, { shouldMockEvents: true });
+
+window.__wardline = {
+  state,
+  emit: (payload) => emit("wardline://event", payload),
+};
