@@ -4,5 +4,6 @@ import { defineConfig } from "vite";
 export default defineConfig({
   clearScreen: false,
   build: { outDir: "dist", emptyOutDir: true, target: "es2022" },
-  test: { environment: "jsdom", globals: true },
+  // Unit tests only: tests/ holds the browser tests, run by node --test against the built UI.
+  test: { environment: "jsdom", globals: true, include: ["src/**/*.test.ts"] },
 });

@@ -16,6 +16,15 @@ function renderBanner() {
   el.textContent = b.text;
 }
 
+/** A short type label (text, not emoji: a clinic's desktop may have no emoji font). */
+function typeBadge(row: Row): string {
+  if (row.priority === "critical") return "CRITICAL";
+  if (row.type.startsWith("appointment")) return "APPT";
+  if (row.type.includes("prescription")) return "RX";
+  if (row.type.includes("lab")) return "LAB";
+  return "INFO";
+}
+
 function renderList() {
   const list = $<HTMLUListElement>("list");
   list.replaceChildren(
@@ -26,9 +35,11 @@ function renderList() {
       li.dataset.key = key(row);
       li.setAttribute("aria-selected", String(selected === key(row)));
       li.className = [row.priority === "critical" && row.acked_at === null ? "critical" : "", row.read_at === null ? "unread" : ""].join(" ").trim();
-      const icon = row.priority === "critical" ? "‼ " : row.type.startsWith("appointment") ? "📅 " : row.type.includes("prescription") ? "💊 " : "🧪 ";
-      li.innerHTML = `<div class="title"></div><div class="meta"></div>`;
-      (li.firstElementChild as HTMLElement).textContent = icon + row.title;
+      li.innerHTML = `<div class="title"><span class="badge"></span> <span class="text"></span></div><div class="meta"></div>`;
+      const badge = li.querySelector(".badge") as HTMLElement;
+      badge.textContent = typeBadge(row);
+      badge.dataset.type = row.priority === "critical" ? "critical" : row.type;
+      (li.querySelector(".text") as HTMLElement).textContent = row.title;
       (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${row.sent_at.slice(0, 16).replace("T", " ")}`;
       li.addEventListener("click", () => select(key(row)));
       li.addEventListener("keydown", (e) => {

@@ -216,6 +216,40 @@ fn view(
     Ok(child)
 }
 
+/// With a display, the app too, signed in as the demo doctor (the terminal keeps showing both
+/// receivers); without one, says that the terminal view is all there is.
+fn start_app(
+    relay_path: &std::path::Path,
+    address: &str,
+    token: &str,
+    data_dir: &std::path::Path,
+) -> Result<Option<Relay>, String> {
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        println!(
+            "No display: the demo shows the receiver (the `wardline` CLI) in this terminal; the app needs a desktop.\n"
+        );
+        return Ok(None);
+    }
+    println!("Building the app (the first build takes several minutes)…");
+    crate::deps::build_ui()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::deps::run(Command::new(cargo).current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "wardline-app",
+    ]))?;
+    let app = Command::new(relay_path.with_file_name("wardline-app"))
+        .env("WARDLINE_SERVER", format!("http://{address}"))
+        .env("WARDLINE_USER", DOCTOR)
+        .env("WARDLINE_TOKEN", token)
+        .env("WARDLINE_DB", data_dir.join("app-inbox.sqlite3"))
+        .spawn()
+        .map_err(|e| format!("starting the app: {e}"))?;
+    println!("The app is running in the tray and window, signed in as {DOCTOR}.\n");
+    Ok(Some(Relay(app)))
+}
+
 /// Entry point of `cargo xtask demo [--smoke]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -292,6 +326,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         )?));
     }
     drop(seen_tx);
+    if !smoke {
+        receivers.extend(start_app(&relay_path, &address, &doctor, &data_dir)?);
+    }
     // One critical lab result a minute at the demo's pace (every 30th at 2 s); faster for --smoke.
     let (interval, critical_every) = if smoke {
         (Duration::from_millis(100), 5)
