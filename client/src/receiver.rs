@@ -110,7 +110,7 @@ impl Receiver {
     ) -> Result<(), ReceiverError> {
         let me = http::whoami(server, &token)
             .await
-            .map_err(ReceiverError::SignIn)?;
+            .map_err(|e| ReceiverError::SignIn(e.to_string()))?;
         if me["user"].as_str() != Some(user) {
             return Err(ReceiverError::SignIn(format!(
                 "the token is for user {}, not {user}",

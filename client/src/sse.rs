@@ -76,7 +76,10 @@ impl Subscription {
         // The stream carries every channel the token reads; the relay says which.
         let me = match crate::http::whoami(&http, &self.options.token).await {
             Ok(me) => me,
-            Err(reason) => return Ok(retry(&reason)),
+            Err(e @ crate::http::TokenCheckError::Unreachable(_)) => {
+                return Ok(retry(&e.to_string()));
+            }
+            Err(e) => return Ok(Outcome::SignIn(e.to_string())),
         };
         let channels: Vec<Channel> =
             serde_json::from_value(me["channels"].clone()).unwrap_or_default();

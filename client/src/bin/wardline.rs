@@ -158,9 +158,7 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     };
     let token = Sensitive::new(token.trim().to_owned());
     anyhow::ensure!(!token.expose().is_empty(), "no token given");
-    let me = http::whoami(&server, &token)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let me = http::whoami(&server, &token).await?;
     if me["user"].as_str() != Some(user.as_str()) {
         bail!("the token is for user {}, not {user}", me["user"]);
     }
