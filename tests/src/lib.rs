@@ -8,6 +8,7 @@ pub mod client;
 pub mod desktop;
 pub mod proxy;
 pub mod receiver;
+pub mod webdriver;
 
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -25,6 +25,10 @@ pub fn run_all() -> Result<(), String> {
     ])?;
     ensure_apt(TAURI_PACKAGES)?;
     ensure_apt(&[("chromium", "chromium")])?;
+    // WebDriver for the app's end-to-end test (it drives WebKitWebDriver from webkit2gtk-driver).
+    if !crate::deps::have("tauri-driver") {
+        run_command(cargo().args(["install", "tauri-driver", "--locked"]))?;
+    }
     ensure_python_websockets()?;
     // The app embeds ui/dist: build it (and run the UI's unit tests) before any cargo step.
     build_ui()?;
