@@ -7,6 +7,9 @@
 //! - `alert --count N`: time from `POST /v1/publish` of a critical lab result to the `Notify` call
 //!   on a D-Bus notification server, through a real relay and a real `wardline listen`.
 //! - `idle --seconds S`: resident memory and CPU time of a connected, idle `wardline listen`.
+//! - `app --rows N --seconds S`: the app (debug build, under Xvfb, over WebDriver) with an inbox of N
+//!   notifications: launch to first painted inbox, `inbox` search and list-render latency measured
+//!   in the window, then RSS and CPU of the app and its WebKit processes while idle.
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -198,6 +201,99 @@ async fn idle(args: &[String]) -> anyhow::Result<Value> {
     )
 }
 
+/// Processes whose command line mentions `needle`: (pid, RSS KiB, CPU ticks).
+fn processes(needle: &str) -> Vec<(u32, u64, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .filter_map(|pid| proc_stat(pid).ok().map(|(rss, ticks)| (pid, rss, ticks)))
+        .collect()
+}
+
+async fn app(args: &[String]) -> anyhow::Result<Value> {
+    use wardline_tests::webdriver::{Display, Driver};
+    let rows = flag(args, "rows", 100_000);
+    let seconds = flag(args, "seconds", 30);
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("inbox.sqlite3");
+    fill(&mut Inbox::open(&db)?, 0, rows)?;
+    let relay = Relay::embedded(&[]).await?;
+    let display = Display::start().await?;
+    let bus = SessionBus::start().await?;
+    let _notifications = NotificationServer::start(&bus.address).await?;
+    let doctor = token("bench", "doctor", &[], 3600);
+    let config = dir.path().join("config");
+    let driver = Driver::start(&[
+        ("DISPLAY", display.name.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("WARDLINE_SERVER", relay.base.as_str()),
+        ("WARDLINE_USER", "bench"),
+        ("WARDLINE_TOKEN", doctor.as_str()),
+        ("WARDLINE_DB", db.to_str().context("path")?),
+        ("XDG_CONFIG_HOME", config.to_str().context("path")?),
+    ])
+    .await?;
+    let started = Instant::now();
+    let session = driver.session().await?;
+    session.find("#list li").await?;
+    let first_paint_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Measured in the window: the command the search box calls, and a full list render.
+    let timings = session
+        .execute_async(
+            r##"const done = arguments[arguments.length - 1];
+            (async () => {
+              const invoke = window.__TAURI_INTERNALS__.invoke;
+              const words = ["Wilson", "Troponin", "potassium", "Garcia", "Okafor", "sample", "Lactate", "Nilsson"];
+              const search = [];
+              for (let i = 0; i < 80; i++) {
+                const t = performance.now();
+                await invoke("inbox", { query: { search: words[i % words.length] } });
+                search.push(performance.now() - t);
+              }
+              const list = [];
+              for (let i = 0; i < 20; i++) {
+                const t = performance.now();
+                await invoke("inbox", { query: {} });
+                document.querySelector("#list").lastElementChild?.scrollIntoView();
+                await new Promise((r) => requestAnimationFrame(() => r()));
+                list.push(performance.now() - t);
+              }
+              done({ search, list });
+            })();"##,
+        )
+        .await?;
+    let mut search: Vec<f64> = serde_json::from_value(timings["search"].clone())?;
+    let mut list: Vec<f64> = serde_json::from_value(timings["list"].clone())?;
+    search.sort_by(f64::total_cmp);
+    list.sort_by(f64::total_cmp);
+    let before: u64 = processes("wardline-app")
+        .iter()
+        .chain(&processes("WebKit"))
+        .map(|p| p.2)
+        .sum();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let now: Vec<(u32, u64, u64)> = processes("wardline-app")
+        .into_iter()
+        .chain(processes("WebKit"))
+        .collect();
+    let after: u64 = now.iter().map(|p| p.2).sum();
+    let rss_kib: u64 = now.iter().map(|p| p.1).sum();
+    session.close().await?;
+    Ok(json!({
+        "rows": rows, "first_paint_ms": first_paint_ms,
+        "search_p50_ms": percentile(&search, 0.5), "search_p99_ms": percentile(&search, 0.99),
+        "list_p50_ms": percentile(&list, 0.5), "list_p99_ms": percentile(&list, 0.99),
+        "idle_seconds": seconds, "rss_kib": rss_kib, "processes": now.len(),
+        "cpu_ms": (after.saturating_sub(before)) * 10, "cpu_percent": (after.saturating_sub(before)) as f64 / seconds as f64,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -206,8 +302,9 @@ async fn main() -> anyhow::Result<()> {
         Some("search") => search(&args)?,
         Some("alert") => alert(&args).await?,
         Some("idle") => idle(&args).await?,
+        Some("app") => app(&args).await?,
         _ => anyhow::bail!(
-            "usage: wardline-clientbench store|search|alert|idle [--count N] [--rows N] [--queries Q] [--seconds S]"
+            "usage: wardline-clientbench store|search|alert|idle|app [--count N] [--rows N] [--queries Q] [--seconds S]"
         ),
     };
     println!("{result}");

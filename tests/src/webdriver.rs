@@ -206,6 +206,16 @@ impl Session {
         }
     }
 
+    /// Runs an async script in the window (its last argument is the callback to call with the result).
+    pub async fn execute_async(&self, script: &str) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
     /// Clicks an element.
     pub async fn click(&self, element: &str) -> anyhow::Result<()> {
         self.call(

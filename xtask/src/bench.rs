@@ -174,7 +174,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("relay") => relay(),
         Some("client") => client(),
-        _ => Err("usage: cargo xtask bench relay|client (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES, _ROWS to scale)".into()),
+        Some("app") => app(),
+        _ => Err("usage: cargo xtask bench relay|client|app (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES, _ROWS to scale)".into()),
     }
 }
 
@@ -544,6 +545,52 @@ fn client() -> Result<(), String> {
         num(&search, "fill_seconds"),
     );
     let out = workspace_root().join("bench/results/client.md");
+    std::fs::write(&out, &table).map_err(|e| e.to_string())?;
+    println!("{table}");
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// `cargo xtask bench app` → `bench/results/app.md`: the release app with 100,000 stored notifications
+/// (how: the first lines of `bench/src/clientbench.rs`).
+fn app() -> Result<(), String> {
+    ensure_apt(crate::deps::TAURI_PACKAGES)?;
+    crate::deps::build_ui()?;
+    let release = build_release()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::deps::run(Command::new(cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "wardline-app",
+    ]))?;
+    let result = clientbench(&release, &["app", "--rows", "100000", "--seconds", "30"])?;
+    let num = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+    let table = format!(
+        "# App benchmark\n\n\
+         Measured by `cargo xtask bench app` on {}: release build of the app under Xvfb (no GPU), driven over \
+         WebDriver, inbox of {} notifications, 2 cores shared with the relay and the driver. How each number \
+         is taken is in `bench/src/clientbench.rs`.\n\n\
+         | measure | result |\n|---|---|\n\
+         | launch to first painted inbox (WebDriver session start → first row) | {:.0} ms |\n\
+         | search (the `inbox` command with full-text search, from the window) p50 / p99 | {:.1} / {:.1} ms |\n\
+         | list refresh and scroll to the end (200 rows rendered) p50 / p99 | {:.1} / {:.1} ms |\n\
+         | idle over {} s: RSS of the app and its {} WebKit/app processes / CPU | {:.1} MiB / {} ms ({:.2} %) |\n",
+        utc_now_text()?,
+        result["rows"],
+        num("first_paint_ms"),
+        num("search_p50_ms"),
+        num("search_p99_ms"),
+        num("list_p50_ms"),
+        num("list_p99_ms"),
+        result["idle_seconds"],
+        result["processes"],
+        num("rss_kib") / 1024.0,
+        result["cpu_ms"],
+        num("cpu_percent"),
+    );
+    let out = workspace_root().join("bench/results/app.md");
     std::fs::write(&out, &table).map_err(|e| e.to_string())?;
     println!("{table}");
     println!("written to {}", out.display());
