@@ -272,16 +272,16 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
     let mut list: Vec<f64> = serde_json::from_value(timings["list"].clone())?;
     search.sort_by(f64::total_cmp);
     list.sort_by(f64::total_cmp);
-    let before: u64 = processes("wardline-app")
-        .iter()
-        .chain(&processes("WebKit"))
-        .map(|p| p.2)
-        .sum();
+    // The app and the WebKit processes it started (not WebKitWebDriver, which serves the test).
+    let app_processes = || -> Vec<(u32, u64, u64)> {
+        ["wardline-app", "WebKitWebProcess", "WebKitNetworkProcess"]
+            .into_iter()
+            .flat_map(processes)
+            .collect()
+    };
+    let before: u64 = app_processes().iter().map(|p| p.2).sum();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let now: Vec<(u32, u64, u64)> = processes("wardline-app")
-        .into_iter()
-        .chain(processes("WebKit"))
-        .collect();
+    let now = app_processes();
     let after: u64 = now.iter().map(|p| p.2).sum();
     let rss_kib: u64 = now.iter().map(|p| p.1).sum();
     session.close().await?;

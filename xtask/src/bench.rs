@@ -576,7 +576,7 @@ fn app() -> Result<(), String> {
          | launch to first painted inbox (WebDriver session start → first row) | {:.0} ms |\n\
          | search (the `inbox` command with full-text search, from the window) p50 / p99 | {:.1} / {:.1} ms |\n\
          | list refresh and scroll to the end (200 rows rendered) p50 / p99 | {:.1} / {:.1} ms |\n\
-         | idle over {} s: RSS of the app and its {} WebKit/app processes / CPU | {:.1} MiB / {} ms ({:.2} %) |\n",
+         | idle over {} s: RSS summed over the app's {} processes (app, WebKit web and network; shared pages counted in each) / CPU | {:.1} MiB / {} ms ({:.2} %) |\n",
         utc_now_text()?,
         result["rows"],
         num("first_paint_ms"),
