@@ -9,7 +9,7 @@
 //! - `idle --seconds S`: resident memory and CPU time of a connected, idle `wardline listen`.
 //! - `app --rows N --seconds S`: the app (debug build, under Xvfb, over WebDriver) with an inbox of N
 //!   notifications: launch to first painted inbox, `inbox` search and list-render latency measured
-//!   in the window, then RSS and CPU of the app and its WebKit processes while idle.
+//!   in the window; then the app started directly (no WebDriver) for RSS and CPU while idle.
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -272,7 +272,33 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
     let mut list: Vec<f64> = serde_json::from_value(timings["list"].clone())?;
     search.sort_by(f64::total_cmp);
     list.sort_by(f64::total_cmp);
-    // The app and the WebKit processes it started (not WebKitWebDriver, which serves the test).
+    session.close().await?;
+    // Idle is measured on the app started directly: a WebDriver session keeps WebKit busy.
+    let env = [
+        ("DISPLAY", display.name.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("WARDLINE_SERVER", relay.base.as_str()),
+        ("WARDLINE_USER", "bench"),
+        ("WARDLINE_TOKEN", doctor.as_str()),
+        ("WARDLINE_DB", db.to_str().context("path")?),
+        ("XDG_CONFIG_HOME", config.to_str().context("path")?),
+    ];
+    let mut direct = tokio::process::Command::new(wardline_tests::binary("wardline-app"))
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let connection = Inbox::open(&db)?.state("connection")?;
+        if connection.as_deref() == Some("connected") || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The app and the WebKit processes it started.
     let app_processes = || -> Vec<(u32, u64, u64)> {
         ["wardline-app", "WebKitWebProcess", "WebKitNetworkProcess"]
             .into_iter()
@@ -284,7 +310,7 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
     let now = app_processes();
     let after: u64 = now.iter().map(|p| p.2).sum();
     let rss_kib: u64 = now.iter().map(|p| p.1).sum();
-    session.close().await?;
+    direct.kill().await?;
     Ok(json!({
         "rows": rows, "first_paint_ms": first_paint_ms,
         "search_p50_ms": percentile(&search, 0.5), "search_p99_ms": percentile(&search, 0.99),
