@@ -229,7 +229,7 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
     let _notifications = NotificationServer::start(&bus.address).await?;
     let doctor = token("bench", "doctor", &[], 3600);
     let config = dir.path().join("config");
-    let driver = Driver::start(&[
+    let env = [
         ("DISPLAY", display.name.as_str()),
         ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
         ("WARDLINE_SERVER", relay.base.as_str()),
@@ -237,8 +237,8 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
         ("WARDLINE_TOKEN", doctor.as_str()),
         ("WARDLINE_DB", db.to_str().context("path")?),
         ("XDG_CONFIG_HOME", config.to_str().context("path")?),
-    ])
-    .await?;
+    ];
+    let driver = Driver::start(&env).await?;
     let started = Instant::now();
     let session = driver.session().await?;
     session.find("#list li").await?;
@@ -274,15 +274,6 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
     list.sort_by(f64::total_cmp);
     session.close().await?;
     // Idle is measured on the app started directly: a WebDriver session keeps WebKit busy.
-    let env = [
-        ("DISPLAY", display.name.as_str()),
-        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
-        ("WARDLINE_SERVER", relay.base.as_str()),
-        ("WARDLINE_USER", "bench"),
-        ("WARDLINE_TOKEN", doctor.as_str()),
-        ("WARDLINE_DB", db.to_str().context("path")?),
-        ("XDG_CONFIG_HOME", config.to_str().context("path")?),
-    ];
     let mut direct = tokio::process::Command::new(wardline_tests::binary("wardline-app"))
         .envs(env)
         .stdout(std::process::Stdio::null())

@@ -366,29 +366,29 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The inbox the command works on (`--db`, else the default path).
+fn open_inbox(cli: &Cli) -> anyhow::Result<Inbox> {
+    Ok(Inbox::open(&cli.db.clone().unwrap_or_else(default_db))?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
-        Command::Login { token } => return login(&cli, token.clone()).await,
+        Command::Login { token } => login(&cli, token.clone()).await,
         Command::Logout => {
             let (server, user) = server_and_user(&cli)?;
             secrets::delete_token(&server, &user)?;
             println!(
                 "signed out: the token for {user} at {server} is no longer in the OS keychain"
             );
-            return Ok(0);
+            Ok(0)
         }
-        _ => {}
-    }
-    let db = cli.db.clone().unwrap_or_else(default_db);
-    let mut inbox = Inbox::open(&db)?;
-    match &cli.command {
-        Command::Login { .. } | Command::Logout => unreachable!("handled above"),
         Command::Listen {
             json,
             no_alerts,
             quiet_hours,
             retention,
         } => {
+            let mut inbox = open_inbox(&cli)?;
             inbox.purge_older_than(*retention)?;
             let alerts = (!*no_alerts).then_some(*quiet_hours);
             listen(&cli, inbox, *json, alerts).await
@@ -409,18 +409,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 limit: *limit,
                 ..Filter::default()
             };
-            for row in inbox.list(&filter)? {
+            for row in open_inbox(&cli)?.list(&filter)? {
                 print_row(&row, *json);
             }
             Ok(0)
         }
-        Command::Ack { ids } => ack(&cli, inbox, ids).await,
+        Command::Ack { ids } => ack(&cli, open_inbox(&cli)?, ids).await,
         Command::Read { ids } => {
+            let mut inbox = open_inbox(&cli)?;
             let resolved = inbox.resolve(ids)?;
             inbox.mark_read(&resolved)?;
             Ok(0)
         }
-        Command::Status { json } => status(&inbox, *json),
+        Command::Status { json } => status(&open_inbox(&cli)?, *json),
     }
 }
 
