@@ -1,13 +1,17 @@
-//! OS alerts: what to raise for newly stored notifications (pure policy), and the desktop
-//! implementation on notify-rust (freedesktop notifications over D-Bus on Linux).
+//! OS alerts: what to raise for newly stored notifications (pure policy over the person's
+//! [`AlertSettings`]), and the desktop implementation on notify-rust (freedesktop notifications over
+//! D-Bus on Linux).
 //!
 //! A critical notification (a critical lab result) is raised on its own with critical urgency, no
 //! timeout, an alarm sound and an "Acknowledge" action that acknowledges it; others get normal
 //! urgency, and a burst of them (catching up after being offline) becomes one summary instead of
-//! a flood. In quiet hours only critical alerts are raised; everything is still stored.
+//! a flood. In quiet hours, or while non-critical alerts are paused, only critical alerts are
+//! raised; everything is still stored. Critical results always sound: the sound setting is for the
+//! others. Clicking an alert asks to open the app on its notification ([`AlertAction::Open`]).
 
 use crate::inbox::Row;
-use std::sync::Mutex;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use wardline_protocol::{Channel, Cursor, Priority};
 
@@ -16,6 +20,20 @@ const SUMMARY_OVER: usize = 3;
 
 /// The action key of "Acknowledge".
 pub const ACKNOWLEDGE_ACTION: &str = "acknowledge";
+/// The freedesktop action key of clicking the alert itself.
+pub const OPEN_ACTION: &str = "default";
+
+/// A notification, by channel and id.
+pub type NotificationRef = (Channel, Cursor);
+
+/// What the person did with an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertAction {
+    /// Chose "Acknowledge" on a critical alert.
+    Acknowledge(NotificationRef),
+    /// Clicked the alert: open the app on its notification (`None`: a summary, open the inbox).
+    Open(Option<NotificationRef>),
+}
 
 /// How insistent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +59,16 @@ pub struct Alert {
     pub persistent: bool,
     /// A freedesktop sound name.
     pub sound: Option<&'static str>,
-    /// The notification an "Acknowledge" action acknowledges.
-    pub acknowledges: Option<(Channel, Cursor)>,
+    /// The notification the alert is about (`None` for a summary of several).
+    pub notification: Option<NotificationRef>,
+    /// Whether the alert offers "Acknowledge" (critical results).
+    pub acknowledgeable: bool,
 }
 
 /// Hours in which only critical alerts are raised, e.g. `22:00-07:00` (local time; may wrap midnight).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Written as that text in settings and on the wire to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct QuietHours {
     start_minute: u16,
     end_minute: u16,
@@ -77,20 +99,124 @@ impl QuietHours {
             minute_of_day >= self.start_minute || minute_of_day < self.end_minute
         }
     }
+}
 
-    /// Whether it is quiet now, in local time.
-    pub fn now(&self) -> bool {
-        use chrono::Timelike;
-        let now = chrono::Local::now();
-        self.contains((now.hour() * 60 + now.minute()) as u16)
+impl TryFrom<String> for QuietHours {
+    type Error = String;
+    fn try_from(text: String) -> Result<QuietHours, String> {
+        QuietHours::parse(&text)
     }
 }
 
-/// The alerts for notifications just stored; in quiet hours, only the critical ones.
-pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
+impl From<QuietHours> for String {
+    fn from(quiet: QuietHours) -> String {
+        quiet.to_string()
+    }
+}
+
+impl std::fmt::Display for QuietHours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, e) = (self.start_minute, self.end_minute);
+        write!(f, "{:02}:{:02}-{:02}:{:02}", s / 60, s % 60, e / 60, e % 60)
+    }
+}
+
+/// The person's alert preferences: the `[alerts]` table of the settings file, changed from the
+/// app's settings screen and tray.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlertSettings {
+    /// Hours in which only critical alerts are raised.
+    pub quiet_hours: Option<QuietHours>,
+    /// Whether non-critical alerts make a sound (critical results always do).
+    pub sound: bool,
+    /// Until when (Unix ms) non-critical alerts are paused.
+    pub paused_until: Option<u64>,
+}
+
+/// Alert settings shared by whoever changes them and the subscription that applies them to the next
+/// alert.
+pub type SharedAlertSettings = Arc<RwLock<AlertSettings>>;
+
+impl Default for AlertSettings {
+    fn default() -> AlertSettings {
+        AlertSettings {
+            quiet_hours: None,
+            sound: true,
+            paused_until: None,
+        }
+    }
+}
+
+impl AlertSettings {
+    /// Whether non-critical alerts are held back at `now` (quiet hours or a pause).
+    pub fn holds_non_critical(&self, now: chrono::DateTime<chrono::Local>) -> bool {
+        use chrono::Timelike;
+        let paused = self
+            .paused_until
+            .is_some_and(|until| (now.timestamp_millis() as u64) < until);
+        let quiet = self
+            .quiet_hours
+            .is_some_and(|q| q.contains((now.hour() * 60 + now.minute()) as u16));
+        paused || quiet
+    }
+}
+
+/// A pause of non-critical alerts, as the tray and the settings screen offer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pause {
+    /// For one hour.
+    Hour,
+    /// Until the next 07:00 (the morning handover).
+    UntilMorning,
+    /// No pause: alert again now.
+    Off,
+}
+
+/// The hour "until morning" ends at.
+pub const MORNING_HOUR: u32 = 7;
+
+impl Pause {
+    /// When the pause started at `now` ends (Unix ms), if it is one.
+    pub fn until(self, now: chrono::DateTime<chrono::Local>) -> Option<u64> {
+        let end = match self {
+            Pause::Off => return None,
+            Pause::Hour => now + chrono::Duration::hours(1),
+            Pause::UntilMorning => {
+                let today = now
+                    .date_naive()
+                    .and_hms_opt(MORNING_HOUR, 0, 0)
+                    .expect("a valid time");
+                let next = if now.naive_local() < today {
+                    today
+                } else {
+                    today + chrono::Duration::days(1)
+                };
+                // A morning that falls in a clock change resolves to its earliest instant.
+                next.and_local_timezone(chrono::Local)
+                    .earliest()
+                    .unwrap_or(now + chrono::Duration::hours(12))
+            }
+        };
+        Some(end.timestamp_millis() as u64)
+    }
+}
+
+/// The alerts for notifications just stored, under the person's settings at `now`.
+pub fn alerts_for(
+    rows: &[Row],
+    settings: &AlertSettings,
+    now: chrono::DateTime<chrono::Local>,
+) -> Vec<Alert> {
     let (critical, others): (Vec<&Row>, Vec<&Row>) =
         rows.iter().partition(|r| r.priority == Priority::Critical);
-    let others = if quiet { Vec::new() } else { others };
+    let others = if settings.holds_non_critical(now) {
+        Vec::new()
+    } else {
+        others
+    };
+    let sound = settings.sound.then_some("message-new-instant");
     let mut alerts: Vec<Alert> = critical
         .iter()
         .map(|row| Alert {
@@ -99,7 +225,8 @@ pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
             urgency: Urgency::Critical,
             persistent: true,
             sound: Some("alarm-clock-elapsed"),
-            acknowledges: Some((row.channel.clone(), row.id)),
+            notification: Some((row.channel.clone(), row.id)),
+            acknowledgeable: true,
         })
         .collect();
     let normal = |row: &Row| Alert {
@@ -111,8 +238,9 @@ pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
             Urgency::Normal
         },
         persistent: false,
-        sound: Some("message-new-instant"),
-        acknowledges: None,
+        sound,
+        notification: Some((row.channel.clone(), row.id)),
+        acknowledgeable: false,
     };
     if others.len() > SUMMARY_OVER {
         let titles: Vec<&str> = others.iter().take(3).map(|r| r.title.as_str()).collect();
@@ -121,8 +249,9 @@ pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
             body: format!("{}, …", titles.join(", ")),
             urgency: Urgency::Normal,
             persistent: false,
-            sound: Some("message-new-instant"),
-            acknowledges: None,
+            sound,
+            notification: None,
+            acknowledgeable: false,
         });
     } else {
         alerts.extend(others.into_iter().map(normal));
@@ -134,39 +263,25 @@ pub fn alerts_for(rows: &[Row], quiet: bool) -> Vec<Alert> {
 pub trait Alerter: Send + Sync {
     /// Raises one alert; returns when the OS accepted it (not when the person reacts).
     fn raise(&self, alert: &Alert) -> Result<(), String>;
-
-    /// Whether only critical alerts should be raised now.
-    fn quiet(&self) -> bool {
-        false
-    }
 }
 
 /// Alerts through the desktop's notification service (notify-rust).
 pub struct DesktopAlerter {
-    acknowledged: mpsc::UnboundedSender<(Channel, Cursor)>,
-    quiet_hours: Option<QuietHours>,
+    actions: mpsc::UnboundedSender<AlertAction>,
     failed_once: Mutex<bool>,
 }
 
 impl DesktopAlerter {
-    /// An alerter whose "Acknowledge" actions are sent to `acknowledged`.
-    pub fn new(
-        acknowledged: mpsc::UnboundedSender<(Channel, Cursor)>,
-        quiet_hours: Option<QuietHours>,
-    ) -> DesktopAlerter {
+    /// An alerter that sends what the person does with its alerts to `actions`.
+    pub fn new(actions: mpsc::UnboundedSender<AlertAction>) -> DesktopAlerter {
         DesktopAlerter {
-            acknowledged,
-            quiet_hours,
+            actions,
             failed_once: Mutex::new(false),
         }
     }
 }
 
 impl Alerter for DesktopAlerter {
-    fn quiet(&self) -> bool {
-        self.quiet_hours.is_some_and(|q| q.now())
-    }
-
     fn raise(&self, alert: &Alert) -> Result<(), String> {
         let mut notification = notify_rust::Notification::new();
         notification
@@ -184,7 +299,8 @@ impl Alerter for DesktopAlerter {
         if let Some(sound) = alert.sound {
             notification.sound_name(sound);
         }
-        if alert.acknowledges.is_some() {
+        notification.action(OPEN_ACTION, "Open");
+        if alert.acknowledgeable {
             notification.action(ACKNOWLEDGE_ACTION, "Acknowledge");
         }
         let handle = match notification.show() {
@@ -198,17 +314,21 @@ impl Alerter for DesktopAlerter {
                 return Err(e.to_string());
             }
         };
-        if let Some(target) = alert.acknowledges.clone() {
-            let acknowledged = self.acknowledged.clone();
-            // Waiting for the person blocks: one thread per outstanding critical alert.
-            std::thread::spawn(move || {
-                handle.wait_for_action(|action| {
-                    if action == ACKNOWLEDGE_ACTION {
-                        let _ = acknowledged.send(target);
+        let (target, acknowledgeable) = (alert.notification.clone(), alert.acknowledgeable);
+        let actions = self.actions.clone();
+        // Waiting for the person blocks: one thread per alert on screen, until it is clicked or
+        // closed (non-critical alerts close themselves when they time out).
+        std::thread::spawn(move || {
+            handle.wait_for_action(|action| {
+                let _ = match (action, target) {
+                    (ACKNOWLEDGE_ACTION, Some(target)) if acknowledgeable => {
+                        actions.send(AlertAction::Acknowledge(target))
                     }
-                });
+                    (OPEN_ACTION, target) => actions.send(AlertAction::Open(target)),
+                    _ => Ok(()),
+                };
             });
-        }
+        });
         Ok(())
     }
 }
@@ -234,6 +354,15 @@ mod tests {
         }
     }
 
+    /// 2026-11-23 at `hh:mm` local time.
+    fn at(hh: u32, mm: u32) -> chrono::DateTime<chrono::Local> {
+        use chrono::TimeZone;
+        chrono::Local
+            .with_ymd_and_hms(2026, 11, 23, hh, mm, 0)
+            .single()
+            .unwrap()
+    }
+
     #[test]
     fn critical_results_alert_loudly_each_and_others_are_summarised_in_bursts() {
         let mut rows = vec![row(
@@ -242,28 +371,107 @@ mod tests {
             "Critical lab result — BMP for Bob Wilson",
         )];
         rows.extend((2..7).map(|n| row(n, Priority::Normal, &format!("note {n}"))));
-        let alerts = alerts_for(&rows, false);
+        let settings = AlertSettings::default();
+        let alerts = alerts_for(&rows, &settings, at(12, 0));
         assert_eq!(alerts.len(), 2);
         assert_eq!(alerts[0].urgency, Urgency::Critical);
-        assert!(alerts[0].persistent);
+        assert!(alerts[0].persistent && alerts[0].acknowledgeable);
         assert_eq!(
-            alerts[0].acknowledges,
+            alerts[0].notification,
             Some((rows[0].channel.clone(), Cursor::new(1, 0)))
         );
         assert_eq!(alerts[1].summary, "5 new notifications");
         assert_eq!(alerts[1].urgency, Urgency::Normal);
-        let few = alerts_for(&rows[1..3], false);
+        assert_eq!(alerts[1].notification, None, "a summary opens the inbox");
+        let few = alerts_for(&rows[1..3], &settings, at(12, 0));
         assert_eq!(
             few.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
             ["note 2", "note 3"]
         );
-        assert!(
-            few.iter()
-                .all(|a| !a.persistent && a.acknowledges.is_none())
+        assert!(few.iter().all(|a| !a.persistent && !a.acknowledgeable));
+        assert_eq!(
+            few[1].notification,
+            Some((rows[2].channel.clone(), rows[2].id))
         );
-        let quiet = alerts_for(&rows, true);
+    }
+
+    #[test]
+    fn quiet_hours_pauses_and_silence_hold_back_only_what_is_not_critical() {
+        let rows = [
+            row(1, Priority::Critical, "critical"),
+            row(2, Priority::Normal, "normal"),
+        ];
+        let night = AlertSettings {
+            quiet_hours: Some(QuietHours::parse("22:00-07:00").unwrap()),
+            ..AlertSettings::default()
+        };
+        let quiet = alerts_for(&rows, &night, at(23, 30));
         assert_eq!(quiet.len(), 1, "quiet hours keep only the critical alert");
         assert_eq!(quiet[0].urgency, Urgency::Critical);
+        assert_eq!(alerts_for(&rows, &night, at(7, 0)).len(), 2);
+
+        let paused = AlertSettings {
+            paused_until: Some(at(13, 0).timestamp_millis() as u64),
+            ..AlertSettings::default()
+        };
+        assert_eq!(alerts_for(&rows, &paused, at(12, 59)).len(), 1);
+        assert_eq!(
+            alerts_for(&rows, &paused, at(13, 0)).len(),
+            2,
+            "the pause ends"
+        );
+
+        let silent = AlertSettings {
+            sound: false,
+            ..AlertSettings::default()
+        };
+        let alerts = alerts_for(&rows, &silent, at(12, 0));
+        assert_eq!(
+            alerts[0].sound,
+            Some("alarm-clock-elapsed"),
+            "critical always sounds"
+        );
+        assert_eq!(alerts[1].sound, None);
+    }
+
+    #[test]
+    fn pauses_end_in_an_hour_or_at_the_next_morning() {
+        let ms = |t: chrono::DateTime<chrono::Local>| Some(t.timestamp_millis() as u64);
+        assert_eq!(Pause::Hour.until(at(12, 30)), ms(at(13, 30)));
+        assert_eq!(Pause::UntilMorning.until(at(5, 0)), ms(at(7, 0)));
+        assert_eq!(
+            Pause::UntilMorning.until(at(21, 0)),
+            ms(at(7, 0) + chrono::Duration::days(1))
+        );
+        assert_eq!(Pause::Off.until(at(12, 0)), None);
+    }
+
+    #[test]
+    fn alert_settings_are_written_as_text_and_default_when_missing() {
+        let settings = AlertSettings {
+            quiet_hours: Some(QuietHours::parse("22:00-7:05").unwrap()),
+            sound: false,
+            paused_until: Some(1),
+        };
+        let text = serde_json::to_string(&settings).unwrap();
+        assert_eq!(
+            text,
+            r#"{"quiet_hours":"22:00-07:05","sound":false,"paused_until":1}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<AlertSettings>(&text).unwrap(),
+            settings
+        );
+        assert_eq!(
+            serde_json::from_str::<AlertSettings>("{}").unwrap(),
+            AlertSettings::default()
+        );
+        let bad = serde_json::from_str::<AlertSettings>(r#"{"quiet_hours":"late"}"#);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("expected HH:MM-HH:MM")
+        );
     }
 
     #[test]

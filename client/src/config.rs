@@ -1,16 +1,21 @@
 //! The receiver's settings file (`$XDG_CONFIG_HOME/wardline/config.toml`): which relay and which user,
-//! written by `wardline login`. Never the token: that lives in the OS keychain.
+//! written by `wardline login` (or the app's sign-in), and the person's alert settings. Never the
+//! token: that lives in the OS keychain.
 
+use crate::alert::AlertSettings;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// What `wardline login` remembers.
+/// What the receiver remembers between runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// The relay's base URL.
     pub server: Option<String>,
     /// The user id.
     pub user: Option<String>,
+    /// Quiet hours, sound, pause.
+    #[serde(default)]
+    pub alerts: AlertSettings,
 }
 
 /// Where the settings file is.
@@ -30,6 +35,15 @@ impl Settings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
+    }
+
+    /// Reads the file, applies `change` and writes it back, so that changing one setting keeps the
+    /// others.
+    pub fn update(path: &Path, change: impl FnOnce(&mut Settings)) -> Result<Settings, String> {
+        let mut settings = Settings::load(path)?;
+        change(&mut settings);
+        settings.save(path)?;
+        Ok(settings)
     }
 
     /// Writes the file.
@@ -54,8 +68,20 @@ mod tests {
         let settings = Settings {
             server: Some("http://relay:8851".into()),
             user: Some("d1".into()),
+            alerts: AlertSettings {
+                quiet_hours: Some(crate::alert::QuietHours::parse("22:00-07:00").unwrap()),
+                sound: false,
+                paused_until: None,
+            },
         };
         settings.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), settings);
+        std::fs::write(
+            &path,
+            "server = \"http://relay:8851\"\n[alerts]\nquiet_hours = \"late\"\n",
+        )
+        .unwrap();
+        let refused = Settings::load(&path).unwrap_err();
+        assert!(refused.contains("expected HH:MM-HH:MM"), "{refused}");
     }
 }

@@ -1,5 +1,6 @@
 //! What the subscription reports, so that the CLI and the app show the same truth.
 
+use crate::alert::AlertSettings;
 use crate::inbox::Row;
 use serde::Serialize;
 use wardline_protocol::{Channel, Cursor};
@@ -43,5 +44,17 @@ pub enum Event {
     SignInRequired {
         /// Why.
         reason: String,
+    },
+    /// The person clicked an OS alert: show this notification (no id: a summary, show the inbox).
+    AlertOpened {
+        /// The notification's channel.
+        channel: Option<Channel>,
+        /// The notification's id.
+        id: Option<Cursor>,
+    },
+    /// The alert settings changed (quiet hours, sound, a pause started or ended).
+    AlertSettingsChanged {
+        /// The settings now.
+        alerts: AlertSettings,
     },
 }

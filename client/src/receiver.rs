@@ -1,14 +1,14 @@
 //! `Receiver`: the receiver as an app uses it — one inbox, one subscription that starts at sign-in
 //! and stops at sign-out, and one stream of events that outlives both. No Tauri in it.
 
-use crate::alert::{DesktopAlerter, QuietHours};
+use crate::alert::{AlertAction, AlertSettings, Alerter, DesktopAlerter, SharedAlertSettings};
 use crate::config::{self, Settings};
 use crate::events::Event;
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
 use crate::subscription::{Acknowledgement, Options, Subscription};
 use crate::{http, secrets};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use wardline_protocol::Sensitive;
@@ -28,6 +28,9 @@ pub enum ReceiverError {
     /// Not signed in.
     #[error("not signed in")]
     NotSignedIn,
+    /// The settings file could not be read or written.
+    #[error("settings: {0}")]
+    Settings(String),
 }
 
 impl ReceiverError {
@@ -38,17 +41,31 @@ impl ReceiverError {
             ReceiverError::SignIn(_) => "sign_in",
             ReceiverError::Keychain(_) => "keychain",
             ReceiverError::NotSignedIn => "not_signed_in",
+            ReceiverError::Settings(_) => "settings",
         }
     }
 }
 
-/// Which OS alerts the subscription raises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which OS alerts the subscription raises (always under the person's alert settings).
+#[derive(Clone)]
 pub enum Alerts {
-    /// None (the app raises its own, e.g. on mobile).
+    /// None.
     Off,
-    /// The desktop's notification service, with quiet hours if any.
-    Desktop(Option<QuietHours>),
+    /// The desktop's notification service; clicking an alert emits [`Event::AlertOpened`], its
+    /// "Acknowledge" acknowledges.
+    Desktop,
+    /// The app's own alerter (on mobile, the notification plugin's).
+    Custom(Arc<dyn Alerter>),
+}
+
+impl std::fmt::Debug for Alerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Alerts::Off => "Off",
+            Alerts::Desktop => "Desktop",
+            Alerts::Custom(_) => "Custom",
+        })
+    }
 }
 
 /// Where the receiver stands, for a status banner.
@@ -66,6 +83,8 @@ pub struct Status {
     pub counts: Counts,
     /// History gaps reported.
     pub gaps: Vec<Gap>,
+    /// Quiet hours, sound, pause.
+    pub alerts: AlertSettings,
 }
 
 struct Running {
@@ -80,17 +99,30 @@ pub struct Receiver {
     inbox: Arc<Mutex<Inbox>>,
     running: Mutex<Option<Running>>,
     events: broadcast::Sender<Event>,
+    settings_path: PathBuf,
+    alert_settings: SharedAlertSettings,
 }
 
 impl Receiver {
-    /// Opens the inbox at `db`.
+    /// Opens the inbox at `db`, with the settings file at its default place.
     pub fn open(db: &Path) -> Result<Receiver, ReceiverError> {
+        Receiver::open_with_settings(db, config::default_path())
+    }
+
+    /// Opens the inbox at `db` and the settings file at `settings_path`.
+    pub fn open_with_settings(
+        db: &Path,
+        settings_path: PathBuf,
+    ) -> Result<Receiver, ReceiverError> {
         let inbox = Inbox::open(db)?;
+        let settings = Settings::load(&settings_path).map_err(ReceiverError::Settings)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Receiver {
             inbox: Arc::new(Mutex::new(inbox)),
             running: Mutex::new(None),
             events,
+            settings_path,
+            alert_settings: Arc::new(RwLock::new(settings.alerts)),
         })
     }
 
@@ -118,20 +150,18 @@ impl Receiver {
             )));
         }
         secrets::store_token(server, user, &token)?;
-        let settings = Settings {
-            server: Some(server.to_owned()),
-            user: Some(user.to_owned()),
-        };
-        settings
-            .save(&config::default_path())
-            .map_err(ReceiverError::SignIn)?;
+        Settings::update(&self.settings_path, |settings| {
+            settings.server = Some(server.to_owned());
+            settings.user = Some(user.to_owned());
+        })
+        .map_err(ReceiverError::Settings)?;
         self.start(server, user, token, alerts);
         Ok(())
     }
 
     /// Starts with what `sign_in` remembered, if anything; returns whether it started.
     pub fn resume(&self, alerts: Alerts) -> Result<bool, ReceiverError> {
-        let settings = Settings::load(&config::default_path()).map_err(ReceiverError::SignIn)?;
+        let settings = Settings::load(&self.settings_path).map_err(ReceiverError::Settings)?;
         let (Some(server), Some(user)) = (settings.server, settings.user) else {
             return Ok(false);
         };
@@ -152,11 +182,23 @@ impl Receiver {
             heartbeat: Duration::from_secs(15),
         };
         let mut subscription = Subscription::new(options, self.inbox.clone());
-        if let Alerts::Desktop(quiet_hours) = alerts {
-            let alerter = DesktopAlerter::new(subscription.acknowledger(), quiet_hours);
-            subscription = subscription.with_alerter(Arc::new(alerter));
-        }
         let acks = subscription.acknowledger();
+        let alerter: Option<Arc<dyn Alerter>> = match alerts {
+            Alerts::Off => None,
+            Alerts::Custom(alerter) => Some(alerter),
+            Alerts::Desktop => {
+                let (actions, chosen) = mpsc::unbounded_channel();
+                tokio::spawn(follow_alert_actions(
+                    chosen,
+                    acks.clone(),
+                    self.events.clone(),
+                ));
+                Some(Arc::new(DesktopAlerter::new(actions)))
+            }
+        };
+        if let Some(alerter) = alerter {
+            subscription = subscription.with_alerter(alerter, self.alert_settings.clone());
+        }
         let mut events = subscription.events();
         let forward = self.events.clone();
         tokio::spawn(async move {
@@ -232,6 +274,29 @@ impl Receiver {
         Ok(inbox.mark_read(&resolved)?)
     }
 
+    /// The alert settings in force.
+    pub fn alert_settings(&self) -> AlertSettings {
+        *self.alert_settings.read().expect("alert settings lock")
+    }
+
+    /// Changes the alert settings: kept in the settings file, applied from the next alert on, and
+    /// announced as [`Event::AlertSettingsChanged`].
+    pub fn set_alert_settings(&self, alerts: AlertSettings) -> Result<(), ReceiverError> {
+        Settings::update(&self.settings_path, |settings| settings.alerts = alerts)
+            .map_err(ReceiverError::Settings)?;
+        *self.alert_settings.write().expect("alert settings lock") = alerts;
+        let _ = self.events.send(Event::AlertSettingsChanged { alerts });
+        Ok(())
+    }
+
+    /// Pauses non-critical alerts until `until` (Unix ms), or resumes them (`None`).
+    pub fn pause_alerts(&self, until: Option<u64>) -> Result<(), ReceiverError> {
+        self.set_alert_settings(AlertSettings {
+            paused_until: until,
+            ..self.alert_settings()
+        })
+    }
+
     /// Where things stand.
     pub fn status(&self) -> Result<Status, ReceiverError> {
         let running = self.running.lock().expect("receiver lock");
@@ -245,6 +310,27 @@ impl Receiver {
             detail: inbox.state("detail")?.unwrap_or_default(),
             counts: inbox.counts()?,
             gaps: inbox.gaps()?,
+            alerts: self.alert_settings(),
         })
+    }
+}
+
+/// Carries out what the person does with desktop alerts: "Acknowledge" through the subscription,
+/// a click as [`Event::AlertOpened`] for the app to show the notification.
+async fn follow_alert_actions(
+    mut chosen: mpsc::UnboundedReceiver<AlertAction>,
+    acks: mpsc::UnboundedSender<Acknowledgement>,
+    events: broadcast::Sender<Event>,
+) {
+    while let Some(action) = chosen.recv().await {
+        match action {
+            AlertAction::Acknowledge(notification) => {
+                let _ = acks.send(notification);
+            }
+            AlertAction::Open(notification) => {
+                let (channel, id) = notification.unzip();
+                let _ = events.send(Event::AlertOpened { channel, id });
+            }
+        }
     }
 }

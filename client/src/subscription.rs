@@ -12,7 +12,7 @@
 //! - A refused or expired token stops it: retrying cannot help, the person must sign in again.
 //! - A gap the relay reports is stored and announced, never hidden.
 
-use crate::alert::{Alerter, alerts_for};
+use crate::alert::{Alerter, SharedAlertSettings, alerts_for};
 use crate::backoff::Backoff;
 use crate::events::Event;
 use crate::inbox::{Inbox, InboxError, now_ms};
@@ -77,7 +77,7 @@ pub struct Subscription {
     pub(crate) options: Options,
     inbox: Arc<Mutex<Inbox>>,
     events: broadcast::Sender<Event>,
-    alerter: Option<Arc<dyn Alerter>>,
+    alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     acks: mpsc::UnboundedSender<Acknowledgement>,
     acks_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<Acknowledgement>>,
 }
@@ -117,9 +117,13 @@ impl Subscription {
         }
     }
 
-    /// Raises OS alerts for what is stored.
-    pub fn with_alerter(mut self, alerter: Arc<dyn Alerter>) -> Subscription {
-        self.alerter = Some(alerter);
+    /// Raises OS alerts for what is stored, under `settings` as they are when it is stored.
+    pub fn with_alerter(
+        mut self,
+        alerter: Arc<dyn Alerter>,
+        settings: SharedAlertSettings,
+    ) -> Subscription {
+        self.alerter = Some((alerter, settings));
         self
     }
 
@@ -320,8 +324,9 @@ impl Subscription {
         let received: Vec<(Channel, Cursor)> =
             batch.iter().map(|n| (n.channel.clone(), n.id)).collect();
         let stored = self.with_inbox(move |inbox| inbox.store(&batch)).await?;
-        if let Some(alerter) = self.alerter.clone() {
-            let alerts = alerts_for(&stored, alerter.quiet());
+        if let Some((alerter, settings)) = self.alerter.clone() {
+            let settings = *settings.read().expect("alert settings lock");
+            let alerts = alerts_for(&stored, &settings, chrono::Local::now());
             // The OS alert is best effort (the desktop may have no notification service); the
             // alerter reports its failure once, and the notification is stored either way.
             let _ = tokio::task::spawn_blocking(move || {

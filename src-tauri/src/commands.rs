@@ -1,9 +1,10 @@
 //! The window's commands: each calls the receiver and maps its errors to `{code, message}`.
 
-use crate::alerts;
+use crate::AppAlerts;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tauri::{AppHandle, Manager, State};
+use wardline_client::alert::{AlertSettings, Pause};
 use wardline_client::inbox::{Filter, Row};
 use wardline_client::receiver::{Receiver, ReceiverError, Status};
 use wardline_protocol::{Priority, Sensitive};
@@ -20,6 +21,15 @@ impl From<ReceiverError> for CommandError {
         CommandError {
             code: e.code(),
             message: e.to_string(),
+        }
+    }
+}
+
+impl CommandError {
+    fn new(code: &'static str, message: impl std::fmt::Display) -> CommandError {
+        CommandError {
+            code,
+            message: message.to_string(),
         }
     }
 }
@@ -45,12 +55,13 @@ pub struct InboxQuery {
 #[tauri::command]
 pub async fn sign_in(
     receiver: State<'_, Arc<Receiver>>,
+    alerts: State<'_, AppAlerts>,
     server: String,
     user: String,
     token: String,
 ) -> Result<()> {
     Ok(receiver
-        .sign_in(&server, &user, Sensitive::new(token), alerts())
+        .sign_in(&server, &user, Sensitive::new(token), alerts.0.clone())
         .await?)
 }
 
@@ -90,6 +101,80 @@ pub fn mark_read(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result
 #[tauri::command]
 pub fn status(receiver: State<'_, Arc<Receiver>>) -> Result<Status> {
     Ok(receiver.status()?)
+}
+
+/// What the settings screen shows.
+#[derive(Debug, Serialize)]
+pub struct SettingsView {
+    server: Option<String>,
+    user: Option<String>,
+    alerts: AlertSettings,
+    /// `None` where the platform has no start at login (mobile).
+    start_at_login: Option<bool>,
+}
+
+/// The settings: relay and user signed in, alert settings, start at login.
+#[tauri::command]
+pub fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Result<SettingsView> {
+    let status = receiver.status()?;
+    Ok(SettingsView {
+        server: status.server,
+        user: status.user,
+        alerts: status.alerts,
+        start_at_login: start_at_login(&app)?,
+    })
+}
+
+/// Changes quiet hours, sound and pause at once.
+#[tauri::command]
+pub fn set_alert_settings(receiver: State<'_, Arc<Receiver>>, alerts: AlertSettings) -> Result<()> {
+    Ok(receiver.set_alert_settings(alerts)?)
+}
+
+/// Pauses non-critical alerts for an hour or until morning, or resumes them.
+#[tauri::command]
+pub fn pause_alerts(receiver: State<'_, Arc<Receiver>>, pause: Pause) -> Result<()> {
+    Ok(receiver.pause_alerts(pause.until(chrono::Local::now()))?)
+}
+
+/// Starts the app at login (hidden in the tray), or stops doing so.
+#[tauri::command]
+pub fn set_start_at_login(app: AppHandle, enabled: bool) -> Result<()> {
+    #[cfg(desktop)]
+    {
+        use tauri_plugin_autostart::ManagerExt;
+        let autostart = app.autolaunch();
+        let changed = if enabled {
+            autostart.enable()
+        } else {
+            autostart.disable()
+        };
+        changed.map_err(|e| CommandError::new("autostart", e))
+    }
+    #[cfg(mobile)]
+    {
+        let _ = (app, enabled);
+        Err(CommandError::new(
+            "unsupported",
+            "start at login is a desktop setting",
+        ))
+    }
+}
+
+fn start_at_login(app: &AppHandle) -> Result<Option<bool>> {
+    #[cfg(desktop)]
+    {
+        use tauri_plugin_autostart::ManagerExt;
+        app.autolaunch()
+            .is_enabled()
+            .map(Some)
+            .map_err(|e| CommandError::new("autostart", e))
+    }
+    #[cfg(mobile)]
+    {
+        let _ = app;
+        Ok(None)
+    }
 }
 
 /// Shows and focuses the main window.

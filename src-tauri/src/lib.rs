@@ -2,14 +2,18 @@
 //! receiver's; this crate only wires it to Tauri:
 //! - `commands`: the few-line commands the window calls, errors mapped to `{code, message}`;
 //! - `tray` (desktop): the tray icon and menu, which always show the connection's truth;
-//! - `run`: the builder — single instance, close-to-tray, events forwarded to the window.
+//! - `plugin_alerts`: alerts through the notification plugin (mobile);
+//! - `run`: the builder — single instance, start at login, close-to-tray, events forwarded to the
+//!   window, a clicked alert opening the window on its notification.
 
 mod commands;
+mod plugin_alerts;
 #[cfg(desktop)]
 mod tray;
 
 use std::sync::Arc;
 use tauri::{Emitter, Manager};
+use wardline_client::Event;
 use wardline_client::receiver::{Alerts, Receiver};
 
 /// The event every receiver event is forwarded on, to the window.
@@ -27,13 +31,26 @@ fn inbox_path(app: &tauri::AppHandle) -> std::path::PathBuf {
     }
 }
 
-/// OS alerts: the desktop's notification service (critical results loud, with "Acknowledge"); on
-/// mobile, `tauri-plugin-notification` is to raise them (not yet wired).
-pub(crate) fn alerts() -> Alerts {
-    #[cfg(desktop)]
-    return Alerts::Desktop(None);
-    #[cfg(mobile)]
-    return Alerts::Off;
+/// The command-line flag autostart passes: start hidden in the tray.
+const HIDDEN_FLAG: &str = "--hidden";
+
+/// How the app raises OS alerts, chosen once at start.
+pub(crate) struct AppAlerts(Alerts);
+
+/// On desktop, the receiver's alerter (critical urgency, alarm sound, "Acknowledge"); on mobile,
+/// or with `WARDLINE_ALERTS=plugin`, the notification plugin.
+fn choose_alerts(app: &tauri::AppHandle) -> Alerts {
+    let plugin = cfg!(mobile) || std::env::var("WARDLINE_ALERTS").as_deref() == Ok("plugin");
+    if !plugin {
+        return Alerts::Desktop;
+    }
+    match plugin_alerts::PluginAlerter::install(app) {
+        Ok(alerter) => Alerts::Custom(Arc::new(alerter)),
+        Err(e) => {
+            tracing::error!(error = %e, "OS alerts are unavailable; notifications are still stored");
+            Alerts::Off
+        }
+    }
 }
 
 /// Runs the app.
@@ -45,12 +62,17 @@ pub fn run() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let mut builder = tauri::Builder::default();
+    let mut builder = tauri::Builder::default().plugin(tauri_plugin_notification::init());
     #[cfg(desktop)]
     {
-        builder = builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
-            commands::show_main_window(app);
-        }));
+        builder = builder
+            .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+                commands::show_main_window(app);
+            }))
+            .plugin(tauri_plugin_autostart::init(
+                tauri_plugin_autostart::MacosLauncher::LaunchAgent,
+                Some(vec![HIDDEN_FLAG]),
+            ));
     }
     builder
         .invoke_handler(tauri::generate_handler![
@@ -60,6 +82,10 @@ pub fn run() {
             commands::acknowledge,
             commands::mark_read,
             commands::status,
+            commands::settings,
+            commands::set_alert_settings,
+            commands::pause_alerts,
+            commands::set_start_at_login,
         ])
         .setup(|app| {
             let receiver = Arc::new(Receiver::open(&inbox_path(app.handle()))?);
@@ -69,9 +95,14 @@ pub fn run() {
                 while let Ok(event) = events.recv().await {
                     #[cfg(desktop)]
                     tray::reflect(&handle, &event);
+                    if let Event::AlertOpened { .. } = event {
+                        commands::show_main_window(&handle);
+                    }
                     let _ = handle.emit(EVENT, &event);
                 }
             });
+            let alerts = choose_alerts(app.handle());
+            app.manage(AppAlerts(alerts.clone()));
             // WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests),
             // as they do for the CLI; otherwise the last sign-in resumes. Starting spawns the
             // subscription on Tauri's runtime.
@@ -88,11 +119,11 @@ pub fn run() {
                                 &server,
                                 &user,
                                 wardline_protocol::Sensitive::new(token),
-                                alerts(),
+                                alerts,
                             );
                             Ok(true)
                         }
-                        _ => receiver.resume(alerts()),
+                        _ => receiver.resume(alerts),
                     }
                 })
             };
@@ -102,6 +133,11 @@ pub fn run() {
             app.manage(receiver);
             #[cfg(desktop)]
             tray::build(app.handle())?;
+            // The window starts hidden (tauri.conf.json) so that a start at login stays in the tray.
+            let hidden = cfg!(desktop) && std::env::args().any(|arg| arg == HIDDEN_FLAG);
+            if !hidden {
+                commands::show_main_window(app.handle());
+            }
             Ok(())
         })
         .on_window_event(|window, event| {

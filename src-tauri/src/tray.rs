@@ -1,16 +1,25 @@
 //! The tray (desktop): an icon that says connected, reconnecting, offline or critical waiting, a
-//! tooltip with the unread count, and a menu: Open, Sign out, Quit.
+//! tooltip with the unread count and any pause, and a menu: Open, Pause non-critical alerts (1 h /
+//! until morning) or Resume them, Sign out, Quit.
 
 use crate::commands::show_main_window;
 use std::sync::Arc;
 use tauri::image::Image;
-use tauri::menu::{Menu, MenuItem};
+use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager};
 use wardline_client::Event;
-use wardline_client::receiver::Receiver;
+use wardline_client::alert::{MORNING_HOUR, Pause};
+use wardline_client::receiver::{Receiver, Status};
 
 const TRAY: &str = "wardline";
+
+/// The menu items whose state follows the alert settings.
+struct PauseItems {
+    pause_hour: MenuItem<tauri::Wry>,
+    pause_morning: MenuItem<tauri::Wry>,
+    resume: MenuItem<tauri::Wry>,
+}
 
 fn icon(state: &str) -> Option<Image<'static>> {
     let bytes: &'static [u8] = match state {
@@ -25,26 +34,82 @@ fn icon(state: &str) -> Option<Image<'static>> {
 /// Builds the tray icon and its menu.
 pub fn build(app: &AppHandle) -> tauri::Result<()> {
     let open = MenuItem::with_id(app, "open", "Open Wardline", true, None::<&str>)?;
+    let pause_hour = MenuItem::with_id(
+        app,
+        "pause_hour",
+        "Pause non-critical alerts for 1 hour",
+        true,
+        None::<&str>,
+    )?;
+    let pause_morning = MenuItem::with_id(
+        app,
+        "pause_morning",
+        format!("Pause non-critical alerts until {MORNING_HOUR:02}:00"),
+        true,
+        None::<&str>,
+    )?;
+    let resume = MenuItem::with_id(
+        app,
+        "resume",
+        "Resume non-critical alerts",
+        false,
+        None::<&str>,
+    )?;
     let sign_out = MenuItem::with_id(app, "sign_out", "Sign out", true, None::<&str>)?;
     let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
-    let menu = Menu::with_items(app, &[&open, &sign_out, &quit])?;
+    let menu = Menu::with_items(
+        app,
+        &[
+            &open,
+            &PredefinedMenuItem::separator(app)?,
+            &pause_hour,
+            &pause_morning,
+            &resume,
+            &PredefinedMenuItem::separator(app)?,
+            &sign_out,
+            &quit,
+        ],
+    )?;
+    app.manage(PauseItems {
+        pause_hour,
+        pause_morning,
+        resume,
+    });
     let mut tray = TrayIconBuilder::with_id(TRAY)
         .menu(&menu)
         .tooltip("Wardline — starting");
     if let Some(image) = icon("offline") {
         tray = tray.icon(image);
     }
-    tray.on_menu_event(|app, event| match event.id().as_ref() {
-        "open" => show_main_window(app),
-        "sign_out" => {
-            if let Some(receiver) = app.try_state::<Arc<Receiver>>() {
-                let _ = receiver.sign_out();
+    tray.on_menu_event(|app, event| {
+        let receiver = app.try_state::<Arc<Receiver>>();
+        let pause = |pause: Pause| {
+            if let Some(receiver) = &receiver
+                && let Err(e) = receiver.pause_alerts(pause.until(chrono::Local::now()))
+            {
+                tracing::error!(error = %e, "could not change the pause of alerts");
             }
+        };
+        match event.id().as_ref() {
+            "open" => show_main_window(app),
+            "pause_hour" => pause(Pause::Hour),
+            "pause_morning" => pause(Pause::UntilMorning),
+            "resume" => pause(Pause::Off),
+            "sign_out" => {
+                if let Some(receiver) = &receiver {
+                    let _ = receiver.sign_out();
+                }
+            }
+            "quit" => app.exit(0),
+            _ => {}
         }
-        "quit" => app.exit(0),
-        _ => {}
     })
     .build(app)?;
+    if let Some(receiver) = app.try_state::<Arc<Receiver>>()
+        && let Ok(status) = receiver.status()
+    {
+        show_pause(app, &status);
+    }
     Ok(())
 }
 
@@ -62,18 +127,49 @@ pub fn reflect(app: &AppHandle, event: &Event) {
     let state = if status.counts.unacked_critical > 0 {
         "critical"
     } else {
-        match event {
-            Event::Connected { .. }
-            | Event::NotificationStored { .. }
-            | Event::GapDetected { .. } => "connected",
-            Event::Connecting { .. } | Event::Reconnecting { .. } => "reconnecting",
-            Event::SignInRequired { .. } => "offline",
+        match status.connection.as_str() {
+            "connected" => "connected",
+            "connecting" | "reconnecting" => "reconnecting",
+            _ => "offline",
         }
     };
     let _ = tray.set_icon(icon(state));
-    let tooltip = format!(
+    let mut tooltip = format!(
         "Wardline — {} — {} unread, {} critical not acknowledged",
         status.connection, status.counts.unread, status.counts.unacked_critical
     );
+    if let Some(until) = paused_until(&status) {
+        tooltip.push_str(&format!(" — non-critical alerts paused until {until}"));
+    }
     let _ = tray.set_tooltip(Some(tooltip));
+    if let Event::AlertSettingsChanged { .. } = event {
+        show_pause(app, &status);
+    }
+}
+
+/// `HH:MM` the pause ends, if non-critical alerts are paused.
+fn paused_until(status: &Status) -> Option<String> {
+    let until = status.alerts.paused_until?;
+    let until = chrono::DateTime::from_timestamp_millis(until as i64)?;
+    (until > chrono::Utc::now()).then(|| {
+        until
+            .with_timezone(&chrono::Local)
+            .format("%H:%M")
+            .to_string()
+    })
+}
+
+/// Enables "Resume" while paused, the pauses otherwise.
+fn show_pause(app: &AppHandle, status: &Status) {
+    let Some(items) = app.try_state::<PauseItems>() else {
+        return;
+    };
+    let paused = paused_until(status);
+    let _ = items.resume.set_text(match &paused {
+        Some(until) => format!("Resume non-critical alerts (paused until {until})"),
+        None => "Resume non-critical alerts".into(),
+    });
+    let _ = items.resume.set_enabled(paused.is_some());
+    let _ = items.pause_hour.set_enabled(paused.is_none());
+    let _ = items.pause_morning.set_enabled(paused.is_none());
 }

@@ -31,7 +31,10 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     assert_eq!(call.summary, "Critical lab result — BMP for Bob Wilson");
     assert_eq!(call.urgency, Some(2), "critical urgency");
     assert_eq!(call.expire_timeout, 0, "never expires");
-    assert_eq!(call.actions, ["acknowledge", "Acknowledge"]);
+    assert_eq!(
+        call.actions,
+        ["default", "Open", "acknowledge", "Acknowledge"]
+    );
     assert!(call.sound.is_some());
 
     // notify-rust listens for the action only once `show` has returned: invoke until it is heard.
@@ -65,7 +68,11 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     assert_eq!(call.summary, "Appointment requested by Alice Johnson");
     assert_eq!(call.urgency, Some(1), "normal urgency");
     assert_eq!(call.expire_timeout, -1, "the server's default timeout");
-    assert!(call.actions.is_empty());
+    assert_eq!(
+        call.actions,
+        ["default", "Open"],
+        "a click opens it; no Acknowledge"
+    );
 }
 
 /// In quiet hours only critical alerts are raised; everything is still stored.

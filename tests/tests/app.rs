@@ -1,6 +1,7 @@
 //! The real app, end to end: Xvfb, a private D-Bus bus with a recording notification server, a real
 //! Redis and relays, the app driven over WebDriver (tauri-driver + WebKitWebDriver). Screenshots go
-//! to `<target>/test-output/app/`.
+//! to `<target>/test-output/app/`. One app at a time: two of them at once would starve each other
+//! on a small machine.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use wardline_tests::webdriver::{Display, Driver};
 use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
+
+static ONE_APP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn shots() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -20,6 +23,7 @@ fn shots() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
+    let _one = ONE_APP_AT_A_TIME.lock().await;
     let display = Display::start().await.unwrap();
     let bus = SessionBus::start().await.unwrap();
     let notifications = NotificationServer::start(&bus.address).await.unwrap();
@@ -147,4 +151,138 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
 
 fn json_note() -> serde_json::Value {
     serde_json::json!({"type": "appointment_requested", "patient_name": "Alice Johnson", "reason": "Annual checkup"})
+}
+
+/// Clicking an OS alert opens the window on its notification; the settings screen's pause holds back
+/// non-critical alerts (not critical ones) and is kept in the settings file; start at login writes
+/// the desktop's autostart entry, which starts the app hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
+    let _one = ONE_APP_AT_A_TIME.lock().await;
+    let display = Display::start().await.unwrap();
+    let bus = SessionBus::start().await.unwrap();
+    let notifications = NotificationServer::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let db = home.path().join("inbox.sqlite3");
+    let config = home.path().join("config");
+    let driver = Driver::start(&[
+        ("DISPLAY", display.name.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("WARDLINE_SERVER", relay.base.as_str()),
+        ("WARDLINE_USER", "d1"),
+        ("WARDLINE_TOKEN", doctor.as_str()),
+        ("WARDLINE_DB", db.to_str().unwrap()),
+        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
+        ("HOME", home.path().to_str().unwrap()),
+    ])
+    .await
+    .unwrap();
+    let app = driver.session().await.unwrap();
+    app.wait_for_text("#banner", "Connected", WAIT)
+        .await
+        .unwrap();
+
+    // Two notifications; the person clicks the OS alert of the older one.
+    relay.publish(DOCTOR_CHANNEL, &json_note()).await;
+    let call = notifications.wait_for_calls(1).await.unwrap().remove(0);
+    assert_eq!(call.actions, ["default", "Open"]);
+    relay
+        .publish(
+            DOCTOR_CHANNEL,
+            &serde_json::json!({"type": "lab_result_available", "test_type": "CBC", "reviewed": true}),
+        )
+        .await;
+    app.wait_for_text("#list li", "Lab result available", WAIT)
+        .await
+        .unwrap();
+    // notify-rust listens for the action only once `show` has returned: click until it is heard.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        notifications
+            .invoke_action(call.id, "default")
+            .await
+            .unwrap();
+        let selected = app
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 done(document.querySelector('#list li[aria-selected=true]')?.textContent ?? null);",
+            )
+            .await
+            .unwrap();
+        if selected
+            .as_str()
+            .is_some_and(|t| t.contains("Alice Johnson"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clicked alert never opened its notification ({selected})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.wait_for_text("#detail", "Annual checkup", WAIT)
+        .await
+        .unwrap();
+    app.screenshot(&shots().join("5-alert-opened.png"))
+        .await
+        .unwrap();
+
+    // Settings: pause non-critical alerts for an hour, start at login.
+    let open = app.find("#open-settings").await.unwrap();
+    app.click(&open).await.unwrap();
+    let pause = app.find("#s-pause-hour").await.unwrap();
+    app.click(&pause).await.unwrap();
+    app.wait_for_text("#s-pause-state", "paused until", WAIT)
+        .await
+        .unwrap();
+    app.wait_for_text("#banner", "non-critical alerts paused until", WAIT)
+        .await
+        .unwrap();
+    let autostart = app.find("#s-autostart").await.unwrap();
+    app.click(&autostart).await.unwrap();
+    // The autostart plugin writes to $HOME/.config/autostart (whatever XDG_CONFIG_HOME says).
+    let entry = home.path().join(".config/autostart/Wardline.desktop");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !entry.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no autostart entry at {}",
+            entry.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let desktop_entry = std::fs::read_to_string(&entry).unwrap();
+    assert!(desktop_entry.contains("--hidden"), "{desktop_entry}");
+    app.screenshot(&shots().join("6-settings.png"))
+        .await
+        .unwrap();
+    let settings = std::fs::read_to_string(config.join("wardline/config.toml")).unwrap();
+    assert!(settings.contains("paused_until"), "{settings}");
+
+    // Paused: a new appointment request is stored and listed without an OS alert; a critical
+    // result still alerts. (Alerts are raised before the window hears of what was stored.)
+    let close = app.find("#close-settings").await.unwrap();
+    app.click(&close).await.unwrap();
+    let before = notifications.calls().len();
+    relay
+        .publish(
+            DOCTOR_CHANNEL,
+            &serde_json::json!({"type": "appointment_requested", "patient_name": "Carol Diaz", "reason": "Follow-up"}),
+        )
+        .await;
+    app.wait_for_text("#list", "Carol Diaz", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(notifications.calls().len(), before, "paused: no alert");
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(3)).await;
+    let calls = notifications.wait_for_calls(before + 1).await.unwrap();
+    assert_eq!(
+        calls[before].urgency,
+        Some(2),
+        "critical results still alert"
+    );
+    app.close().await.unwrap();
 }

@@ -1,7 +1,7 @@
 // Every call the window makes, in one place: the Tauri commands and the event stream.
 import { invoke } from "@tauri-apps/api/core";
 import { listen } from "@tauri-apps/api/event";
-import type { Row, Status, WardlineEvent } from "./model";
+import type { AlertSettings, Row, SettingsView, Status, WardlineEvent } from "./model";
 
 export interface InboxQuery {
   unread?: boolean;
@@ -16,5 +16,9 @@ export const inbox = (query: InboxQuery) => invoke<Row[]>("inbox", { query });
 export const acknowledge = (ids: string[]) => invoke<void>("acknowledge", { ids });
 export const markRead = (ids: string[]) => invoke<void>("mark_read", { ids });
 export const status = () => invoke<Status>("status");
+export const settings = () => invoke<SettingsView>("settings");
+export const setAlertSettings = (alerts: AlertSettings) => invoke<void>("set_alert_settings", { alerts });
+export const pauseAlerts = (pause: "hour" | "until_morning" | "off") => invoke<void>("pause_alerts", { pause });
+export const setStartAtLogin = (enabled: boolean) => invoke<void>("set_start_at_login", { enabled });
 export const onEvent = (handler: (event: WardlineEvent) => void) =>
   listen<WardlineEvent>("wardline://event", (e) => handler(e.payload));

@@ -1,12 +1,29 @@
-// The window: sign-in first, then the inbox with its banner, filters, list and detail.
+// The window: sign-in first, then the inbox with its banner, filters, list and detail, and the
+// settings screen.
 import * as api from "./api";
-import { banner, details, key, sortInbox, type Row, type Status, type WardlineEvent } from "./model";
+import {
+  aboutConnection,
+  banner,
+  details,
+  key,
+  pausedUntil,
+  sortInbox,
+  splitQuietHours,
+  type AlertSettings,
+  type Row,
+  type Status,
+  type WardlineEvent,
+} from "./model";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 let rows: Row[] = [];
 let selected: string | null = null;
 let lastEvent: WardlineEvent | null = null;
 let status: Status | null = null;
+let settingsOpen = false;
+
+/** A command's error as the person reads it. */
+const message = (error: unknown) => (error as { message?: string }).message ?? String(error);
 
 function renderBanner() {
   if (!status) return;
@@ -97,9 +114,13 @@ function select(k: string) {
 async function refresh() {
   status = await api.status();
   const signedIn = status.user !== null;
+  if (!signedIn) settingsOpen = false;
   $("signin").hidden = signedIn;
-  $("inbox").hidden = !signedIn;
+  $("inbox").hidden = !signedIn || settingsOpen;
+  $("settings").hidden = !settingsOpen;
   $("signout").hidden = !signedIn;
+  $("open-settings").hidden = !signedIn || settingsOpen;
+  renderPause();
   $("who").textContent = signedIn ? `${status.user} at ${status.server}` : "";
   if (signedIn) {
     rows = await api.inbox({
@@ -114,7 +135,100 @@ async function refresh() {
   renderBanner();
 }
 
+/** The pause line and buttons of the settings screen. */
+function renderPause() {
+  if (!status) return;
+  const until = pausedUntil(status.alerts, Date.now());
+  $("s-pause-state").textContent = until ? `Non-critical alerts paused until ${until}.` : "Non-critical alerts are on.";
+  $<HTMLButtonElement>("s-resume").disabled = until === null;
+}
+
+async function openSettings() {
+  $("settings-error").textContent = "";
+  $("s-saved").textContent = "";
+  try {
+    const view = await api.settings();
+    $("s-user").textContent = view.user ?? "";
+    $("s-server").textContent = view.server ?? "";
+    const quiet = splitQuietHours(view.alerts.quiet_hours);
+    $<HTMLInputElement>("s-quiet").checked = quiet !== null;
+    if (quiet) [$<HTMLInputElement>("s-quiet-start").value, $<HTMLInputElement>("s-quiet-end").value] = quiet;
+    $<HTMLInputElement>("s-sound").checked = view.alerts.sound;
+    $("s-autostart-set").hidden = view.start_at_login === null;
+    $<HTMLInputElement>("s-autostart").checked = view.start_at_login === true;
+    settingsOpen = true;
+    await refresh();
+    $("s-quiet").focus();
+  } catch (error) {
+    $("settings-error").textContent = message(error);
+  }
+}
+
+async function closeSettings() {
+  settingsOpen = false;
+  await refresh();
+  $("open-settings").focus();
+}
+
+async function saveAlertSettings() {
+  $("settings-error").textContent = "";
+  $("s-saved").textContent = "";
+  const start = $<HTMLInputElement>("s-quiet-start").value;
+  const end = $<HTMLInputElement>("s-quiet-end").value;
+  const alerts: AlertSettings = {
+    quiet_hours: $<HTMLInputElement>("s-quiet").checked ? `${start}-${end}` : null,
+    sound: $<HTMLInputElement>("s-sound").checked,
+    paused_until: status?.alerts.paused_until ?? null,
+  };
+  try {
+    await api.setAlertSettings(alerts);
+    $("s-saved").textContent = "Saved.";
+  } catch (error) {
+    $("settings-error").textContent = message(error);
+  }
+}
+
+async function pause(kind: "hour" | "until_morning" | "off") {
+  $("settings-error").textContent = "";
+  try {
+    await api.pauseAlerts(kind);
+    await refresh();
+  } catch (error) {
+    $("settings-error").textContent = message(error);
+  }
+}
+
+async function setStartAtLogin() {
+  const box = $<HTMLInputElement>("s-autostart");
+  $("settings-error").textContent = "";
+  try {
+    await api.setStartAtLogin(box.checked);
+  } catch (error) {
+    box.checked = !box.checked;
+    $("settings-error").textContent = `Start at login: ${message(error)}`;
+  }
+}
+
+/** A clicked OS alert: the inbox, unfiltered, with that notification open. */
+async function showAlerted(channel: string | null, id: string | null) {
+  settingsOpen = false;
+  $<HTMLInputElement>("f-unread").checked = false;
+  $<HTMLInputElement>("f-critical").checked = false;
+  $<HTMLSelectElement>("f-type").value = "";
+  $<HTMLInputElement>("f-search").value = "";
+  if (channel !== null && id !== null) selected = `${channel}/${id}`;
+  await refresh();
+  (document.querySelector(`#list li[aria-selected="true"]`) as HTMLElement | null)?.focus();
+}
+
 export async function start() {
+  $("open-settings").addEventListener("click", openSettings);
+  $("close-settings").addEventListener("click", closeSettings);
+  $("s-save").addEventListener("click", saveAlertSettings);
+  $("s-pause-hour").addEventListener("click", () => pause("hour"));
+  $("s-pause-morning").addEventListener("click", () => pause("until_morning"));
+  $("s-resume").addEventListener("click", () => pause("off"));
+  $("s-autostart").addEventListener("change", setStartAtLogin);
   $("signin").addEventListener("submit", async (e) => {
     e.preventDefault();
     $("signin-error").textContent = "";
@@ -123,8 +237,7 @@ export async function start() {
       $<HTMLInputElement>("token").value = "";
       await refresh();
     } catch (error) {
-      const e = error as { message?: string };
-      $("signin-error").textContent = e.message ?? String(error);
+      $("signin-error").textContent = message(error);
     }
   });
   $("signout").addEventListener("click", async () => {
@@ -135,8 +248,9 @@ export async function start() {
   for (const id of ["f-unread", "f-critical", "f-type"]) $(id).addEventListener("change", refresh);
   $("f-search").addEventListener("input", refresh);
   await api.onEvent(async (event) => {
-    if (event.event !== "notification_stored") lastEvent = event;
-    await refresh();
+    if (aboutConnection(event)) lastEvent = event;
+    if (event.event === "alert_opened") await showAlerted(event.channel, event.id);
+    else await refresh();
   });
   await refresh();
 }

@@ -1,4 +1,4 @@
-import { banner, details, sortInbox, type Row, type Status } from "./model";
+import { aboutConnection, banner, details, pausedUntil, sortInbox, splitQuietHours, type Row, type Status } from "./model";
 
 const row = (id: string, over: Partial<Row> = {}): Row => ({
   id,
@@ -22,6 +22,7 @@ const status = (over: Partial<Status> = {}): Status => ({
   detail: "",
   counts: { total: 0, unread: 0, unacked_critical: 0, last_received_at: null },
   gaps: [],
+  alerts: { quiet_hours: null, sound: true, paused_until: null },
   ...over,
 });
 
@@ -33,8 +34,8 @@ describe("the inbox order", () => {
 });
 
 describe("the banner", () => {
-  it("says when and why it is offline, and when it retries", () => {
-    const offline = Date.UTC(2026, 10, 23, 10, 42);
+  it("says when (local time) and why it is offline, and when it retries", () => {
+    const offline = new Date(2026, 10, 23, 10, 42).getTime();
     const b = banner(status(), { event: "reconnecting", in_ms: 8000, reason: "connection lost", offline_since: offline }, offline + 5000);
     expect(b).toEqual({ kind: "warn", text: "Offline since 10:42 — retrying in 8 s" });
   });
@@ -48,6 +49,21 @@ describe("the banner", () => {
     const b = banner(status({ counts: { total: 3, unread: 1, unacked_critical: 1, last_received_at: null } }), null, 0);
     expect(b).toEqual({ kind: "critical", text: "1 critical result waiting for acknowledgement" });
     expect(banner(status(), { event: "connected", transport: "websocket" }, 0)).toEqual({ kind: "ok", text: "Connected" });
+  });
+
+  it("says until when non-critical alerts are paused", () => {
+    const now = new Date(2026, 10, 23, 13, 5).getTime();
+    const until = new Date(2026, 10, 23, 14, 5).getTime();
+    const paused = status({ alerts: { quiet_hours: null, sound: true, paused_until: until } });
+    expect(banner(paused, null, now)).toEqual({ kind: "ok", text: "Connected — non-critical alerts paused until 14:05" });
+    expect(banner(paused, null, until).text).toBe("Connected");
+    expect(pausedUntil(paused.alerts, until + 1)).toBeNull();
+  });
+
+  it("follows connection events only", () => {
+    expect(aboutConnection({ event: "reconnecting", in_ms: 1, reason: "", offline_since: 0 })).toBe(true);
+    expect(aboutConnection({ event: "alert_settings_changed", alerts: status().alerts })).toBe(false);
+    expect(aboutConnection({ event: "alert_opened", channel: null, id: null })).toBe(false);
   });
 
   it("asks to sign in again when the token is refused", () => {
@@ -66,5 +82,13 @@ describe("the detail view", () => {
       ["Needs review", "Yes"],
       ["Sent", "2026-11-23T10:00:00.000Z"],
     ]);
+  });
+});
+
+describe("the settings screen", () => {
+  it("splits quiet hours for its two time inputs", () => {
+    expect(splitQuietHours("22:00-07:00")).toEqual(["22:00", "07:00"]);
+    expect(splitQuietHours(null)).toBeNull();
+    expect(splitQuietHours("late")).toBeNull();
   });
 });

@@ -23,6 +23,16 @@ export interface Gap {
   detected_at: number;
 }
 
+/** The person's alert settings (the receiver's `AlertSettings`). */
+export interface AlertSettings {
+  /** "HH:MM-HH:MM", local time, may wrap midnight; null for none. */
+  quiet_hours: string | null;
+  /** Whether non-critical alerts make a sound (critical results always do). */
+  sound: boolean;
+  /** Until when (Unix ms) non-critical alerts are paused. */
+  paused_until: number | null;
+}
+
 export interface Status {
   user: string | null;
   server: string | null;
@@ -30,6 +40,15 @@ export interface Status {
   detail: string;
   counts: { total: number; unread: number; unacked_critical: number; last_received_at: number | null };
   gaps: Gap[];
+  alerts: AlertSettings;
+}
+
+/** What the settings screen shows; start_at_login is null where there is none (mobile). */
+export interface SettingsView {
+  server: string | null;
+  user: string | null;
+  alerts: AlertSettings;
+  start_at_login: boolean | null;
 }
 
 export type WardlineEvent =
@@ -38,7 +57,13 @@ export type WardlineEvent =
   | { event: "reconnecting"; in_ms: number; reason: string; offline_since: number }
   | { event: "gap_detected"; channel: string; since: string | null }
   | { event: "notification_stored"; notification: Row }
-  | { event: "sign_in_required"; reason: string };
+  | { event: "sign_in_required"; reason: string }
+  | { event: "alert_opened"; channel: string | null; id: string | null }
+  | { event: "alert_settings_changed"; alerts: AlertSettings };
+
+/** Whether an event says something about the connection (what the banner follows). */
+export const aboutConnection = (event: WardlineEvent): boolean =>
+  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required"].includes(event.event);
 
 /** The key a notification is acknowledged or read by. */
 export const key = (row: Row): string => `${row.channel}/${row.id}`;
@@ -49,15 +74,37 @@ export function sortInbox(rows: Row[]): Row[] {
   return [...rows].sort((a, b) => Number(pinned(b)) - Number(pinned(a)) || b.received_at - a.received_at);
 }
 
-const time = (ms: number) => new Date(ms).toISOString().slice(11, 16);
+/** HH:MM in local time. */
+export const time = (ms: number) => {
+  const d = new Date(ms);
+  return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+};
+
+/** "until HH:MM" while non-critical alerts are paused, else null. */
+export function pausedUntil(alerts: AlertSettings, now: number): string | null {
+  return alerts.paused_until !== null && alerts.paused_until > now ? time(alerts.paused_until) : null;
+}
+
+/** Splits "HH:MM-HH:MM" for two time inputs; null when there are no quiet hours. */
+export function splitQuietHours(text: string | null): [string, string] | null {
+  const m = text?.match(/^(\d{2}:\d{2})-(\d{2}:\d{2})$/);
+  return m ? [m[1], m[2]] : null;
+}
 
 export interface Banner {
   kind: "ok" | "warn" | "critical";
   text: string;
 }
 
-/** The status banner: always the truth about the connection, gaps, and critical results waiting. */
+/** The status banner: always the truth about the connection, gaps and critical results waiting,
+ * followed by a pause of alerts if one runs. */
 export function banner(status: Status, last: WardlineEvent | null, now: number): Banner {
+  const paused = pausedUntil(status.alerts, now);
+  const b = connectionBanner(status, last);
+  return paused ? { kind: b.kind, text: `${b.text} — non-critical alerts paused until ${paused}` } : b;
+}
+
+function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
   if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
   if (last?.event === "reconnecting") {
     const seconds = Math.max(0, Math.round(last.in_ms / 1000));
@@ -72,7 +119,6 @@ export function banner(status: Status, last: WardlineEvent | null, now: number):
     return { kind: "critical", text: `${n} critical result${n === 1 ? "" : "s"} waiting for acknowledgement` };
   }
   if (status.connection === "connected" || last?.event === "connected") return { kind: "ok", text: "Connected" };
-  void now;
   return { kind: "warn", text: status.connection === "never started" ? "Not connected" : `Not connected (${status.connection})` };
 }
 

@@ -1,5 +1,6 @@
 // Browser tests of the built UI (ui/dist) in real headless Chromium, Tauri's IPC mocked at the
-// boundary (tests/harness.js): sign-in, list, filter, search, acknowledge, offline and gap banners.
+// boundary (tests/harness.js): sign-in, list, filter, search, acknowledge, offline and gap banners,
+// settings, and a clicked OS alert opening its notification.
 // Screenshots go to ui/test-output/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -113,7 +114,7 @@ test("acknowledging a critical result from the detail view", async () => {
 
 test("the banner tells the truth: offline with the retry time, then a history gap", async () => {
   const page = await signedIn();
-  const since = Date.UTC(2026, 10, 23, 10, 42);
+  const since = await page.evaluate(() => new Date(2026, 10, 23, 10, 42).getTime());
   await page.evaluate((since) => window.__wardline.emit({ event: "reconnecting", in_ms: 8000, reason: "connection lost", offline_since: since }), since);
   await page.locator("#banner", { hasText: "Offline since 10:42 — retrying in 8 s" }).waitFor();
   await page.screenshot({ path: path.join(out, "offline.png") });
@@ -123,5 +124,51 @@ test("the banner tells the truth: offline with the retry time, then a history ga
   });
   await page.locator("#banner", { hasText: "History gap on doctor:d1:notifications — some notifications may be missing" }).waitFor();
   await page.screenshot({ path: path.join(out, "gap.png") });
+  await page.close();
+});
+
+test("settings: quiet hours and sound are saved, a pause shows until when, start at login says why it failed", async () => {
+  const page = await signedIn();
+  await page.click("#open-settings");
+  await page.locator("#settings").waitFor();
+  assert.equal(await page.locator("#inbox").isHidden(), true);
+  assert.equal(await page.locator("#s-user").textContent(), "d1");
+  await page.check("#s-quiet");
+  await page.fill("#s-quiet-start", "21:30");
+  await page.fill("#s-quiet-end", "06:45");
+  await page.uncheck("#s-sound");
+  await page.click("#s-save");
+  await page.locator("#s-saved", { hasText: "Saved." }).waitFor();
+  assert.deepEqual(await page.evaluate(() => window.__wardline.state.alerts),
+    { quiet_hours: "21:30-06:45", sound: false, paused_until: null });
+  await page.click("#s-pause-hour");
+  await page.locator("#s-pause-state", { hasText: "Non-critical alerts paused until" }).waitFor();
+  assert.match(await page.locator("#banner").textContent(), /non-critical alerts paused until \d\d:\d\d/);
+  assert.equal(await page.locator("#s-resume").isEnabled(), true);
+  await page.screenshot({ path: path.join(out, "settings.png") });
+  await page.click("#s-resume");
+  await page.locator("#s-pause-state", { hasText: "Non-critical alerts are on." }).waitFor();
+  await page.check("#s-autostart");
+  await page.waitForFunction(() => window.__wardline.state.startAtLogin === true);
+  await page.evaluate(() => { window.__wardline.state.autostartError = "~/.config/autostart: permission denied"; });
+  await page.click("#s-autostart");
+  await page.locator("#settings-error", { hasText: "Start at login: ~/.config/autostart: permission denied" }).waitFor();
+  assert.equal(await page.locator("#s-autostart").isChecked(), true, "the box shows what is really set");
+  await page.click("#close-settings");
+  await page.locator("#inbox").waitFor();
+  await page.close();
+});
+
+test("a clicked OS alert opens the window on its notification, filters cleared", async () => {
+  const page = await signedIn();
+  await page.check("#f-critical");
+  await page.waitForFunction(() => document.querySelectorAll("#list li").length === 1);
+  await page.evaluate(() => window.__wardline.emit({
+    event: "alert_opened", channel: "doctor:d1:notifications", id: "1795400000000-0",
+  }));
+  await page.locator("#detail dd", { hasText: "Alice Johnson" }).waitFor();
+  assert.equal(await page.locator("#list li").count(), 3);
+  assert.equal(await page.locator("#f-critical").isChecked(), false);
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.key), "doctor:d1:notifications/1795400000000-0");
   await page.close();
 });

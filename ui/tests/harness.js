@@ -14,6 +14,10 @@ const state = {
   signedIn: sessionStorage.getItem("signed-in") === "yes",
   calls: [],
   gaps: [],
+  alerts: { quiet_hours: null, sound: true, paused_until: null },
+  startAtLogin: false,
+  // A test sets this to make "start at login" fail as it would without a writable autostart folder.
+  autostartError: null,
   rows: [
     row("1795400000000-0", "normal", "appointment_requested", "Appointment requested by Alice Johnson", "Alice Johnson: Annual checkup",
         { type: "appointment_requested", patient_name: "Alice Johnson", reason: "Annual checkup" }, 5),
@@ -29,6 +33,7 @@ const status = () => ({
   counts: { total: state.rows.length, unread: state.rows.filter((r) => !r.read_at).length,
             unacked_critical: state.rows.filter((r) => r.priority === "critical" && !r.acked_at).length, last_received_at: now },
   gaps: state.gaps,
+  alerts: state.alerts,
 });
 const byKey = (k) => state.rows.find((r) => `${r.channel}/${r.id}` === k);
 
@@ -48,6 +53,15 @@ mockIPC((cmd, args) => {
     }
     case "acknowledge": for (const k of args.ids) { const r = byKey(k); r.acked_at = Date.now(); r.read_at ??= Date.now(); } return null;
     case "mark_read": for (const k of args.ids) byKey(k).read_at = Date.now(); return null;
+    case "settings": return { server: status().server, user: status().user, alerts: state.alerts, start_at_login: state.startAtLogin };
+    case "set_alert_settings": state.alerts = args.alerts; return null;
+    case "pause_alerts":
+      state.alerts = { ...state.alerts, paused_until: args.pause === "off" ? null : Date.now() + 3600000 };
+      return null;
+    case "set_start_at_login":
+      if (state.autostartError) throw { code: "autostart", message: state.autostartError };
+      state.startAtLogin = args.enabled;
+      return null;
     default: return undefined;
   }
 }, { shouldMockEvents: true });

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wardline_client::alert::{DesktopAlerter, QuietHours};
+use wardline_client::alert::{AlertAction, DesktopAlerter, QuietHours};
 use wardline_client::config::{self, Settings};
 use wardline_client::http;
 use wardline_client::inbox::now_ms;
@@ -163,13 +163,11 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
         bail!("the token is for user {}, not {user}", me["user"]);
     }
     secrets::store_token(&server, &user, &token)?;
-    let settings = Settings {
-        server: Some(server.clone()),
-        user: Some(user.clone()),
-    };
-    settings
-        .save(&config::default_path())
-        .map_err(anyhow::Error::msg)?;
+    Settings::update(&config::default_path(), |settings| {
+        settings.server = Some(server.clone());
+        settings.user = Some(user.clone());
+    })
+    .map_err(anyhow::Error::msg)?;
     let role = me["role"].as_str().unwrap_or("?");
     println!("signed in as {user} ({role}) at {server}; the token is in the OS keychain");
     Ok(0)
@@ -225,7 +223,22 @@ fn describe_event(event: &Event) -> Option<String> {
                 .unwrap_or_else(|| "the start".into())
         ),
         Event::SignInRequired { reason } => format!("sign-in required: {reason}"),
-        Event::NotificationStored { .. } => return None,
+        Event::AlertSettingsChanged { alerts } => format!(
+            "alerts: quiet hours {}, sound {}, {}",
+            alerts
+                .quiet_hours
+                .map(|q| q.to_string())
+                .unwrap_or_else(|| "none".into()),
+            if alerts.sound { "on" } else { "off" },
+            match alerts.paused_until {
+                Some(until) if until > now_ms() => format!(
+                    "non-critical paused for {} min",
+                    (until - now_ms()).div_ceil(60_000)
+                ),
+                _ => "not paused".into(),
+            }
+        ),
+        Event::NotificationStored { .. } | Event::AlertOpened { .. } => return None,
     })
 }
 
@@ -239,7 +252,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// `alerts`: `None` for no OS alerts, else the quiet hours (if any).
+/// `alerts`: `None` for no OS alerts, else quiet hours that override the settings file's.
 async fn listen(
     cli: &Cli,
     inbox: Inbox,
@@ -247,6 +260,9 @@ async fn listen(
     alerts: Option<Option<QuietHours>>,
 ) -> anyhow::Result<i32> {
     let (server, user) = server_and_user(cli)?;
+    let mut alert_settings = Settings::load(&config::default_path())
+        .map_err(anyhow::Error::msg)?
+        .alerts;
     let token = token(&server, &user)?;
     let options = Options {
         server,
@@ -256,8 +272,22 @@ async fn listen(
     };
     let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
     if let Some(quiet_hours) = alerts {
-        let alerter = DesktopAlerter::new(subscription.acknowledger(), quiet_hours);
-        subscription = subscription.with_alerter(Arc::new(alerter));
+        alert_settings.quiet_hours = quiet_hours.or(alert_settings.quiet_hours);
+        let (actions, mut chosen) = tokio::sync::mpsc::unbounded_channel();
+        let acknowledger = subscription.acknowledger();
+        // There is no window to open: of what the person does with an alert, only
+        // "Acknowledge" matters here.
+        tokio::spawn(async move {
+            while let Some(action) = chosen.recv().await {
+                if let AlertAction::Acknowledge(notification) = action {
+                    let _ = acknowledger.send(notification);
+                }
+            }
+        });
+        subscription = subscription.with_alerter(
+            Arc::new(DesktopAlerter::new(actions)),
+            Arc::new(std::sync::RwLock::new(alert_settings)),
+        );
     }
     let mut events = subscription.events();
     let printer = tokio::spawn(async move {
