@@ -45,6 +45,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Notifications were acknowledged on this device (stored; the relay hears of it when connected).
+    Acknowledged {
+        /// The channel.
+        channel: Channel,
+        /// The notifications' ids.
+        ids: Vec<Cursor>,
+    },
     /// The person clicked an OS alert: show this notification (no id: a summary, show the inbox).
     AlertOpened {
         /// The notification's channel.

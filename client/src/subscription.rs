@@ -279,7 +279,14 @@ impl Subscription {
         let marked = acks.clone();
         self.with_inbox(move |inbox| inbox.mark_acked(&marked))
             .await?;
-        Ok(group(acks))
+        let grouped = group(acks);
+        for (channel, ids) in &grouped {
+            self.emit(Event::Acknowledged {
+                channel: channel.clone(),
+                ids: ids.clone(),
+            });
+        }
+        Ok(grouped)
     }
 
     /// Notes that the connection works (for "offline since").

@@ -286,3 +286,73 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
     );
     app.close().await.unwrap();
 }
+
+/// The mobile alert path (the notification plugin), run on desktop with `WARDLINE_ALERTS=plugin`:
+/// a critical result is raised with "Acknowledge", and choosing it acknowledges at the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notification_plugin_path_alerts_and_acknowledges() {
+    let _one = ONE_APP_AT_A_TIME.lock().await;
+    let display = Display::start().await.unwrap();
+    let bus = SessionBus::start().await.unwrap();
+    let notifications = NotificationServer::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let db = home.path().join("inbox.sqlite3");
+    let config = home.path().join("config");
+    let driver = Driver::start(&[
+        ("DISPLAY", display.name.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("WARDLINE_ALERTS", "plugin"),
+        ("WARDLINE_SERVER", relay.base.as_str()),
+        ("WARDLINE_USER", "d1"),
+        ("WARDLINE_TOKEN", doctor.as_str()),
+        ("WARDLINE_DB", db.to_str().unwrap()),
+        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
+    ])
+    .await
+    .unwrap();
+    let app = driver.session().await.unwrap();
+    app.wait_for_text("#banner", "Connected", WAIT)
+        .await
+        .unwrap();
+
+    let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    let id = reply["message_id"].as_str().unwrap().to_owned();
+    let call = notifications.wait_for_calls(1).await.unwrap().remove(0);
+    assert_eq!(call.summary, "Critical lab result — BMP for Bob Wilson");
+    assert!(
+        call.actions.iter().any(|a| a == "acknowledge"),
+        "{:?}",
+        call.actions
+    );
+    let service = token("backend", "service", &[], 3600);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        notifications
+            .invoke_action(call.id, "acknowledge")
+            .await
+            .unwrap();
+        let (_, receipts) = relay
+            .get(
+                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
+                Some(&service),
+            )
+            .await;
+        if receipts["receipts"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["kind"] == "acknowledged"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never recorded the acknowledgement: {receipts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.wait_for_text("#banner", "Connected", WAIT)
+        .await
+        .unwrap();
+    app.close().await.unwrap();
+}

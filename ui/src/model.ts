@@ -58,6 +58,7 @@ export type WardlineEvent =
   | { event: "gap_detected"; channel: string; since: string | null }
   | { event: "notification_stored"; notification: Row }
   | { event: "sign_in_required"; reason: string }
+  | { event: "acknowledged"; channel: string; ids: string[] }
   | { event: "alert_opened"; channel: string | null; id: string | null }
   | { event: "alert_settings_changed"; alerts: AlertSettings };
 

@@ -238,6 +238,9 @@ fn describe_event(event: &Event) -> Option<String> {
                 _ => "not paused".into(),
             }
         ),
+        Event::Acknowledged { channel, ids } => {
+            format!("acknowledged {} on {channel}", ids.len())
+        }
         Event::NotificationStored { .. } | Event::AlertOpened { .. } => return None,
     })
 }
