@@ -296,18 +296,29 @@ async fn app(args: &[String]) -> anyhow::Result<Value> {
             .flat_map(processes)
             .collect()
     };
-    let before: u64 = app_processes().iter().map(|p| p.2).sum();
+    let before = app_processes();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let now = app_processes();
+    let ticks_before: u64 = before.iter().map(|p| p.2).sum();
     let after: u64 = now.iter().map(|p| p.2).sum();
     let rss_kib: u64 = now.iter().map(|p| p.1).sum();
+    // Per process: its name, RSS and CPU over the idle period.
+    let breakdown: Vec<Value> = now
+        .iter()
+        .map(|(pid, rss, ticks)| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let earlier = before.iter().find(|p| p.0 == *pid).map_or(0, |p| p.2);
+            json!({"process": name.trim(), "rss_kib": rss, "cpu_ms": ticks.saturating_sub(earlier) * 10})
+        })
+        .collect();
     direct.kill().await?;
     Ok(json!({
         "rows": rows, "first_paint_ms": first_paint_ms,
         "search_p50_ms": percentile(&search, 0.5), "search_p99_ms": percentile(&search, 0.99),
         "list_p50_ms": percentile(&list, 0.5), "list_p99_ms": percentile(&list, 0.99),
         "idle_seconds": seconds, "rss_kib": rss_kib, "processes": now.len(),
-        "cpu_ms": (after.saturating_sub(before)) * 10, "cpu_percent": (after.saturating_sub(before)) as f64 / seconds as f64,
+        "cpu_ms": (after.saturating_sub(ticks_before)) * 10, "cpu_percent": (after.saturating_sub(ticks_before)) as f64 / seconds as f64,
+        "per_process": breakdown,
     }))
 }
 

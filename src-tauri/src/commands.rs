@@ -180,8 +180,12 @@ fn start_at_login(app: &AppHandle) -> Result<Option<bool>> {
 /// Shows and focuses the main window.
 pub fn show_main_window(app: &AppHandle) {
     if let Some(window) = app.get_webview_window("main") {
-        let _ = window.show();
-        let _ = window.unminimize();
+        if !window.is_visible().unwrap_or(false) {
+            let _ = window.show();
+        }
+        if window.is_minimized().unwrap_or(false) {
+            let _ = window.unminimize();
+        }
         let _ = window.set_focus();
     }
 }

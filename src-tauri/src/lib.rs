@@ -53,9 +53,40 @@ fn choose_alerts(app: &tauri::AppHandle) -> Alerts {
     }
 }
 
+/// Without a GPU (virtual desktops, thin clients, Xvfb) WebKitGTK's accelerated compositing renders
+/// in software and repaints constantly: measured idle with 100,000 stored, the web process used
+/// 10 % of a core with it and under 1 % without (bench/results/app.md). WebKit reads
+/// `WEBKIT_DISABLE_COMPOSITING_MODE` only at start, and setting a variable in a running process is
+/// `unsafe` (forbidden here), so where there is no render node the app starts itself again with the
+/// variable set, in place (same process id), before anything else runs.
+#[cfg(target_os = "linux")]
+fn without_gpu_disable_compositing() {
+    const VARIABLE: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
+    let has_gpu = std::fs::read_dir("/dev/dri").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    });
+    if has_gpu || std::env::var_os(VARIABLE).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VARIABLE, "1")
+        .exec();
+    // Only reached if the exec failed: carry on with compositing.
+    eprintln!("wardline-app: could not restart without compositing: {error}");
+}
+
 /// Runs the app.
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
 pub fn run() {
+    #[cfg(target_os = "linux")]
+    without_gpu_disable_compositing();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARDLINE_LOG")

@@ -83,7 +83,10 @@ impl Driver {
         let driver = Driver {
             _process: process,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            // A WebDriver command that never answers fails the test instead of hanging it.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
         };
         let deadline = tokio::time::Instant::now() + WAIT;
         while driver
@@ -114,7 +117,8 @@ impl Driver {
             .post(format!("{}/session", self.base))
             .json(&capabilities)
             .send()
-            .await?
+            .await
+            .context("POST /session")?
             .json()
             .await?;
         let id = reply["value"]["sessionId"]
@@ -134,11 +138,18 @@ impl Session {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let reply: Value = request.send().await?.json().await?;
+        let reply: Value = request
+            .send()
+            .await
+            .with_context(|| format!("WebDriver {method} {path}"))?
+            .json()
+            .await?;
         if reply["value"]["error"].is_string() {
             bail!("WebDriver {path}: {}", reply["value"]);
         }

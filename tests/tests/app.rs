@@ -11,6 +11,11 @@ use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, t
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
+/// WebKitWebDriver's screenshots hang when WebKit composites in software, which the app turns off
+/// where there is no GPU (as here): the tests that take screenshots keep it on. The test of the
+/// notification plugin path runs the app as it starts without a GPU.
+const COMPOSITING_FOR_SCREENSHOTS: (&str, &str) = ("WEBKIT_DISABLE_COMPOSITING_MODE", "0");
+
 static ONE_APP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn shots() -> PathBuf {
@@ -52,6 +57,7 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
         ("WARDLINE_TOKEN", doctor.as_str()),
         ("WARDLINE_DB", db.to_str().unwrap()),
         ("XDG_CONFIG_HOME", config.to_str().unwrap()),
+        COMPOSITING_FOR_SCREENSHOTS,
     ])
     .await
     .unwrap();
@@ -176,6 +182,7 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
         ("WARDLINE_DB", db.to_str().unwrap()),
         ("XDG_CONFIG_HOME", config.to_str().unwrap()),
         ("HOME", home.path().to_str().unwrap()),
+        COMPOSITING_FOR_SCREENSHOTS,
     ])
     .await
     .unwrap();
