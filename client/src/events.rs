@@ -52,6 +52,8 @@ pub enum Event {
         /// The notifications' ids.
         ids: Vec<Cursor>,
     },
+    /// Signed out: the subscription stopped and the token left the keychain.
+    SignedOut,
     /// The person clicked an OS alert: show this notification (no id: a summary, show the inbox).
     AlertOpened {
         /// The notification's channel.

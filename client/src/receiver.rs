@@ -239,8 +239,9 @@ impl Receiver {
             return Err(ReceiverError::NotSignedIn);
         };
         let _ = running.stop.send(());
-        secrets::delete_token(&running.server, &running.user)?;
-        Ok(())
+        let deleted = secrets::delete_token(&running.server, &running.user);
+        let _ = self.events.send(Event::SignedOut);
+        Ok(deleted?)
     }
 
     /// Lists the inbox.

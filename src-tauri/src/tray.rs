@@ -124,6 +124,11 @@ pub fn reflect(app: &AppHandle, event: &Event) {
     let Ok(status) = receiver.status() else {
         return;
     };
+    if status.user.is_none() {
+        let _ = tray.set_icon(icon("offline"));
+        let _ = tray.set_tooltip(Some("Wardline — signed out"));
+        return;
+    }
     let state = if status.counts.unacked_critical > 0 {
         "critical"
     } else {

@@ -248,7 +248,7 @@ export async function start() {
   for (const id of ["f-unread", "f-critical", "f-type"]) $(id).addEventListener("change", refresh);
   $("f-search").addEventListener("input", refresh);
   await api.onEvent(async (event) => {
-    if (aboutConnection(event)) lastEvent = event;
+    if (aboutConnection(event)) lastEvent = event.event === "signed_out" ? null : event;
     if (event.event === "alert_opened") await showAlerted(event.channel, event.id);
     else await refresh();
   });

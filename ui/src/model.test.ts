@@ -64,6 +64,7 @@ describe("the banner", () => {
     expect(aboutConnection({ event: "reconnecting", in_ms: 1, reason: "", offline_since: 0 })).toBe(true);
     expect(aboutConnection({ event: "alert_settings_changed", alerts: status().alerts })).toBe(false);
     expect(aboutConnection({ event: "alert_opened", channel: null, id: null })).toBe(false);
+    expect(aboutConnection({ event: "signed_out" })).toBe(true);
   });
 
   it("asks to sign in again when the token is refused", () => {

@@ -59,12 +59,13 @@ export type WardlineEvent =
   | { event: "notification_stored"; notification: Row }
   | { event: "sign_in_required"; reason: string }
   | { event: "acknowledged"; channel: string; ids: string[] }
+  | { event: "signed_out" }
   | { event: "alert_opened"; channel: string | null; id: string | null }
   | { event: "alert_settings_changed"; alerts: AlertSettings };
 
 /** Whether an event says something about the connection (what the banner follows). */
 export const aboutConnection = (event: WardlineEvent): boolean =>
-  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required"].includes(event.event);
+  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "signed_out"].includes(event.event);
 
 /** The key a notification is acknowledged or read by. */
 export const key = (row: Row): string => `${row.channel}/${row.id}`;
@@ -106,6 +107,7 @@ export function banner(status: Status, last: WardlineEvent | null, now: number):
 }
 
 function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
+  if (status.user === null) return { kind: "warn", text: "Not signed in" };
   if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
   if (last?.event === "reconnecting") {
     const seconds = Math.max(0, Math.round(last.in_ms / 1000));

@@ -172,3 +172,15 @@ test("a clicked OS alert opens the window on its notification, filters cleared",
   assert.equal(await page.evaluate(() => document.activeElement?.dataset.key), "doctor:d1:notifications/1795400000000-0");
   await page.close();
 });
+
+test("signing out from the tray brings back the sign-in screen", async () => {
+  const page = await signedIn();
+  await page.evaluate(() => {
+    window.__wardline.state.signedIn = false;
+    return window.__wardline.emit({ event: "signed_out" });
+  });
+  await page.locator("#signin").waitFor();
+  assert.equal(await page.locator("#inbox").isHidden(), true);
+  assert.equal(await page.locator("#banner").textContent(), "Not signed in");
+  await page.close();
+});

@@ -241,6 +241,7 @@ fn describe_event(event: &Event) -> Option<String> {
         Event::Acknowledged { channel, ids } => {
             format!("acknowledged {} on {channel}", ids.len())
         }
+        Event::SignedOut => "signed out".into(),
         Event::NotificationStored { .. } | Event::AlertOpened { .. } => return None,
     })
 }
