@@ -345,6 +345,44 @@ impl Relay {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
+
+    /// Waits until the relay has recorded a receipt of `kind` (`received`, `acknowledged`) from
+    /// `user` for a notification, as its publisher reads them; `nudge` runs before each look (to
+    /// click an alert's action again, say). Fails after [`WAIT`] with the receipts last seen.
+    pub async fn wait_for_receipt<Nudge, Nudged>(
+        &self,
+        channel: &str,
+        id: &str,
+        (kind, user): (&str, &str),
+        mut nudge: Nudge,
+    ) -> anyhow::Result<()>
+    where
+        Nudge: FnMut() -> Nudged,
+        Nudged: std::future::Future<Output = ()>,
+    {
+        let service = token("backend", "service", &[], 3600);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            nudge().await;
+            let (_, receipts) = self
+                .get(
+                    &format!("/v1/receipts?channel={channel}&id={id}"),
+                    Some(&service),
+                )
+                .await;
+            let recorded = receipts["receipts"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["kind"] == kind && r["user"] == user));
+            if recorded {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the relay never recorded {kind} from {user}: {receipts}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A seed notification of each type, numbered.

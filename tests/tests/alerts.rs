@@ -2,10 +2,9 @@
 //! that records what it is asked to show.
 
 use serde_json::json;
-use std::time::Duration;
 use wardline_tests::desktop::{NotificationServer, SessionBus};
 use wardline_tests::receiver::{Listener, inbox_path};
-use wardline_tests::{Relay, WAIT, critical_lab_result, token};
+use wardline_tests::{Relay, critical_lab_result, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
@@ -38,29 +37,12 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     assert!(call.sound.is_some());
 
     // notify-rust listens for the action only once `show` has returned: invoke until it is heard.
-    let service = token("backend", "service", &[], 3600);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        server.invoke_action(call.id, "acknowledge").await.unwrap();
-        let (_, receipts) = relay
-            .get(
-                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
-                Some(&service),
-            )
-            .await;
-        let acknowledged = receipts["receipts"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|r| r["kind"] == "acknowledged" && r["user"] == "d1")
-        });
-        if acknowledged {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay never recorded the acknowledgement: {receipts}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay
+        .wait_for_receipt(DOCTOR_CHANNEL, &id, ("acknowledged", "d1"), || async {
+            server.invoke_action(call.id, "acknowledge").await.unwrap();
+        })
+        .await
+        .unwrap();
 
     relay.publish(DOCTOR_CHANNEL, &json!({"type": "appointment_requested", "patient_name": "Alice Johnson", "reason": "Annual checkup"})).await;
     listener.notifications(1).await.unwrap();

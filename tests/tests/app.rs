@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use wardline_tests::desktop::{NotificationServer, SessionBus};
-use wardline_tests::webdriver::{Display, Driver};
+use wardline_tests::webdriver::{Display, Driver, Session};
 use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
@@ -17,6 +17,53 @@ const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 const COMPOSITING_FOR_SCREENSHOTS: (&str, &str) = ("WEBKIT_DISABLE_COMPOSITING_MODE", "0");
 
 static ONE_APP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The app signed in as d1 at `server`, on its own display and D-Bus bus (with a notification
+/// server recording what it is asked to show), its inbox and settings under `home`; connected.
+struct SignedInApp {
+    app: Session,
+    notifications: NotificationServer,
+    home: tempfile::TempDir,
+    _driver: Driver,
+    _bus: SessionBus,
+    _display: Display,
+}
+
+impl SignedInApp {
+    async fn start(server: &str, extra_env: &[(&str, &str)]) -> SignedInApp {
+        let display = Display::start().await.unwrap();
+        let bus = SessionBus::start().await.unwrap();
+        let notifications = NotificationServer::start(&bus.address).await.unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let doctor = token("d1", "doctor", &[], 3600);
+        let db = home.path().join("inbox.sqlite3");
+        let config = home.path().join("config");
+        let mut env = vec![
+            ("DISPLAY", display.name.as_str()),
+            ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+            ("WARDLINE_SERVER", server),
+            ("WARDLINE_USER", "d1"),
+            ("WARDLINE_TOKEN", doctor.as_str()),
+            ("WARDLINE_DB", db.to_str().unwrap()),
+            ("XDG_CONFIG_HOME", config.to_str().unwrap()),
+            ("HOME", home.path().to_str().unwrap()),
+        ];
+        env.extend_from_slice(extra_env);
+        let driver = Driver::start(&env).await.unwrap();
+        let app = driver.session().await.unwrap();
+        app.wait_for_text("#banner", "Connected", WAIT)
+            .await
+            .unwrap();
+        SignedInApp {
+            app,
+            notifications,
+            home,
+            _driver: driver,
+            _bus: bus,
+            _display: display,
+        }
+    }
+}
 
 fn shots() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -29,9 +76,6 @@ fn shots() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     let _one = ONE_APP_AT_A_TIME.lock().await;
-    let display = Display::start().await.unwrap();
-    let bus = SessionBus::start().await.unwrap();
-    let notifications = NotificationServer::start(&bus.address).await.unwrap();
     let redis = RedisServer::start().await.unwrap();
     let address = format!("127.0.0.1:{}", free_port());
     let relay_dir = tempfile::tempdir().unwrap();
@@ -44,27 +88,9 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     .await
     .unwrap();
     let other = Relay::on_redis(&redis, &[]).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let doctor = token("d1", "doctor", &[], 3600);
-    let server = format!("http://{address}");
-    let db = home.path().join("inbox.sqlite3");
-    let config = home.path().join("config");
-    let driver = Driver::start(&[
-        ("DISPLAY", display.name.as_str()),
-        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
-        ("WARDLINE_SERVER", server.as_str()),
-        ("WARDLINE_USER", "d1"),
-        ("WARDLINE_TOKEN", doctor.as_str()),
-        ("WARDLINE_DB", db.to_str().unwrap()),
-        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
-        COMPOSITING_FOR_SCREENSHOTS,
-    ])
-    .await
-    .unwrap();
-    let app = driver.session().await.unwrap();
-    app.wait_for_text("#banner", "Connected", WAIT)
-        .await
-        .unwrap();
+    let desktop =
+        SignedInApp::start(&format!("http://{address}"), &[COMPOSITING_FOR_SCREENSHOTS]).await;
+    let (app, notifications) = (&desktop.app, &desktop.notifications);
 
     // A critical result: a critical OS notification, and pinned on top of the inbox.
     relay.publish(DOCTOR_CHANNEL, &json_note()).await;
@@ -98,27 +124,10 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     app.click(&item).await.unwrap();
     let button = app.find("#detail button.primary").await.unwrap();
     app.click(&button).await.unwrap();
-    let service = token("backend", "service", &[], 3600);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, receipts) = relay
-            .get(
-                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
-                Some(&service),
-            )
-            .await;
-        if receipts["receipts"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["kind"] == "acknowledged"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay never recorded the acknowledgement: {receipts}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    relay
+        .wait_for_receipt(DOCTOR_CHANNEL, &id, ("acknowledged", "d1"), || async {})
+        .await
+        .unwrap();
     app.screenshot(&shots().join("2-acknowledged.png"))
         .await
         .unwrap();
@@ -152,7 +161,7 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     app.screenshot(&shots().join("4-caught-up.png"))
         .await
         .unwrap();
-    app.close().await.unwrap();
+    desktop.app.close().await.unwrap();
 }
 
 fn json_note() -> serde_json::Value {
@@ -165,31 +174,10 @@ fn json_note() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
     let _one = ONE_APP_AT_A_TIME.lock().await;
-    let display = Display::start().await.unwrap();
-    let bus = SessionBus::start().await.unwrap();
-    let notifications = NotificationServer::start(&bus.address).await.unwrap();
     let relay = Relay::embedded(&[]).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let doctor = token("d1", "doctor", &[], 3600);
-    let db = home.path().join("inbox.sqlite3");
+    let desktop = SignedInApp::start(&relay.base, &[COMPOSITING_FOR_SCREENSHOTS]).await;
+    let (app, notifications, home) = (&desktop.app, &desktop.notifications, &desktop.home);
     let config = home.path().join("config");
-    let driver = Driver::start(&[
-        ("DISPLAY", display.name.as_str()),
-        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
-        ("WARDLINE_SERVER", relay.base.as_str()),
-        ("WARDLINE_USER", "d1"),
-        ("WARDLINE_TOKEN", doctor.as_str()),
-        ("WARDLINE_DB", db.to_str().unwrap()),
-        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
-        ("HOME", home.path().to_str().unwrap()),
-        COMPOSITING_FOR_SCREENSHOTS,
-    ])
-    .await
-    .unwrap();
-    let app = driver.session().await.unwrap();
-    app.wait_for_text("#banner", "Connected", WAIT)
-        .await
-        .unwrap();
 
     // Two notifications; the person clicks the OS alert of the older one.
     relay.publish(DOCTOR_CHANNEL, &json_note()).await;
@@ -291,7 +279,7 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
         Some(2),
         "critical results still alert"
     );
-    app.close().await.unwrap();
+    desktop.app.close().await.unwrap();
 }
 
 /// The mobile alert path (the notification plugin), run on desktop with `WARDLINE_ALERTS=plugin`:
@@ -299,30 +287,10 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notification_plugin_path_alerts_and_acknowledges() {
     let _one = ONE_APP_AT_A_TIME.lock().await;
-    let display = Display::start().await.unwrap();
-    let bus = SessionBus::start().await.unwrap();
-    let notifications = NotificationServer::start(&bus.address).await.unwrap();
     let relay = Relay::embedded(&[]).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let doctor = token("d1", "doctor", &[], 3600);
-    let db = home.path().join("inbox.sqlite3");
-    let config = home.path().join("config");
-    let driver = Driver::start(&[
-        ("DISPLAY", display.name.as_str()),
-        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
-        ("WARDLINE_ALERTS", "plugin"),
-        ("WARDLINE_SERVER", relay.base.as_str()),
-        ("WARDLINE_USER", "d1"),
-        ("WARDLINE_TOKEN", doctor.as_str()),
-        ("WARDLINE_DB", db.to_str().unwrap()),
-        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
-    ])
-    .await
-    .unwrap();
-    let app = driver.session().await.unwrap();
-    app.wait_for_text("#banner", "Connected", WAIT)
-        .await
-        .unwrap();
+    // As the app starts without a GPU (no compositing variable), the path this test also covers.
+    let desktop = SignedInApp::start(&relay.base, &[("WARDLINE_ALERTS", "plugin")]).await;
+    let (app, notifications) = (&desktop.app, &desktop.notifications);
 
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
@@ -333,33 +301,17 @@ async fn the_notification_plugin_path_alerts_and_acknowledges() {
         "{:?}",
         call.actions
     );
-    let service = token("backend", "service", &[], 3600);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        notifications
-            .invoke_action(call.id, "acknowledge")
-            .await
-            .unwrap();
-        let (_, receipts) = relay
-            .get(
-                &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={id}"),
-                Some(&service),
-            )
-            .await;
-        if receipts["receipts"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["kind"] == "acknowledged"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay never recorded the acknowledgement: {receipts}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    relay
+        .wait_for_receipt(DOCTOR_CHANNEL, &id, ("acknowledged", "d1"), || async {
+            notifications
+                .invoke_action(call.id, "acknowledge")
+                .await
+                .unwrap();
+        })
+        .await
+        .unwrap();
     app.wait_for_text("#banner", "Connected", WAIT)
         .await
         .unwrap();
-    app.close().await.unwrap();
+    desktop.app.close().await.unwrap();
 }
