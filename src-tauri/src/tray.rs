@@ -1,6 +1,7 @@
-//! The tray (desktop): an icon that says connected, reconnecting, offline or critical waiting, a
-//! tooltip with the unread count and any pause, and a menu: Open, Pause non-critical alerts (1 h /
-//! until morning) or Resume them, Sign out, Quit.
+//! The tray (desktop): an icon that says connected, reconnecting, offline or critical waiting, and a
+//! menu that starts with the same in words and the unread count (Linux's AppIndicator shows no
+//! tooltips, so the tooltip only repeats it), then Open, Pause non-critical alerts (1 h / until
+//! morning) or Resume them, Sign out, Quit.
 
 use crate::commands::show_main_window;
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use wardline_client::receiver::{Receiver, Status};
 
 const TRAY: &str = "wardline";
 
-/// The menu items whose state follows the alert settings.
-struct PauseItems {
+/// The menu items that follow the receiver's state.
+struct TrayItems {
+    status: MenuItem<tauri::Wry>,
     pause_hour: MenuItem<tauri::Wry>,
     pause_morning: MenuItem<tauri::Wry>,
     resume: MenuItem<tauri::Wry>,
@@ -33,6 +35,7 @@ fn icon(state: &str) -> Option<Image<'static>> {
 
 /// Builds the tray icon and its menu.
 pub fn build(app: &AppHandle) -> tauri::Result<()> {
+    let status = MenuItem::with_id(app, "status", "Starting…", false, None::<&str>)?;
     let open = MenuItem::with_id(app, "open", "Open Wardline", true, None::<&str>)?;
     let pause_hour = MenuItem::with_id(
         app,
@@ -60,6 +63,8 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
     let menu = Menu::with_items(
         app,
         &[
+            &status,
+            &PredefinedMenuItem::separator(app)?,
             &open,
             &PredefinedMenuItem::separator(app)?,
             &pause_hour,
@@ -70,7 +75,8 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
             &quit,
         ],
     )?;
-    app.manage(PauseItems {
+    app.manage(TrayItems {
+        status,
         pause_hour,
         pause_morning,
         resume,
@@ -124,9 +130,13 @@ pub fn reflect(app: &AppHandle, event: &Event) {
     let Ok(status) = receiver.status() else {
         return;
     };
+    let items = app.try_state::<TrayItems>();
     if status.user.is_none() {
         let _ = tray.set_icon(icon("offline"));
         let _ = tray.set_tooltip(Some("Wardline — signed out"));
+        if let Some(items) = &items {
+            let _ = items.status.set_text("Signed out");
+        }
         return;
     }
     let state = if status.counts.unacked_critical > 0 {
@@ -139,17 +149,31 @@ pub fn reflect(app: &AppHandle, event: &Event) {
         }
     };
     let _ = tray.set_icon(icon(state));
-    let mut tooltip = format!(
-        "Wardline — {} — {} unread, {} critical not acknowledged",
-        status.connection, status.counts.unread, status.counts.unacked_critical
+    let summary = format!(
+        "{} — {} unread, {} critical not acknowledged",
+        capitalised(&status.connection),
+        status.counts.unread,
+        status.counts.unacked_critical
     );
+    let mut tooltip = format!("Wardline — {summary}");
     if let Some(until) = paused_until(&status) {
         tooltip.push_str(&format!(" — non-critical alerts paused until {until}"));
     }
     let _ = tray.set_tooltip(Some(tooltip));
+    if let Some(items) = &items {
+        let _ = items.status.set_text(summary);
+    }
     if let Event::AlertSettingsChanged { .. } = event {
         show_pause(app, &status);
     }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// `HH:MM` the pause ends, if non-critical alerts are paused.
@@ -166,7 +190,7 @@ fn paused_until(status: &Status) -> Option<String> {
 
 /// Enables "Resume" while paused, the pauses otherwise.
 fn show_pause(app: &AppHandle, status: &Status) {
-    let Some(items) = app.try_state::<PauseItems>() else {
+    let Some(items) = app.try_state::<TrayItems>() else {
         return;
     };
     let paused = paused_until(status);

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use wardline_tests::desktop::{NotificationServer, SessionBus};
+use wardline_tests::tray::TrayHost;
 use wardline_tests::webdriver::{Display, Driver, Session};
 use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, token};
 
@@ -19,10 +20,12 @@ const COMPOSITING_FOR_SCREENSHOTS: (&str, &str) = ("WEBKIT_DISABLE_COMPOSITING_M
 static ONE_APP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The app signed in as d1 at `server`, on its own display and D-Bus bus (with a notification
-/// server recording what it is asked to show), its inbox and settings under `home`; connected.
+/// server recording what it is asked to show and a tray host), its inbox and settings under
+/// `home`; connected.
 struct SignedInApp {
     app: Session,
     notifications: NotificationServer,
+    tray: TrayHost,
     home: tempfile::TempDir,
     _driver: Driver,
     _bus: SessionBus,
@@ -34,6 +37,7 @@ impl SignedInApp {
         let display = Display::start().await.unwrap();
         let bus = SessionBus::start().await.unwrap();
         let notifications = NotificationServer::start(&bus.address).await.unwrap();
+        let tray = TrayHost::start(&bus.address).await.unwrap();
         let home = tempfile::tempdir().unwrap();
         let doctor = token("d1", "doctor", &[], 3600);
         let db = home.path().join("inbox.sqlite3");
@@ -57,6 +61,7 @@ impl SignedInApp {
         SignedInApp {
             app,
             notifications,
+            tray,
             home,
             _driver: driver,
             _bus: bus,
@@ -140,6 +145,11 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     app.screenshot(&shots().join("3-offline.png"))
         .await
         .unwrap();
+    desktop
+        .tray
+        .wait_for_entry("Reconnecting — ")
+        .await
+        .unwrap();
     other.publish(DOCTOR_CHANNEL, &critical_lab_result(2)).await;
 
     // Back: it catches up.
@@ -162,6 +172,23 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
         .await
         .unwrap();
     desktop.app.close().await.unwrap();
+}
+
+/// Waits until the banner's text satisfies `want`.
+async fn wait_for_banner(app: &Session, want: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let banner = app.find("#banner").await.unwrap();
+        let text = app.text(&banner).await.unwrap();
+        if want(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the banner still says {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn json_note() -> serde_json::Value {
@@ -279,6 +306,35 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
         Some(2),
         "critical results still alert"
     );
+
+    // The tray says the same and offers Resume while paused; resuming and pausing from it work.
+    let tray = &desktop.tray;
+    let status = tray.menu().await.unwrap().remove(0);
+    assert!(
+        status.label.starts_with("Connected — ") && !status.enabled,
+        "{status:?}"
+    );
+    let hour = tray
+        .wait_for_entry("Pause non-critical alerts for 1 hour")
+        .await
+        .unwrap();
+    assert!(!hour.enabled, "already paused");
+    let resume = tray
+        .wait_for_entry("Resume non-critical alerts (paused until")
+        .await
+        .unwrap();
+    assert!(resume.enabled);
+    tray.click(&resume).await.unwrap();
+    wait_for_banner(app, |text| !text.contains("paused")).await;
+    let hour = tray
+        .wait_for_entry("Pause non-critical alerts for 1 hour")
+        .await
+        .unwrap();
+    assert!(hour.enabled, "resumed");
+    tray.click(&hour).await.unwrap();
+    app.wait_for_text("#banner", "non-critical alerts paused until", WAIT)
+        .await
+        .unwrap();
     desktop.app.close().await.unwrap();
 }
 
