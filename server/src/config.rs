@@ -15,7 +15,9 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8851; port 0 picks a free port).
     #[arg(long, env = "WARDLINE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Redis URL (redis://host:port/db); without one the relay runs on its embedded broker.
+    /// Redis URL (redis://host:port/db), or Redis Sentinel's
+    /// (redis+sentinel://[:password@]host:port[,host:port…]/<master>[/<db>]); without one the relay
+    /// runs on its embedded broker.
     #[arg(long, env = "WARDLINE_REDIS_URL")]
     pub redis_url: Option<String>,
     /// HS256 secret tokens are signed with (default: generated once into the data dir).

@@ -85,6 +85,8 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// `--replicaof` or `--sentinel` arguments.
+    role: Vec<String>,
 }
 
 impl RedisServer {
@@ -94,6 +96,48 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir()?,
+            role: Vec::new(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Starts a replica of `master`.
+    pub async fn start_replica_of(master: &RedisServer) -> anyhow::Result<RedisServer> {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            role: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Starts a Redis Sentinel watching `master` under the name `wardline`, deciding alone (quorum
+    /// 1) that it is down after 1 s of silence.
+    pub async fn start_sentinel_of(master: &RedisServer) -> anyhow::Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        // Sentinel rewrites its configuration file, so it gets one of its own.
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "sentinel monitor wardline 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds wardline 1000\n\
+                 sentinel failover-timeout wardline 5000\n",
+                master.port
+            ),
+        )?;
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            role: vec![config.display().to_string(), "--sentinel".into()],
         };
         server.spawn().await?;
         Ok(server)
@@ -105,8 +149,15 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        // A configuration file (Sentinel's) must come first.
+        let (file, role) = match self.role.first() {
+            Some(first) if !first.starts_with("--") => (vec![first.clone()], &self.role[1..]),
+            _ => (Vec::new(), &self.role[..]),
+        };
         let child = Command::new("redis-server")
+            .args(&file)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(role)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

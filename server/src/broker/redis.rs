@@ -11,7 +11,13 @@
 //!   channels and runs the same script, fenced on the lease, so each message is stored once. If the
 //!   holder dies without releasing the lease, plain PUBLISHes in the next ≤5 s are neither stored nor
 //!   delivered: that is the failover window. A node that shuts down releases the lease at once.
+//! - Redis Sentinel (`redis+sentinel://…`, see [`super::redis_target`]): the node asks the
+//!   sentinels where the master is every second; when it moved, the command connection is replaced
+//!   and the pub/sub connection reconnects, which ends the sessions with "Redis unavailable" (1013)
+//!   so that devices resume from their cursors on the new master. What the old master had not yet
+//!   replicated when it failed is lost (Redis replication is asynchronous).
 
+use super::redis_target::{RedisTarget, address};
 use super::{
     Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
     Retention, StoredMessage,
@@ -22,6 +28,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncCommands, Script};
 use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
@@ -117,6 +124,37 @@ enum PubSubCommand {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
     Record(bool),
+    /// The master moved: connect again (to the new one).
+    Reconnect,
+}
+
+/// The node's command connection (it reconnects by itself), replaced when the master moves.
+#[derive(Clone)]
+struct Commands(Arc<RwLock<ConnectionManager>>);
+
+impl Commands {
+    fn get(&self) -> ConnectionManager {
+        self.0.read().expect("commands lock").clone()
+    }
+
+    fn replace(&self, manager: ConnectionManager) {
+        *self.0.write().expect("commands lock") = manager;
+    }
+}
+
+async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, BrokerError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    timeout(
+        REDIS_TIMEOUT * 2,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| unavailable("timed out connecting"))?
+    .map_err(unavailable)
 }
 
 /// A plain `PUBLISH` seen on a seed channel, waiting to be recorded.
@@ -127,7 +165,7 @@ struct LegacyMessage {
 
 /// A broker on Redis shared by several relay nodes.
 pub struct RedisBroker {
-    commands: ConnectionManager,
+    commands: Commands,
     pubsub: mpsc::Sender<PubSubCommand>,
     health: watch::Receiver<BrokerHealth>,
     node_id: String,
@@ -137,7 +175,7 @@ pub struct RedisBroker {
 /// What the node's tasks share.
 #[derive(Clone)]
 struct Shared {
-    commands: ConnectionManager,
+    commands: Commands,
     node_id: String,
     retention: Retention,
 }
@@ -151,20 +189,12 @@ impl RedisBroker {
         recorder: bool,
         live: LiveSender,
     ) -> Result<RedisBroker, BrokerError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| BrokerError::Unavailable(format!("bad Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let commands = timeout(
-            REDIS_TIMEOUT * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable("timed out connecting"))?
-        .map_err(unavailable)?;
+        let target = Arc::new(RedisTarget::parse(url).map_err(BrokerError::Unavailable)?);
+        let client = timeout(REDIS_TIMEOUT * 2, target.client())
+            .await
+            .map_err(|_| unavailable("timed out finding the Redis master"))?
+            .map_err(unavailable)?;
+        let commands = Commands(Arc::new(RwLock::new(connection_manager(&client).await?)));
         let node_id = format!("{:016x}", rand::random::<u64>());
         let shared = Shared {
             commands: commands.clone(),
@@ -174,7 +204,15 @@ impl RedisBroker {
         let (health_tx, health) = watch::channel(BrokerHealth::Down("connecting to Redis".into()));
         let (pubsub_tx, pubsub_rx) = mpsc::channel(1024);
         let (legacy_tx, legacy_rx) = mpsc::channel(10_000);
-        tokio::spawn(run_pubsub(client, pubsub_rx, live, legacy_tx, health_tx));
+        if target.follows_failover() {
+            tokio::spawn(follow_master(
+                target.clone(),
+                address(&client).clone(),
+                commands.clone(),
+                pubsub_tx.clone(),
+            ));
+        }
+        tokio::spawn(run_pubsub(target, pubsub_rx, live, legacy_tx, health_tx));
         if recorder {
             tokio::spawn(run_recorder(shared.clone(), legacy_rx));
             tokio::spawn(hold_lease(shared.clone(), pubsub_tx.clone()));
@@ -270,7 +308,7 @@ fn parse_live(channel: &str, data: &[u8]) -> Option<StoredMessage> {
 /// The node's one pub/sub connection: (re)connects, keeps the subscriptions the hub asked for, and
 /// hands live messages to the hub and plain PUBLISHes to the recorder.
 async fn run_pubsub(
-    client: redis::Client,
+    target: Arc<RedisTarget>,
     mut commands: mpsc::Receiver<PubSubCommand>,
     live: LiveSender,
     legacy: mpsc::Sender<LegacyMessage>,
@@ -281,6 +319,10 @@ async fn run_pubsub(
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {
+            let client = timeout(REDIS_TIMEOUT, target.client())
+                .await
+                .map_err(|_| unavailable("timed out finding the Redis master"))?
+                .map_err(unavailable)?;
             let (mut sink, stream) = timeout(REDIS_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| unavailable("timed out connecting"))?
@@ -316,6 +358,7 @@ async fn run_pubsub(
                             }
                             Some(PubSubCommand::Unsubscribe(channel)) => { channels.remove(&channel); }
                             Some(PubSubCommand::Record(on)) => recording = on,
+                            Some(PubSubCommand::Reconnect) => {}
                         },
                     }
                 }
@@ -399,6 +442,51 @@ async fn apply(
             result.map_err(|e| e.to_string())
         }
         PubSubCommand::Record(_) => Ok(()),
+        PubSubCommand::Reconnect => Err("the Redis master moved".into()),
+    }
+}
+
+/// With Sentinel: asks every second where the master is and, when it moved, replaces the command
+/// connection and has the pub/sub connection reconnect.
+async fn follow_master(
+    target: Arc<RedisTarget>,
+    mut current: redis::ConnectionAddr,
+    commands: Commands,
+    pubsub: mpsc::Sender<PubSubCommand>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if pubsub.is_closed() {
+            return;
+        }
+        let client = match timeout(REDIS_TIMEOUT, target.client()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not ask the sentinels where the Redis master is");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("the sentinels did not say in time where the Redis master is");
+                continue;
+            }
+        };
+        if *address(&client) == current {
+            continue;
+        }
+        match connection_manager(&client).await {
+            Ok(manager) => {
+                tracing::warn!(from = %current, to = %address(&client), "the Redis master moved; following it");
+                commands.replace(manager);
+                current = address(&client).clone();
+                if pubsub.send(PubSubCommand::Reconnect).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(to = %address(&client), error = %e, "could not connect to the new Redis master")
+            }
+        }
     }
 }
 
@@ -410,7 +498,7 @@ async fn hold_lease(shared: Shared, pubsub: mpsc::Sender<PubSubCommand>) {
     let mut tick = tokio::time::interval(LEASE_RENEW);
     loop {
         tick.tick().await;
-        let mut conn = shared.commands.clone();
+        let mut conn = shared.commands.get();
         let result: redis::RedisResult<bool> = if holding {
             renew
                 .key(LEASE_KEY)
@@ -492,7 +580,7 @@ async fn run_recorder(shared: Shared, mut legacy: mpsc::Receiver<LegacyMessage>)
         if channels.is_empty() {
             continue;
         }
-        let mut conn = shared.commands.clone();
+        let mut conn = shared.commands.get();
         match pipe.query_async::<Vec<(String, i64)>>(&mut conn).await {
             Ok(results) => {
                 let refused = results.iter().filter(|(_, live)| *live == -1).count();
@@ -529,7 +617,7 @@ impl Broker for RedisBroker {
             node_id: self.node_id.clone(),
             retention: self.retention,
         };
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         let (id, live): (String, i64) = publish_command(&shared, &publish, false)
             .query_async(&mut conn)
             .await
@@ -544,7 +632,7 @@ impl Broker for RedisBroker {
         after: Cursor,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         let key = stream_key(channel);
         let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
             .arg(&key)
@@ -593,7 +681,7 @@ impl Broker for RedisBroker {
     }
 
     async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         let newest: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
             .arg(stream_key(channel))
             .arg("+")
@@ -650,12 +738,12 @@ impl Broker for RedisBroker {
             pipe.expire(&key, self.retention.max_age.as_secs() as i64)
                 .ignore();
         }
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         let entries: Vec<(String, u64)> = conn
             .hgetall(receipts_key(channel, id))
             .await
@@ -681,7 +769,7 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -690,7 +778,7 @@ impl Broker for RedisBroker {
     }
 
     async fn shutdown(&self) {
-        let mut conn = self.commands.clone();
+        let mut conn = self.commands.get();
         let released: redis::RedisResult<i64> = Script::new(RELEASE_SCRIPT)
             .key(LEASE_KEY)
             .arg(&self.node_id)
