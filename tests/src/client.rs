@@ -50,8 +50,10 @@ pub async fn connect(url: &str, protocols: &[&str]) -> Result<Socket, Refused> {
 
 /// The next text frame, or the close frame's code if the relay closed.
 pub async fn next_text(socket: &mut Socket) -> anyhow::Result<Result<String, Option<u16>>> {
+    // One deadline for the frame: the relay's pings in between do not extend it.
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
+        let message = tokio::time::timeout_at(deadline, socket.next())
             .await
             .context("no frame in time")?;
         match message {

@@ -395,3 +395,58 @@ async fn sse_streams_carry_heartbeats() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// The node recording plain PUBLISHes is killed without releasing its lease: the node that takes
+/// the lease over records what was published meanwhile, once, in order, and not what the first
+/// node had already recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_killed_mid_stream_loses_no_plain_publish() {
+    let redis = RedisServer::start().await.unwrap();
+    let first = Relay::on_redis(&redis, &[]).await.unwrap();
+    wardline_tests::wait_for_recorder(&redis).await.unwrap();
+    let second = Relay::on_redis(&redis, &[]).await.unwrap();
+    let mut client = V1Client::connect(&second.ws_url(""), "d1", &token("d1", "doctor", &[], 600))
+        .await
+        .unwrap();
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await.unwrap();
+    let mut conn = redis.connection().await;
+    let publish =
+        |n: u64| json!({"type": "lab_result_available", "test_type": "CBC", "n": n}).to_string();
+    for n in 0..5 {
+        let _: i64 = redis::AsyncCommands::publish(&mut conn, DOCTOR_CHANNEL, publish(n))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        client.notifications(5).await.unwrap().len(),
+        5,
+        "recorded by the first node"
+    );
+
+    drop(first); // SIGKILL: the lease stays until it expires.
+    for n in 5..15 {
+        let _: i64 = redis::AsyncCommands::publish(&mut conn, DOCTOR_CHANNEL, publish(n))
+            .await
+            .unwrap();
+    }
+    let got = client.notifications(10).await.unwrap();
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|n| n.message["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (5..15).collect::<Vec<u64>>(),
+        "all, once, in order"
+    );
+    let stored: usize =
+        redis::AsyncCommands::xlen(&mut conn, format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+            .await
+            .unwrap();
+    assert_eq!(stored, 15, "nothing recorded twice");
+    assert!(
+        second.log().contains("took the recorder lease over"),
+        "{}",
+        second.log()
+    );
+}
