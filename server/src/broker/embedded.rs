@@ -19,7 +19,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
 
-const SCHEMA: &str = "
+/// Each migration moves the schema one version up; `PRAGMA user_version` says where a file is.
+/// Version 1 uses `IF NOT EXISTS`: files written before versioning already have its tables.
+const MIGRATIONS: &[&str] = &["
 CREATE TABLE IF NOT EXISTS messages (
     channel TEXT NOT NULL,
     ms INTEGER NOT NULL,
@@ -46,7 +48,55 @@ CREATE TABLE IF NOT EXISTS receipts (
     at INTEGER NOT NULL,
     PRIMARY KEY (channel, ms, seq, user, kind)
 ) WITHOUT ROWID;
-";
+"];
+
+/// Brings a history file to the current schema, in one transaction per version; refuses a file
+/// written by a newer relay rather than guess.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(format!(
+            "schema version {version} is newer than this relay knows ({known}): run the newer relay, or move the file away to start a new history"
+        ));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        if index == 0 {
+            receipts_with_kinds(&tx).map_err(|e| e.to_string())?;
+        }
+        tx.execute_batch(migration).map_err(|e| e.to_string())?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Receipts from before they had kinds (one `acked_at` per user) become `acknowledged` receipts.
+fn receipts_with_kinds(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let has_acked_at: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('receipts') WHERE name = 'acked_at'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_acked_at {
+        tx.execute_batch(
+            "ALTER TABLE receipts RENAME TO receipts_without_kinds;
+             CREATE TABLE receipts (
+                 channel TEXT NOT NULL, ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+                 user TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL,
+                 PRIMARY KEY (channel, ms, seq, user, kind)
+             ) WITHOUT ROWID;
+             INSERT INTO receipts SELECT channel, ms, seq, user, 'acknowledged', acked_at
+                 FROM receipts_without_kinds;
+             DROP TABLE receipts_without_kinds;",
+        )?;
+    }
+    Ok(())
+}
 
 struct Store {
     conn: Connection,
@@ -76,13 +126,14 @@ impl EmbeddedBroker {
     ) -> Result<EmbeddedBroker, BrokerError> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
         let path = data_dir.join("history.sqlite3");
-        let conn =
+        let mut conn =
             Connection::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
         // FULL: a publish answered "published" must survive a power cut, not only a crash.
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
         )
-        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| e.to_string())
+        .and_then(|_| migrate(&mut conn))
         .map_err(|e| storage(format!("{}: {e}", path.display())))?;
         let last_id = conn
             .query_row(
@@ -541,6 +592,55 @@ mod tests {
         let receipts = broker.receipts(&channel, first.id).await.unwrap();
         assert_eq!(receipts.len(), 1);
         assert_eq!(receipts[0].user, "d1");
+    }
+
+    #[tokio::test]
+    async fn older_history_files_are_migrated_and_newer_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.sqlite3");
+        // A file from before versioning, with receipts from before they had kinds.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE messages (channel TEXT NOT NULL, ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+                 priority TEXT NOT NULL, ttl_ms INTEGER, idempotency_key TEXT, payload BLOB NOT NULL,
+                 PRIMARY KEY (channel, ms, seq)) WITHOUT ROWID;
+             INSERT INTO messages VALUES ('doctor:d1:notifications', 5, 0, 'critical', NULL, NULL, X'7B7D');
+             CREATE TABLE receipts (channel TEXT NOT NULL, ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+                 user TEXT NOT NULL, acked_at INTEGER NOT NULL,
+                 PRIMARY KEY (channel, ms, seq, user)) WITHOUT ROWID;
+             INSERT INTO receipts VALUES ('doctor:d1:notifications', 5, 0, 'd1', 77);",
+        )
+        .unwrap();
+        drop(old);
+        let (tx, _rx) = mpsc::channel(16);
+        let broker = EmbeddedBroker::open(dir.path(), retention(100), tx.clone()).unwrap();
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let receipts = broker.receipts(&channel, Cursor::new(5, 0)).await.unwrap();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(
+            (
+                receipts[0].user.as_str(),
+                receipts[0].kind,
+                receipts[0].at_ms
+            ),
+            ("d1", ReceiptKind::Acknowledged, 77)
+        );
+        let next = broker.publish(publish(&channel, 2)).await.unwrap().id;
+        assert!(
+            next > Cursor::new(5, 0),
+            "ids keep growing after the old ones"
+        );
+        drop(broker);
+
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let refused = EmbeddedBroker::open(dir.path(), retention(100), tx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(refused.contains("schema version 99 is newer"), "{refused}");
     }
 
     #[tokio::test]
