@@ -7,7 +7,6 @@
 
 pub mod embedded;
 pub mod redis;
-pub mod redis_target;
 
 use async_trait::async_trait;
 use bytes::Bytes;

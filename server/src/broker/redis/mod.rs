@@ -13,13 +13,15 @@
 //!   node that takes the lease over (≤ 6 s after a holder died without releasing it) first records
 //!   those the old holder had not, in order, so the failover window loses nothing as long as one
 //!   node stays up. A node that shuts down releases the lease at once.
-//! - Redis Sentinel (`redis+sentinel://…`, see [`super::redis_target`]): the node asks the
+//! - Redis Sentinel (`redis+sentinel://…`, see [`target`]): the node asks the
 //!   sentinels where the master is every second; when it moved, the command connection is replaced
 //!   and the pub/sub connection reconnects, which ends the sessions with "Redis unavailable" (1013)
 //!   so that devices resume from their cursors on the new master. What the old master had not yet
 //!   replicated when it failed is lost (Redis replication is asynchronous).
 
-use super::redis_target::{RedisTarget, address};
+mod recorder;
+pub mod target;
+
 use super::{
     Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
     Retention, StoredMessage,
@@ -32,6 +34,7 @@ use redis::{AsyncCommands, Script};
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use target::{RedisTarget, address};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
@@ -220,8 +223,8 @@ impl RedisBroker {
             // others keep the recent ones for a takeover.
             let _ = pubsub_tx.send(PubSubCommand::Record(true)).await;
             let (holding_tx, holding_rx) = watch::channel(false);
-            tokio::spawn(run_recorder(shared.clone(), legacy_rx, holding_rx));
-            tokio::spawn(hold_lease(shared.clone(), holding_tx));
+            tokio::spawn(recorder::run(shared.clone(), legacy_rx, holding_rx));
+            tokio::spawn(recorder::hold_lease(shared.clone(), holding_tx));
         }
         let mut ready = health.clone();
         let _ = timeout(
@@ -496,230 +499,6 @@ async fn follow_master(
     }
 }
 
-/// Bids for the recorder lease every second and tells the recorder whether this node holds it.
-async fn hold_lease(shared: Shared, holding_tx: watch::Sender<bool>) {
-    let renew = Script::new(RENEW_SCRIPT);
-    let mut holding = false;
-    let mut last_renewed = Instant::now();
-    let mut tick = tokio::time::interval(LEASE_RENEW);
-    loop {
-        tick.tick().await;
-        let mut conn = shared.commands.get();
-        let result: redis::RedisResult<bool> = if holding {
-            renew
-                .key(LEASE_KEY)
-                .arg(&shared.node_id)
-                .arg(LEASE_TTL.as_millis() as u64)
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map(|renewed| renewed == 1)
-        } else {
-            redis::cmd("SET")
-                .arg(LEASE_KEY)
-                .arg(&shared.node_id)
-                .arg("NX")
-                .arg("PX")
-                .arg(LEASE_TTL.as_millis() as u64)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-                .map(|ok| ok.is_some())
-        };
-        let now_holding = match result {
-            Ok(held) => {
-                if held {
-                    last_renewed = Instant::now();
-                }
-                held
-            }
-            // Unsure whether the lease is still ours: keep recording until it must have expired.
-            Err(_) => holding && last_renewed.elapsed() < LEASE_TTL,
-        };
-        if now_holding != holding {
-            holding = now_holding;
-            if holding {
-                tracing::info!(node = %shared.node_id, "holding the recorder lease: recording plain PUBLISHes");
-            } else {
-                tracing::warn!(node = %shared.node_id, "lost the recorder lease");
-            }
-            if holding_tx.send(holding).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Most plain PUBLISHes recorded in one pipeline.
-const RECORD_BATCH: usize = 256;
-
-/// How long a node that does not hold the lease keeps the plain PUBLISHes it saw: longer than a
-/// dead holder's lease can outlive it plus the time to take it over.
-const STANDBY_WINDOW: Duration = Duration::from_secs(10);
-/// Most plain PUBLISHes kept meanwhile (a flood is not kept whole: the oldest go first).
-const STANDBY_MAX: usize = 100_000;
-
-/// Records plain PUBLISHes in arrival order while this node holds the lease (fenced on it); otherwise
-/// keeps the last [`STANDBY_WINDOW`] of them and, on taking the lease over, first records those the
-/// old holder had not.
-async fn run_recorder(
-    shared: Shared,
-    mut legacy: mpsc::Receiver<LegacyMessage>,
-    mut holding: watch::Receiver<bool>,
-) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    let mut standby: std::collections::VecDeque<(Instant, LegacyMessage)> =
-        std::collections::VecDeque::new();
-    loop {
-        tokio::select! {
-            // A change of lease first: what arrives after it is recorded after the takeover.
-            biased;
-            changed = holding.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if *holding.borrow_and_update() {
-                    let kept: Vec<LegacyMessage> = standby.drain(..).map(|(_, m)| m).collect();
-                    take_over(&shared, kept).await;
-                } else {
-                    standby.clear();
-                }
-            }
-            received = legacy.recv_many(&mut batch, RECORD_BATCH) => {
-                if received == 0 {
-                    return;
-                }
-                if *holding.borrow() {
-                    record(&shared, batch.drain(..)).await;
-                } else {
-                    let now = Instant::now();
-                    standby.extend(batch.drain(..).map(|m| (now, m)));
-                    while standby.len() > STANDBY_MAX
-                        || standby.front().is_some_and(|(at, _)| now - *at > STANDBY_WINDOW)
-                    {
-                        standby.pop_front();
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Records, as the new holder, the kept plain PUBLISHes the old holder had not recorded. The old
-/// holder recorded in the order Redis delivered them, the same order as here, so per channel what
-/// it recorded of them is a prefix of what was kept: the longest prefix found at the end of the
-/// channel's history (among entries with the same payloads) is skipped, the rest recorded.
-async fn take_over(shared: &Shared, kept: Vec<LegacyMessage>) {
-    let mut by_channel: Vec<(String, Vec<LegacyMessage>)> = Vec::new();
-    for message in kept {
-        match by_channel.iter_mut().find(|(c, _)| *c == message.channel) {
-            Some((_, messages)) => messages.push(message),
-            None => by_channel.push((message.channel.clone(), vec![message])),
-        }
-    }
-    let (mut recorded, mut skipped) = (0, 0);
-    let mut missing = Vec::new();
-    for (name, messages) in by_channel {
-        let Ok(channel) = Channel::parse(&name) else {
-            continue;
-        };
-        let mut conn = shared.commands.get();
-        let tail: redis::RedisResult<redis::streams::StreamRangeReply> = conn
-            .xrevrange_count(stream_key(&channel), "+", "-", messages.len() + 100)
-            .await;
-        let history: Vec<Bytes> = match tail {
-            Ok(reply) => reply
-                .ids
-                .iter()
-                .rev()
-                .filter_map(|entry| match entry.map.get("m") {
-                    Some(redis::Value::BulkString(bytes)) => Some(Bytes::copy_from_slice(bytes)),
-                    _ => None,
-                })
-                .filter(|payload| messages.iter().any(|m| m.payload == *payload))
-                .collect(),
-            Err(e) => {
-                tracing::error!(%channel, error = %e, "could not read history to take the recorder over; recording what was kept");
-                Vec::new()
-            }
-        };
-        let done = already_recorded(&messages, &history);
-        skipped += done;
-        recorded += messages.len() - done;
-        missing.extend(messages.into_iter().skip(done));
-    }
-    if recorded + skipped > 0 {
-        tracing::warn!(
-            recorded,
-            already_recorded = skipped,
-            "took the recorder lease over: recorded the plain PUBLISHes the old holder had not"
-        );
-    }
-    // Back in arrival order across channels.
-    record(shared, missing.into_iter()).await;
-}
-
-/// How many of `kept` (in order) are the last entries of `history`.
-fn already_recorded(kept: &[LegacyMessage], history: &[Bytes]) -> usize {
-    (0..=kept.len().min(history.len()))
-        .rev()
-        .find(|&k| {
-            kept[..k]
-                .iter()
-                .map(|m| &m.payload)
-                .eq(history[history.len() - k..].iter())
-        })
-        .unwrap_or(0)
-}
-
-/// Stores plain PUBLISHes in arrival order, fenced on the lease, in one pipeline (order is kept:
-/// Redis runs a pipeline's scripts one after another).
-async fn record(shared: &Shared, messages: impl Iterator<Item = LegacyMessage>) {
-    let mut pipe = redis::pipe();
-    let mut channels = Vec::new();
-    for message in messages {
-        let channel = match Channel::parse(&message.channel) {
-            Ok(channel) => channel,
-            Err(e) => {
-                tracing::warn!(error = %e, "plain PUBLISH to an invalid channel name was not recorded");
-                continue;
-            }
-        };
-        let priority = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
-            Ok(value) => Priority::default_for(&value),
-            Err(_) => {
-                tracing::warn!(%channel, "plain PUBLISH is not JSON; recorded as text");
-                Priority::Normal
-            }
-        };
-        let publish = Publish {
-            channel,
-            payload: message.payload,
-            priority,
-            ttl: None,
-            idempotency_key: None,
-        };
-        pipe.add_command(publish_command(shared, &publish, true));
-        channels.push(publish.channel);
-    }
-    if channels.is_empty() {
-        return;
-    }
-    let mut conn = shared.commands.get();
-    match pipe.query_async::<Vec<(String, i64)>>(&mut conn).await {
-        Ok(results) => {
-            let refused = results.iter().filter(|(_, live)| *live == -1).count();
-            if refused > 0 {
-                tracing::warn!(
-                    refused,
-                    "not the recorder any more; plain PUBLISHes left to the new holder"
-                );
-            }
-        }
-        Err(e) => {
-            tracing::error!(count = channels.len(), first = %channels[0], error = %e, "plain PUBLISHes could not be recorded")
-        }
-    }
-}
-
 fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     fields
         .iter()
@@ -925,40 +704,6 @@ async fn trimmed_through(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_takeover_skips_what_the_old_holder_recorded_and_only_that() {
-        let kept = |payloads: &[&str]| -> Vec<LegacyMessage> {
-            payloads
-                .iter()
-                .map(|p| LegacyMessage {
-                    channel: "doctor:d1:notifications".into(),
-                    payload: Bytes::copy_from_slice(p.as_bytes()),
-                })
-                .collect()
-        };
-        let history = |payloads: &[&str]| -> Vec<Bytes> {
-            payloads
-                .iter()
-                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-                .collect()
-        };
-        let messages = kept(&["a", "b", "c", "d"]);
-        assert_eq!(already_recorded(&messages, &history(&["x", "a", "b"])), 2);
-        assert_eq!(already_recorded(&messages, &history(&[])), 0);
-        assert_eq!(
-            already_recorded(&messages, &history(&["a", "b", "c", "d"])),
-            4
-        );
-        assert_eq!(
-            already_recorded(&messages, &history(&["c", "d"])),
-            0,
-            "c and d at the end without a and b before them are other messages"
-        );
-        // Repeated payloads: the longest match wins (nothing recorded twice).
-        let repeated = kept(&["a", "a", "a"]);
-        assert_eq!(already_recorded(&repeated, &history(&["a", "a"])), 2);
-    }
 
     #[test]
     fn live_frames_parse_with_newlines_in_the_payload() {
