@@ -93,7 +93,13 @@ pub(super) async fn run(
                     return;
                 }
                 if *holding.borrow_and_update() {
-                    let kept: Vec<LegacyMessage> = standby.drain(..).map(|(_, m)| m).collect();
+                    // Only the window: older ones were the old holder's to record long ago.
+                    let now = Instant::now();
+                    let kept: Vec<LegacyMessage> = standby
+                        .drain(..)
+                        .filter(|(at, _)| now - *at <= STANDBY_WINDOW)
+                        .map(|(_, m)| m)
+                        .collect();
                     take_over(&shared, kept).await;
                 } else {
                     standby.clear();
