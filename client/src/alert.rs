@@ -269,7 +269,14 @@ pub trait Alerter: Send + Sync {
 pub struct DesktopAlerter {
     actions: mpsc::UnboundedSender<AlertAction>,
     failed_once: Mutex<bool>,
+    /// Alerts whose actions are being waited for (each holds a thread and a D-Bus connection).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Most non-critical alerts waited on for a click at once. Notification servers that keep alerts
+/// until dismissed (GNOME) report no close, so each waits as long as it is listed; past this many,
+/// new non-critical alerts are shown without the click-to-open. Critical ones always wait.
+const MOST_WAITING: usize = 64;
 
 impl DesktopAlerter {
     /// An alerter that sends what the person does with its alerts to `actions`.
@@ -277,6 +284,7 @@ impl DesktopAlerter {
         DesktopAlerter {
             actions,
             failed_once: Mutex::new(false),
+            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 }
@@ -299,7 +307,11 @@ impl Alerter for DesktopAlerter {
         if let Some(sound) = alert.sound {
             notification.sound_name(sound);
         }
-        notification.action(OPEN_ACTION, "Open");
+        use std::sync::atomic::Ordering;
+        let wait = alert.acknowledgeable || self.waiting.load(Ordering::Relaxed) < MOST_WAITING;
+        if wait {
+            notification.action(OPEN_ACTION, "Open");
+        }
         if alert.acknowledgeable {
             notification.action(ACKNOWLEDGE_ACTION, "Acknowledge");
         }
@@ -314,11 +326,17 @@ impl Alerter for DesktopAlerter {
                 return Err(e.to_string());
             }
         };
+        if !wait {
+            return Ok(());
+        }
         let (target, acknowledgeable) = (alert.notification.clone(), alert.acknowledgeable);
         let actions = self.actions.clone();
-        // Waiting for the person blocks: one thread per alert on screen, until it is clicked or
-        // closed (non-critical alerts close themselves when they time out).
+        let waiting = self.waiting.clone();
+        waiting.fetch_add(1, Ordering::Relaxed);
+        // Waiting for the person blocks: one thread per alert listed, until it is clicked or
+        // closed.
         std::thread::spawn(move || {
+            let _counted = Counted(waiting);
             handle.wait_for_action(|action| {
                 let _ = match (action, target) {
                     (ACKNOWLEDGE_ACTION, Some(target)) if acknowledgeable => {
@@ -330,6 +348,15 @@ impl Alerter for DesktopAlerter {
             });
         });
         Ok(())
+    }
+}
+
+/// Counts a waiting alert down when its thread ends.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

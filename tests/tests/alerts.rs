@@ -100,3 +100,47 @@ async fn quiet_hours_silence_all_but_critical_alerts() {
     assert_eq!(calls.len(), 1, "only the critical one: {calls:?}");
     assert_eq!(calls[0].urgency, Some(2));
 }
+
+/// Alerts that the notification server keeps listed (no close reported) are waited on for a click
+/// up to a bound: past it, non-critical alerts come without "Open"; critical ones always keep
+/// their actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_clicks_is_bounded_but_never_for_critical_results() {
+    let bus = SessionBus::start().await.unwrap();
+    let server = NotificationServer::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener =
+        Listener::start_with_bus(&relay.base, "d1", &doctor, &inbox_path(&dir), &bus.address)
+            .await
+            .unwrap();
+    // One at a time, so that each is its own alert (bursts are summarised).
+    for n in 0..66 {
+        relay
+            .publish(
+                DOCTOR_CHANNEL,
+                &json!({"type": "lab_result_available", "test_type": "CBC", "n": n}),
+            )
+            .await;
+        listener.notifications(1).await.unwrap();
+    }
+    let calls = server.wait_for_calls(66).await.unwrap();
+    assert!(
+        calls[..64].iter().all(|c| c.actions == ["default", "Open"]),
+        "{:?}",
+        &calls[..64]
+    );
+    assert!(
+        calls[64..].iter().all(|c| c.actions.is_empty()),
+        "past the bound: {:?}",
+        &calls[64..]
+    );
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    listener.notifications(1).await.unwrap();
+    let critical = server.wait_for_calls(67).await.unwrap().remove(66);
+    assert_eq!(
+        critical.actions,
+        ["default", "Open", "acknowledge", "Acknowledge"]
+    );
+}
