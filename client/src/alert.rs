@@ -1,6 +1,6 @@
 //! OS alerts: what to raise for newly stored notifications (pure policy over the person's
-//! [`AlertSettings`]), and the desktop implementation on notify-rust (freedesktop notifications over
-//! D-Bus on Linux).
+//! [`AlertSettings`]), and the desktop alerter (the freedesktop service over D-Bus on Linux and the
+//! BSDs, notify-rust elsewhere).
 //!
 //! A critical notification (a critical lab result) is raised on its own with critical urgency, no
 //! timeout, an alarm sound and an "Acknowledge" action that acknowledges it; others get normal
@@ -265,18 +265,16 @@ pub trait Alerter: Send + Sync {
     fn raise(&self, alert: &Alert) -> Result<(), String>;
 }
 
-/// Alerts through the desktop's notification service (notify-rust).
+/// Alerts through the desktop's notification service: on Linux and the BSDs the freedesktop
+/// service over one D-Bus connection ([`crate::freedesktop`]), with "Open" and "Acknowledge";
+/// elsewhere notify-rust (macOS, Windows), without actions (the window acknowledges there).
 pub struct DesktopAlerter {
+    #[cfg_attr(not(all(unix, not(target_os = "macos"))), allow(dead_code))]
     actions: mpsc::UnboundedSender<AlertAction>,
     failed_once: Mutex<bool>,
-    /// Alerts whose actions are being waited for (each holds a thread and a D-Bus connection).
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    #[cfg(all(unix, not(target_os = "macos")))]
+    notifications: tokio::sync::Mutex<Option<crate::freedesktop::Notifications>>,
 }
-
-/// Most non-critical alerts waited on for a click at once. Notification servers that keep alerts
-/// until dismissed (GNOME) report no close, so each waits as long as it is listed; past this many,
-/// new non-critical alerts are shown without the click-to-open. Critical ones always wait.
-const MOST_WAITING: usize = 64;
 
 impl DesktopAlerter {
     /// An alerter that sends what the person does with its alerts to `actions`.
@@ -284,79 +282,63 @@ impl DesktopAlerter {
         DesktopAlerter {
             actions,
             failed_once: Mutex::new(false),
-            waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            #[cfg(all(unix, not(target_os = "macos")))]
+            notifications: tokio::sync::Mutex::new(None),
         }
     }
-}
 
-impl Alerter for DesktopAlerter {
-    fn raise(&self, alert: &Alert) -> Result<(), String> {
+    /// Raises through the freedesktop service, connecting first if need be; a failed call drops
+    /// the connection so that the next alert connects again (the bus or the service may be back).
+    #[cfg(all(unix, not(target_os = "macos")))]
+    fn show(&self, alert: &Alert) -> Result<(), String> {
+        // Called on a blocking thread of the runtime (alerts are raised off the async workers).
+        tokio::runtime::Handle::current().block_on(async {
+            let mut notifications = self.notifications.lock().await;
+            if notifications.is_none() {
+                let connected = crate::freedesktop::Notifications::connect(self.actions.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *notifications = Some(connected);
+            }
+            let raised = match notifications.as_ref() {
+                Some(service) => service.raise(alert).await.map(|_| ()),
+                None => return Err("not connected".to_owned()),
+            };
+            if raised.is_err() {
+                *notifications = None;
+            }
+            raised.map_err(|e| e.to_string())
+        })
+    }
+
+    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    fn show(&self, alert: &Alert) -> Result<(), String> {
         let mut notification = notify_rust::Notification::new();
         notification
             .appname("Wardline")
             .summary(&alert.summary)
             .body(&alert.body);
-        notification.urgency(match alert.urgency {
-            Urgency::Low => notify_rust::Urgency::Low,
-            Urgency::Normal => notify_rust::Urgency::Normal,
-            Urgency::Critical => notify_rust::Urgency::Critical,
-        });
         if alert.persistent {
             notification.timeout(notify_rust::Timeout::Never);
         }
         if let Some(sound) = alert.sound {
             notification.sound_name(sound);
         }
-        use std::sync::atomic::Ordering;
-        let wait = alert.acknowledgeable || self.waiting.load(Ordering::Relaxed) < MOST_WAITING;
-        if wait {
-            notification.action(OPEN_ACTION, "Open");
-        }
-        if alert.acknowledgeable {
-            notification.action(ACKNOWLEDGE_ACTION, "Acknowledge");
-        }
-        let handle = match notification.show() {
-            Ok(handle) => handle,
-            Err(e) => {
-                let mut failed = self.failed_once.lock().expect("alerter lock");
-                if !*failed {
-                    *failed = true;
-                    tracing::error!(error = %e, "OS alerts are unavailable; notifications are still stored");
-                }
-                return Err(e.to_string());
-            }
-        };
-        if !wait {
-            return Ok(());
-        }
-        let (target, acknowledgeable) = (alert.notification.clone(), alert.acknowledgeable);
-        let actions = self.actions.clone();
-        let waiting = self.waiting.clone();
-        waiting.fetch_add(1, Ordering::Relaxed);
-        // Waiting for the person blocks: one thread per alert listed, until it is clicked or
-        // closed.
-        std::thread::spawn(move || {
-            let _counted = Counted(waiting);
-            handle.wait_for_action(|action| {
-                let _ = match (action, target) {
-                    (ACKNOWLEDGE_ACTION, Some(target)) if acknowledgeable => {
-                        actions.send(AlertAction::Acknowledge(target))
-                    }
-                    (OPEN_ACTION, target) => actions.send(AlertAction::Open(target)),
-                    _ => Ok(()),
-                };
-            });
-        });
-        Ok(())
+        notification.show().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
-/// Counts a waiting alert down when its thread ends.
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+impl Alerter for DesktopAlerter {
+    fn raise(&self, alert: &Alert) -> Result<(), String> {
+        let shown = self.show(alert);
+        if let Err(e) = &shown {
+            let mut failed = self.failed_once.lock().expect("alerter lock");
+            if !*failed {
+                *failed = true;
+                tracing::error!(error = %e, "OS alerts are unavailable; notifications are still stored");
+            }
+        }
+        shown
     }
 }
 

@@ -9,7 +9,8 @@
 //!   still to send, gaps, status);
 //! - [`http`]: the relay's plain HTTP endpoints (token check, receipts);
 //! - [`events`]: the stream of state changes the CLI and the app show;
-//! - [`alert`]: which OS alerts to raise, and the desktop alerter (notify-rust);
+//! - [`alert`]: which OS alerts to raise, and the desktop alerter;
+//! - [`freedesktop`] (Linux, the BSDs): that alerter's D-Bus side, one connection for all alerts;
 //! - [`backoff`]: reconnection delays;
 //! - [`secrets`]: the token in the OS keychain; [`config`]: which relay and user (never the token);
 //! - [`receiver`]: inbox + subscription + events as an app uses them (the Tauri app's domain);
@@ -21,6 +22,8 @@ pub mod alert;
 pub mod backoff;
 pub mod config;
 pub mod events;
+#[cfg(all(unix, not(target_os = "macos")))]
+pub mod freedesktop;
 pub mod http;
 pub mod inbox;
 pub mod receiver;

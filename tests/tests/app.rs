@@ -219,7 +219,7 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
     app.wait_for_text("#list li", "Lab result available", WAIT)
         .await
         .unwrap();
-    // notify-rust listens for the action only once `show` has returned: click until it is heard.
+    // The app follows the action once `Notify` has returned: click until it is heard.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         notifications

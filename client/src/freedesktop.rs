@@ -1,0 +1,125 @@
+//! Alerts on the freedesktop notification service (Linux, the BSDs) over one D-Bus connection kept
+//! for the process: every `Notify` goes out on it, and one task follows its `ActionInvoked` and
+//! `NotificationClosed` signals for the alerts it raised. (A connection per alert, as notify-rust
+//! opens, would have to stay open until the alert is closed, and GNOME reports no close while an
+//! alert is listed; GNOME also withdraws an alert whose sender's connection closed.)
+
+use crate::alert::{ACKNOWLEDGE_ACTION, Alert, AlertAction, NotificationRef, OPEN_ACTION, Urgency};
+use futures_util::StreamExt;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+const SERVICE: &str = "org.freedesktop.Notifications";
+const PATH: &str = "/org/freedesktop/Notifications";
+/// Most alerts remembered for their actions (the oldest are forgotten first).
+const MOST_REMEMBERED: usize = 10_000;
+
+/// What an alert on screen stands for.
+#[derive(Clone)]
+struct Raised {
+    notification: Option<NotificationRef>,
+    acknowledgeable: bool,
+}
+
+#[derive(Default)]
+struct Remembered {
+    by_id: HashMap<u32, Raised>,
+    order: VecDeque<u32>,
+}
+
+/// The session bus's notification service, as this process uses it.
+pub struct Notifications {
+    proxy: zbus::Proxy<'static>,
+    remembered: Arc<Mutex<Remembered>>,
+}
+
+impl Notifications {
+    /// Connects to the session bus and follows the service's signals, sending what the person does
+    /// with this process's alerts to `actions`.
+    pub async fn connect(
+        actions: mpsc::UnboundedSender<AlertAction>,
+    ) -> zbus::Result<Notifications> {
+        let connection = zbus::Connection::session().await?;
+        let proxy = zbus::Proxy::new_owned(connection, SERVICE, PATH, SERVICE).await?;
+        let remembered = Arc::new(Mutex::new(Remembered::default()));
+        let mut invoked = proxy.receive_signal("ActionInvoked").await?;
+        let mut closed = proxy.receive_signal("NotificationClosed").await?;
+        let follow = remembered.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(signal) = invoked.next() => {
+                        let Ok((id, action)) = signal.body().deserialize::<(u32, String)>() else { continue };
+                        let Some(raised) = follow.lock().expect("alerts lock").by_id.get(&id).cloned() else { continue };
+                        let _ = match (action.as_str(), raised.notification) {
+                            (ACKNOWLEDGE_ACTION, Some(target)) if raised.acknowledgeable => {
+                                actions.send(AlertAction::Acknowledge(target))
+                            }
+                            (OPEN_ACTION, target) => actions.send(AlertAction::Open(target)),
+                            _ => Ok(()),
+                        };
+                    }
+                    Some(signal) = closed.next() => {
+                        if let Ok((id, _reason)) = signal.body().deserialize::<(u32, u32)>() {
+                            follow.lock().expect("alerts lock").by_id.remove(&id);
+                        }
+                    }
+                    else => return,
+                }
+            }
+        });
+        Ok(Notifications { proxy, remembered })
+    }
+
+    /// Raises an alert: critical urgency and no timeout for critical results, "Open" (a click on
+    /// the alert) always, "Acknowledge" when it can be acknowledged.
+    pub async fn raise(&self, alert: &Alert) -> zbus::Result<u32> {
+        let mut actions = vec![OPEN_ACTION, "Open"];
+        if alert.acknowledgeable {
+            actions.extend([ACKNOWLEDGE_ACTION, "Acknowledge"]);
+        }
+        let urgency: u8 = match alert.urgency {
+            Urgency::Low => 0,
+            Urgency::Normal => 1,
+            Urgency::Critical => 2,
+        };
+        let mut hints: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+        hints.insert("urgency", urgency.into());
+        if let Some(sound) = alert.sound {
+            hints.insert("sound-name", sound.into());
+        }
+        let timeout: i32 = if alert.persistent { 0 } else { -1 };
+        let id: u32 = self
+            .proxy
+            .call(
+                "Notify",
+                &(
+                    "Wardline",
+                    0u32,
+                    "",
+                    &alert.summary,
+                    &alert.body,
+                    actions,
+                    hints,
+                    timeout,
+                ),
+            )
+            .await?;
+        let mut remembered = self.remembered.lock().expect("alerts lock");
+        remembered.by_id.insert(
+            id,
+            Raised {
+                notification: alert.notification.clone(),
+                acknowledgeable: alert.acknowledgeable,
+            },
+        );
+        remembered.order.push_back(id);
+        while remembered.order.len() > MOST_REMEMBERED {
+            if let Some(oldest) = remembered.order.pop_front() {
+                remembered.by_id.remove(&oldest);
+            }
+        }
+        Ok(id)
+    }
+}
