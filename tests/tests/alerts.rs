@@ -8,19 +8,47 @@ use wardline_tests::{Relay, critical_lab_result, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
+/// `wardline listen` for d1 on a relay, on a private bus with a recording notification server.
+struct Listening {
+    listener: Listener,
+    server: NotificationServer,
+    relay: Relay,
+    _inbox: tempfile::TempDir,
+    _bus: SessionBus,
+}
+
+impl Listening {
+    async fn start() -> Listening {
+        let bus = SessionBus::start().await.unwrap();
+        let server = NotificationServer::start(&bus.address).await.unwrap();
+        let relay = Relay::embedded(&[]).await.unwrap();
+        let inbox = tempfile::tempdir().unwrap();
+        let doctor = token("d1", "doctor", &[], 3600);
+        let listener = Listener::start_with_bus(
+            &relay.base,
+            "d1",
+            &doctor,
+            &inbox_path(&inbox),
+            &bus.address,
+        )
+        .await
+        .unwrap();
+        Listening {
+            listener,
+            server,
+            relay,
+            _inbox: inbox,
+            _bus: bus,
+        }
+    }
+}
+
 /// A critical lab result is raised with critical urgency, no timeout, a sound and an "Acknowledge"
 /// action; clicking it acknowledges the result at the relay. An ordinary one is a normal alert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
-    let bus = SessionBus::start().await.unwrap();
-    let server = NotificationServer::start(&bus.address).await.unwrap();
-    let relay = Relay::embedded(&[]).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let doctor = token("d1", "doctor", &[], 3600);
-    let mut listener =
-        Listener::start_with_bus(&relay.base, "d1", &doctor, &inbox_path(&dir), &bus.address)
-            .await
-            .unwrap();
+    let desktop = Listening::start().await;
+    let (server, relay, mut listener) = (&desktop.server, &desktop.relay, desktop.listener);
 
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
@@ -106,15 +134,8 @@ async fn quiet_hours_silence_all_but_critical_alerts() {
 /// "Acknowledge" still acknowledges it at the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_stay_actionable_however_many_are_listed() {
-    let bus = SessionBus::start().await.unwrap();
-    let server = NotificationServer::start(&bus.address).await.unwrap();
-    let relay = Relay::embedded(&[]).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let doctor = token("d1", "doctor", &[], 3600);
-    let mut listener =
-        Listener::start_with_bus(&relay.base, "d1", &doctor, &inbox_path(&dir), &bus.address)
-            .await
-            .unwrap();
+    let desktop = Listening::start().await;
+    let (server, relay, mut listener) = (&desktop.server, &desktop.relay, desktop.listener);
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
     listener.notifications(1).await.unwrap();
