@@ -123,13 +123,31 @@ pub fn run() {
             let mut events = receiver.events();
             let handle = app.handle().clone();
             tauri::async_runtime::spawn(async move {
-                while let Ok(event) = events.recv().await {
-                    #[cfg(desktop)]
-                    tray::reflect(&handle, &event);
-                    if let Event::AlertOpened { .. } = event {
-                        commands::show_main_window(&handle);
+                loop {
+                    let first = match events.recv().await {
+                        Ok(event) => event,
+                        // Fell behind: what was missed is in the inbox, which the next event
+                        // makes the window read; the tray reads it now.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            #[cfg(desktop)]
+                            tray::reflect(&handle, &[]);
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    // A burst (a catch-up stores many at once) updates the tray once, not per event.
+                    let mut burst = vec![first];
+                    while let Ok(more) = events.try_recv() {
+                        burst.push(more);
                     }
-                    let _ = handle.emit(EVENT, &event);
+                    for event in &burst {
+                        if let Event::AlertOpened { .. } = event {
+                            commands::show_main_window(&handle);
+                        }
+                        let _ = handle.emit(EVENT, event);
+                    }
+                    #[cfg(desktop)]
+                    tray::reflect(&handle, &burst);
                 }
             });
             let alerts = choose_alerts(app.handle());

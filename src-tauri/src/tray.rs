@@ -119,8 +119,8 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
     Ok(())
 }
 
-/// Makes the tray tell the truth after an event.
-pub fn reflect(app: &AppHandle, event: &Event) {
+/// Makes the tray tell the truth after some events.
+pub fn reflect(app: &AppHandle, events: &[Event]) {
     let Some(tray) = app.tray_by_id(TRAY) else {
         return;
     };
@@ -163,7 +163,10 @@ pub fn reflect(app: &AppHandle, event: &Event) {
     if let Some(items) = &items {
         let _ = items.status.set_text(summary);
     }
-    if let Event::AlertSettingsChanged { .. } = event {
+    if events
+        .iter()
+        .any(|e| matches!(e, Event::AlertSettingsChanged { .. }))
+    {
         show_pause(app, &status);
     }
 }

@@ -111,6 +111,29 @@ function select(k: string) {
   renderDetail();
 }
 
+let refreshing: Promise<void> | null = null;
+let refreshAgain = false;
+
+/** Refreshes for events: a burst (catching up after being offline stores many notifications at
+ * once) makes one refresh while another runs, not one per notification. */
+async function refreshForEvents(): Promise<void> {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    do {
+      refreshAgain = false;
+      await refresh();
+    } while (refreshAgain);
+  })();
+  try {
+    await refreshing;
+  } finally {
+    refreshing = null;
+  }
+}
+
 async function refresh() {
   status = await api.status();
   const signedIn = status.user !== null;
@@ -250,7 +273,7 @@ export async function start() {
   await api.onEvent(async (event) => {
     if (aboutConnection(event)) lastEvent = event.event === "signed_out" ? null : event;
     if (event.event === "alert_opened") await showAlerted(event.channel, event.id);
-    else await refresh();
+    else await refreshForEvents();
   });
   await refresh();
 }

@@ -184,3 +184,18 @@ test("signing out from the tray brings back the sign-in screen", async () => {
   assert.equal(await page.locator("#banner").textContent(), "Not signed in");
   await page.close();
 });
+
+test("a burst of stored notifications refreshes the window a few times, not once each", async () => {
+  const page = await signedIn();
+  const before = await page.evaluate(() => window.__wardline.state.calls.filter(([c]) => c === "inbox").length);
+  await page.evaluate(async () => {
+    const stored = { event: "notification_stored", notification: window.__wardline.state.rows[0] };
+    await Promise.all(Array.from({ length: 50 }, () => window.__wardline.emit(stored)));
+  });
+  await page.waitForFunction((before) => window.__wardline.state.calls.filter(([c]) => c === "inbox").length > before, before);
+  // Then time for any further refreshes to show (without coalescing, all 50 land well within it).
+  await page.waitForTimeout(300);
+  const refreshes = await page.evaluate(() => window.__wardline.state.calls.filter(([c]) => c === "inbox").length) - before;
+  assert.ok(refreshes >= 1 && refreshes <= 5, `${refreshes} refreshes for 50 events`);
+  await page.close();
+});
