@@ -201,17 +201,32 @@ impl Session {
         want: &str,
         within: Duration,
     ) -> anyhow::Result<String> {
+        self.wait_until_text(css, |text| text.contains(want), within)
+            .await
+            .with_context(|| format!("{css} never said {want:?}"))
+    }
+
+    /// Waits until the text of the element matching `css` satisfies `want`, for up to `within`.
+    pub async fn wait_until_text(
+        &self,
+        css: &str,
+        want: impl Fn(&str) -> bool,
+        within: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
         loop {
             if let Ok(element) = self.find(css).await
                 && let Ok(text) = self.text(&element).await
-                && text.contains(want)
             {
-                return Ok(text);
+                if want(&text) {
+                    return Ok(text);
+                }
+                last = Some(text);
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "{css} never said {want:?}"
+                "{css} still says {last:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -225,6 +240,12 @@ impl Session {
             Some(json!({"script": script, "args": []})),
         )
         .await
+    }
+
+    /// Clicks the element matching a CSS selector, waiting for it.
+    pub async fn click_on(&self, css: &str) -> anyhow::Result<()> {
+        let element = self.find(css).await?;
+        self.click(&element).await
     }
 
     /// Clicks an element.

@@ -125,10 +125,8 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
         .unwrap();
 
     // Acknowledge in the window: the relay records it.
-    let item = app.find("#list li.critical").await.unwrap();
-    app.click(&item).await.unwrap();
-    let button = app.find("#detail button.primary").await.unwrap();
-    app.click(&button).await.unwrap();
+    app.click_on("#list li.critical").await.unwrap();
+    app.click_on("#detail button.primary").await.unwrap();
     relay
         .wait_for_receipt(DOCTOR_CHANNEL, &id, ("acknowledged", "d1"), || async {})
         .await
@@ -172,23 +170,6 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
         .await
         .unwrap();
     desktop.app.close().await.unwrap();
-}
-
-/// Waits until the banner's text satisfies `want`.
-async fn wait_for_banner(app: &Session, want: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let banner = app.find("#banner").await.unwrap();
-        let text = app.text(&banner).await.unwrap();
-        if want(&text) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the banner still says {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn json_note() -> serde_json::Value {
@@ -253,18 +234,15 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
         .unwrap();
 
     // Settings: pause non-critical alerts for an hour, start at login.
-    let open = app.find("#open-settings").await.unwrap();
-    app.click(&open).await.unwrap();
-    let pause = app.find("#s-pause-hour").await.unwrap();
-    app.click(&pause).await.unwrap();
+    app.click_on("#open-settings").await.unwrap();
+    app.click_on("#s-pause-hour").await.unwrap();
     app.wait_for_text("#s-pause-state", "paused until", WAIT)
         .await
         .unwrap();
     app.wait_for_text("#banner", "non-critical alerts paused until", WAIT)
         .await
         .unwrap();
-    let autostart = app.find("#s-autostart").await.unwrap();
-    app.click(&autostart).await.unwrap();
+    app.click_on("#s-autostart").await.unwrap();
     // The autostart plugin writes to $HOME/.config/autostart (whatever XDG_CONFIG_HOME says).
     let entry = home.path().join(".config/autostart/Wardline.desktop");
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -286,8 +264,7 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
 
     // Paused: a new appointment request is stored and listed without an OS alert; a critical
     // result still alerts. (Alerts are raised before the window hears of what was stored.)
-    let close = app.find("#close-settings").await.unwrap();
-    app.click(&close).await.unwrap();
+    app.click_on("#close-settings").await.unwrap();
     let before = notifications.calls().len();
     relay
         .publish(
@@ -325,7 +302,9 @@ async fn clicked_alerts_open_their_notification_and_settings_take_effect() {
         .unwrap();
     assert!(resume.enabled);
     tray.click(&resume).await.unwrap();
-    wait_for_banner(app, |text| !text.contains("paused")).await;
+    app.wait_until_text("#banner", |text| !text.contains("paused"), WAIT)
+        .await
+        .unwrap();
     let hour = tray
         .wait_for_entry("Pause non-critical alerts for 1 hour")
         .await
