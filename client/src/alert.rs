@@ -269,10 +269,13 @@ pub trait Alerter: Send + Sync {
 /// service over one D-Bus connection ([`crate::freedesktop`]), with "Open" and "Acknowledge";
 /// elsewhere notify-rust (macOS, Windows), without actions (the window acknowledges there).
 pub struct DesktopAlerter {
-    #[cfg_attr(not(all(unix, not(target_os = "macos"))), allow(dead_code))]
+    #[cfg_attr(
+        not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))),
+        allow(dead_code)
+    )]
     actions: mpsc::UnboundedSender<AlertAction>,
     failed_once: Mutex<bool>,
-    #[cfg(all(unix, not(target_os = "macos")))]
+    #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
     notifications: tokio::sync::Mutex<Option<crate::freedesktop::Notifications>>,
 }
 
@@ -282,14 +285,14 @@ impl DesktopAlerter {
         DesktopAlerter {
             actions,
             failed_once: Mutex::new(false),
-            #[cfg(all(unix, not(target_os = "macos")))]
+            #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
             notifications: tokio::sync::Mutex::new(None),
         }
     }
 
     /// Raises through the freedesktop service, connecting first if need be; a failed call drops
     /// the connection so that the next alert connects again (the bus or the service may be back).
-    #[cfg(all(unix, not(target_os = "macos")))]
+    #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
     fn show(&self, alert: &Alert) -> Result<(), String> {
         // Called on a blocking thread of the runtime (alerts are raised off the async workers).
         tokio::runtime::Handle::current().block_on(async {
@@ -311,7 +314,7 @@ impl DesktopAlerter {
         })
     }
 
-    #[cfg(not(all(unix, not(target_os = "macos"))))]
+    #[cfg(not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))))]
     fn show(&self, alert: &Alert) -> Result<(), String> {
         let mut notification = notify_rust::Notification::new();
         notification

@@ -28,8 +28,16 @@ pub fn default_path() -> PathBuf {
 }
 
 impl Settings {
-    /// Reads the file; a missing file is empty settings.
+    /// Reads the file; a missing file is empty settings. A file (and its directory) left readable
+    /// by others, by an older version or by hand, is made the user's alone first.
     pub fn load(path: &Path) -> Result<Settings, String> {
+        if path.exists() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::private::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            crate::private::tighten_if_present(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
@@ -46,13 +54,14 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Writes the file.
+    /// Writes the file at once (never half of it), readable by the user alone.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::private::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let text = toml::to_string(self).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        crate::private::write_atomically(path, text.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

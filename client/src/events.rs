@@ -45,6 +45,12 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The relay's certificate cannot be trusted: nothing more is tried until the right certificate
+    /// authority is given (`--ca-file`, `WARDLINE_CA_FILE`).
+    Untrusted {
+        /// Which host, why, and what to do.
+        reason: String,
+    },
     /// Notifications were acknowledged on this device (stored; the relay hears of it when connected).
     Acknowledged {
         /// The channel.

@@ -2,7 +2,7 @@
 //! `POST /v1/receipts` to send receipts without a WebSocket (the SSE fallback, `wardline ack`).
 
 use std::time::Duration;
-use wardline_protocol::{Channel, Cursor, ErrorCode, ReceiptKind, Sensitive};
+use wardline_protocol::{Channel, Cursor, ErrorCode, ReceiptKind, Reconnect, Sensitive};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,7 +23,7 @@ pub async fn send_receipts(
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("the relay is unreachable ({e})"))?;
+        .map_err(|e| format!("the relay is unreachable ({})", describe(&e)))?;
     if response.status().is_success() {
         return Ok(());
     }
@@ -49,32 +49,52 @@ pub enum TokenCheckError {
     /// The relay could not be reached or answered something else.
     #[error("{0}")]
     Unreachable(String),
+    /// The relay's certificate cannot be trusted.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 /// What the relay makes of a token: `{user, role, channels, expires_at}`.
 pub async fn whoami(
+    client: &reqwest::Client,
     server: &str,
     token: &Sensitive<String>,
 ) -> Result<serde_json::Value, TokenCheckError> {
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/me", server.trim_end_matches('/')))
+    let server = server.trim_end_matches('/');
+    let response = client
+        .get(format!("{server}/v1/me"))
         .bearer_auth(token.expose())
         .timeout(TIMEOUT)
         .send()
         .await
         .map_err(|e| {
-            TokenCheckError::Unreachable(format!("cannot reach the relay at {server}: {e}"))
+            let host = server.split("//").nth(1).unwrap_or(server);
+            match crate::tls::certificate_problem(host, &e) {
+                Some(problem) => TokenCheckError::Untrusted(problem),
+                None => TokenCheckError::Unreachable(format!(
+                    "cannot reach the relay at {server}: {}",
+                    describe(&e)
+                )),
+            }
         })?;
     let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let code = body["code"].as_u64();
-    match status {
-        200..=299 => Ok(body),
-        401 | 403 if code == Some(u64::from(ErrorCode::TokenExpired.code())) => {
-            Err(TokenCheckError::Expired)
-        }
+    let body = response.bytes().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&body).map_err(|_| {
+            TokenCheckError::Unreachable(format!(
+                "the relay at {server} gave an answer to /v1/me that is not JSON"
+            ))
+        });
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let code = body["code"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .and_then(|c| ErrorCode::try_from(c).ok());
+    match code.map(|code| (code, Reconnect::after_refusal(code))) {
+        Some((ErrorCode::TokenExpired, _)) => Err(TokenCheckError::Expired),
         // Only the relay's own refusals carry a Wardline code; anything else is in the way.
-        401 | 403 if code.is_some() => Err(TokenCheckError::Refused {
+        Some((_, Reconnect::SignIn)) => Err(TokenCheckError::Refused {
             status,
             reason: body["message"]
                 .as_str()
@@ -85,4 +105,19 @@ pub async fn whoami(
             "the relay at {server} answered {status}"
         ))),
     }
+}
+
+/// An error with its causes, which reqwest's own message leaves out ("error sending request").
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

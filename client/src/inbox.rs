@@ -6,6 +6,7 @@
 //! nothing and (with the unique key on channel and id) stores nothing twice. Receipts go to the relay
 //! only for committed rows, and are remembered until the relay confirms them.
 
+use crate::private;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -132,7 +133,8 @@ pub struct Filter {
     pub priority: Option<Priority>,
     /// Only this channel.
     pub channel: Option<String>,
-    /// Full-text search over title, body and payload (FTS5 query syntax).
+    /// Full-text search over title, body and payload: the words as typed (every word must match,
+    /// the last one as a prefix); no input is an error.
     pub search: Option<String>,
     /// Received at or after, Unix ms.
     pub since_ms: Option<u64>,
@@ -219,11 +221,22 @@ impl Inbox {
     /// Opens (or creates) the inbox at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Inbox, InboxError> {
         let display = path.display().to_string();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| InboxError::Corrupt {
-                path: display.clone(),
-                reason: e.to_string(),
-            })?;
+        let unusable = |e: std::io::Error| InboxError::Corrupt {
+            path: display.clone(),
+            reason: e.to_string(),
+        };
+        // Patient details: the user's alone. SQLite gives its WAL and shared-memory files the
+        // database file's mode; ones left from before with wider modes are tightened too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            private::private_dir(dir).map_err(unusable)?;
+        }
+        private::private_file(path).map_err(unusable)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            private::tighten_if_present(Path::new(&companion)).map_err(unusable)?;
         }
         let conn = Connection::open(path).map_err(|e| classify(&display, e))?;
         conn.busy_timeout(Duration::from_secs(5))
@@ -382,9 +395,9 @@ impl Inbox {
         // query in that order, so a common word over a million rows stops at the limit instead of
         // collecting every match first.
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-        let (mut sql, order) = match &filter.search {
+        let (mut sql, order) = match filter.search.as_deref().and_then(fts_query) {
             Some(search) => {
-                args.push(Box::new(search.clone()));
+                args.push(Box::new(search));
                 (
                     String::from(
                         "SELECT n.id_ms, n.id_seq, n.channel, n.type, n.priority, n.title, n.body, n.message, n.sent_at,
@@ -623,6 +636,30 @@ impl Inbox {
     }
 }
 
+/// What a person typed as an FTS5 query that cannot fail: each word a quoted term (FTS5 operators
+/// and punctuation lose their meaning: `BMP AND`, `K+`, `"Bob`, `(` are words or nothing), the last
+/// one a prefix so that results follow the typing. `None` when nothing searchable was typed.
+pub fn fts_query(typed: &str) -> Option<String> {
+    // SQLite ends a query string at a NUL: control characters separate words, like spaces.
+    let typed: String = typed
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let words: Vec<String> = typed
+        .split_whitespace()
+        .filter(|word| word.chars().any(char::is_alphanumeric))
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect();
+    let last = words.last()?;
+    let mut query = words[..words.len() - 1].join(" ");
+    if !query.is_empty() {
+        query.push(' ');
+    }
+    query.push_str(last);
+    query.push('*');
+    Some(query)
+}
+
 fn advance(tx: &Transaction<'_>, channel: &Channel, cursor: Cursor) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT INTO cursors (channel, ms, seq) VALUES (?1, ?2, ?3)
@@ -739,6 +776,82 @@ mod tests {
             inbox.resolve(&["9-0".into()]),
             Err(InboxError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn what_people_type_is_never_an_fts_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        inbox.store(&[critical(1)]).unwrap();
+        let search = |text: &str| {
+            inbox.list(&Filter {
+                search: Some(text.into()),
+                ..Filter::default()
+            })
+        };
+        for typed in [
+            "\"Bob",
+            "BMP AND",
+            "K+",
+            "(",
+            "*",
+            "zzzz-none",
+            "NEAR(",
+            "a:b",
+            "\"\"",
+            "-",
+            "^x",
+            "\u{0301}",
+        ] {
+            assert!(
+                search(typed).is_ok(),
+                "{typed:?}: {:?}",
+                search(typed).err()
+            );
+        }
+        assert_eq!(search("\"Bob").unwrap().len(), 1);
+        assert_eq!(
+            search("bmp AND").unwrap().len(),
+            0,
+            "AND is a word here, and not in the row"
+        );
+        assert_eq!(search("wil").unwrap().len(), 1, "the last word is a prefix");
+        assert_eq!(search("Wilson bmp").unwrap().len(), 1);
+        assert!(search("zzzz-none").unwrap().is_empty());
+        assert_eq!(
+            search("(").unwrap().len(),
+            1,
+            "nothing searchable typed: everything"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_search_string_is_answered_and_typed_words_find_their_row(
+            typed in ".{0,40}",
+            words in proptest::collection::vec("[a-zA-Z0-9äöüé]{1,12}", 1..6),
+            picked in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 1..4),
+            around in "[ \"()*+:^.,-]{0,3}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+            let note = words.join(" ");
+            inbox.store(&[notification(
+                "doctor:d1:notifications",
+                1,
+                json!({"type": "system_alert", "message": note}),
+            )]).unwrap();
+            let filter = |search: String| Filter { search: Some(search), ..Filter::default() };
+            proptest::prop_assert!(inbox.list(&filter(typed.clone())).is_ok(), "{:?}", typed);
+            let query: Vec<String> = picked
+                .iter()
+                .map(|i| format!("{around}{}{around}", i.get(&words).to_uppercase()))
+                .collect();
+            let found = inbox.list(&filter(query.join(" "))).unwrap();
+            proptest::prop_assert_eq!(found.len(), 1, "{:?} in {:?}", query, note);
+        }
     }
 
     #[test]

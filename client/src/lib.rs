@@ -11,7 +11,8 @@
 //! - [`events`]: the stream of state changes the CLI and the app show;
 //! - [`alert`]: which OS alerts to raise, and the desktop alerter;
 //! - [`freedesktop`] (Linux, the BSDs): that alerter's D-Bus side, one connection for all alerts;
-//! - [`backoff`]: reconnection delays;
+//! - [`backoff`]: reconnection delays; [`liveness`]: the one deadline that notices a silent link;
+//! - [`tls`]: which relays are trusted (the OS trust store plus a hospital's own CA);
 //! - [`secrets`]: the token in the OS keychain; [`config`]: which relay and user (never the token);
 //! - [`receiver`]: inbox + subscription + events as an app uses them (the Tauri app's domain);
 //! - the `wardline` binary (`src/bin/wardline.rs`): the command line over all of it.
@@ -22,16 +23,20 @@ pub mod alert;
 pub mod backoff;
 pub mod config;
 pub mod events;
-#[cfg(all(unix, not(target_os = "macos")))]
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
 pub mod freedesktop;
 pub mod http;
 pub mod inbox;
+pub mod liveness;
+pub mod private;
 pub mod receiver;
 pub mod secrets;
 pub mod sse;
 pub mod subscription;
+pub mod tls;
 mod ws;
 
 pub use events::Event;
 pub use inbox::{Filter, Inbox, InboxError, Row};
-pub use subscription::{Ended, Options, Subscription, SubscriptionError};
+pub use subscription::{Acknowledger, Ended, Options, Subscription, SubscriptionError};
+pub use tls::Trust;

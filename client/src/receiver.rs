@@ -5,7 +5,8 @@ use crate::alert::{AlertAction, AlertSettings, Alerter, DesktopAlerter, SharedAl
 use crate::config::{self, Settings};
 use crate::events::Event;
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
-use crate::subscription::{Acknowledgement, Options, Subscription};
+use crate::subscription::{Acknowledger, Options, Subscription};
+use crate::tls::Trust;
 use crate::{http, secrets};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -90,7 +91,6 @@ pub struct Status {
 struct Running {
     server: String,
     user: String,
-    acks: mpsc::UnboundedSender<Acknowledgement>,
     stop: oneshot::Sender<()>,
 }
 
@@ -99,28 +99,35 @@ pub struct Receiver {
     inbox: Arc<Mutex<Inbox>>,
     running: Mutex<Option<Running>>,
     events: broadcast::Sender<Event>,
+    acknowledger: Acknowledger,
+    trust: Trust,
     settings_path: PathBuf,
     alert_settings: SharedAlertSettings,
 }
 
 impl Receiver {
-    /// Opens the inbox at `db`, with the settings file at its default place.
+    /// Opens the inbox at `db`, with the settings file at its default place and the OS trust store
+    /// (plus `WARDLINE_CA_FILE`, if set).
     pub fn open(db: &Path) -> Result<Receiver, ReceiverError> {
-        Receiver::open_with_settings(db, config::default_path())
+        let trust = Trust::from_env().map_err(|e| ReceiverError::Settings(e.to_string()))?;
+        Receiver::open_with(db, config::default_path(), trust)
     }
 
-    /// Opens the inbox at `db` and the settings file at `settings_path`.
-    pub fn open_with_settings(
+    /// Opens the inbox at `db` and the settings file at `settings_path`, trusting `trust`.
+    pub fn open_with(
         db: &Path,
         settings_path: PathBuf,
+        trust: Trust,
     ) -> Result<Receiver, ReceiverError> {
-        let inbox = Inbox::open(db)?;
+        let inbox = Arc::new(Mutex::new(Inbox::open(db)?));
         let settings = Settings::load(&settings_path).map_err(ReceiverError::Settings)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Receiver {
-            inbox: Arc::new(Mutex::new(inbox)),
+            acknowledger: Acknowledger::new(inbox.clone(), events.clone()),
+            inbox,
             running: Mutex::new(None),
             events,
+            trust,
             settings_path,
             alert_settings: Arc::new(RwLock::new(settings.alerts)),
         })
@@ -129,6 +136,31 @@ impl Receiver {
     /// Every event of every subscription this receiver runs.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Runs `work` on the inbox off the async workers.
+    async fn with_inbox<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Inbox) -> Result<T, InboxError> + Send + 'static,
+    ) -> Result<T, ReceiverError> {
+        let inbox = self.inbox.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || work(&mut inbox.lock().expect("inbox lock")))
+                .await
+                .expect("inbox task")?,
+        )
+    }
+
+    /// Runs `work` on the settings file off the async workers.
+    async fn with_settings<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Path) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, ReceiverError> {
+        let path = self.settings_path.clone();
+        tokio::task::spawn_blocking(move || work(&path))
+            .await
+            .expect("settings task")
+            .map_err(ReceiverError::Settings)
     }
 
     /// Checks the token with the relay, keeps it in the OS keychain, remembers server and user, and
@@ -140,7 +172,7 @@ impl Receiver {
         token: Sensitive<String>,
         alerts: Alerts,
     ) -> Result<(), ReceiverError> {
-        let me = http::whoami(server, &token)
+        let me = http::whoami(self.trust.http(), server, &token)
             .await
             .map_err(|e| ReceiverError::SignIn(e.to_string()))?;
         if me["user"].as_str() != Some(user) {
@@ -149,30 +181,34 @@ impl Receiver {
                 me["user"]
             )));
         }
-        secrets::store_token(server, user, &token)?;
-        Settings::update(&self.settings_path, |settings| {
-            settings.server = Some(server.to_owned());
-            settings.user = Some(user.to_owned());
+        secrets::store_token(server, user, &token).await?;
+        let (remembered_server, remembered_user) = (server.to_owned(), user.to_owned());
+        self.with_settings(move |path| {
+            Settings::update(path, |settings| {
+                settings.server = Some(remembered_server);
+                settings.user = Some(remembered_user);
+            })
         })
-        .map_err(ReceiverError::Settings)?;
+        .await?;
         self.start(server, user, token, alerts);
         Ok(())
     }
 
     /// Starts with what `sign_in` remembered, if anything; returns whether it started.
-    pub fn resume(&self, alerts: Alerts) -> Result<bool, ReceiverError> {
-        let settings = Settings::load(&self.settings_path).map_err(ReceiverError::Settings)?;
+    pub async fn resume(&self, alerts: Alerts) -> Result<bool, ReceiverError> {
+        let settings = self.with_settings(Settings::load).await?;
         let (Some(server), Some(user)) = (settings.server, settings.user) else {
             return Ok(false);
         };
-        let Some(token) = secrets::load_token(&server, &user)? else {
+        let Some(token) = secrets::load_token(&server, &user).await? else {
             return Ok(false);
         };
         self.start(&server, &user, token, alerts);
         Ok(true)
     }
 
-    /// Starts the subscription (stopping any earlier one).
+    /// Starts the subscription (stopping any earlier one). Acknowledgements stored while none ran
+    /// are sent when it connects.
     pub fn start(&self, server: &str, user: &str, token: Sensitive<String>, alerts: Alerts) {
         self.stop();
         let options = Options {
@@ -180,9 +216,10 @@ impl Receiver {
             user: user.to_owned(),
             token,
             heartbeat: Duration::from_secs(15),
+            trust: self.trust.clone(),
         };
-        let mut subscription = Subscription::new(options, self.inbox.clone());
-        let acks = subscription.acknowledger();
+        let mut subscription = Subscription::new(options, self.inbox.clone())
+            .with_acknowledger(self.acknowledger.clone());
         let alerter: Option<Arc<dyn Alerter>> = match alerts {
             Alerts::Off => None,
             Alerts::Custom(alerter) => Some(alerter),
@@ -190,7 +227,7 @@ impl Receiver {
                 let (actions, chosen) = mpsc::unbounded_channel();
                 tokio::spawn(follow_alert_actions(
                     chosen,
-                    acks.clone(),
+                    self.acknowledger.clone(),
                     self.events.clone(),
                 ));
                 Some(Arc::new(DesktopAlerter::new(actions)))
@@ -202,8 +239,15 @@ impl Receiver {
         let mut events = subscription.events();
         let forward = self.events.clone();
         tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
-                let _ = forward.send(event);
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let _ = forward.send(event);
+                    }
+                    // Whoever fell behind reads the inbox; the forwarder carries on.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
             }
         });
         let (stop, stopped) = oneshot::channel();
@@ -220,7 +264,6 @@ impl Receiver {
         *self.running.lock().expect("receiver lock") = Some(Running {
             server: server.to_owned(),
             user: user.to_owned(),
-            acks,
             stop,
         });
     }
@@ -233,46 +276,44 @@ impl Receiver {
     }
 
     /// Stops the subscription and removes the token from the keychain.
-    pub fn sign_out(&self) -> Result<(), ReceiverError> {
+    pub async fn sign_out(&self) -> Result<(), ReceiverError> {
         let running = self.running.lock().expect("receiver lock").take();
         let Some(running) = running else {
             return Err(ReceiverError::NotSignedIn);
         };
         let _ = running.stop.send(());
-        let deleted = secrets::delete_token(&running.server, &running.user);
+        let deleted = secrets::delete_token(&running.server, &running.user).await;
         let _ = self.events.send(Event::SignedOut);
         Ok(deleted?)
     }
 
     /// Lists the inbox.
-    pub fn list(&self, filter: &Filter) -> Result<Vec<Row>, ReceiverError> {
-        Ok(self.inbox.lock().expect("inbox lock").list(filter)?)
+    pub async fn list(&self, filter: Filter) -> Result<Vec<Row>, ReceiverError> {
+        self.with_inbox(move |inbox| inbox.list(&filter)).await
     }
 
-    /// Acknowledges notifications (ids as `channel/id` or bare ids): at once in the inbox, at the
-    /// relay through the running subscription (or on its next connection).
-    pub fn acknowledge(&self, ids: &[String]) -> Result<(), ReceiverError> {
-        let resolved = self.inbox.lock().expect("inbox lock").resolve(ids)?;
-        match &*self.running.lock().expect("receiver lock") {
-            Some(running) => {
-                for ack in resolved {
-                    let _ = running.acks.send(ack);
-                }
-            }
-            None => self
-                .inbox
-                .lock()
-                .expect("inbox lock")
-                .mark_acked(&resolved)?,
-        }
-        Ok(())
+    /// Acknowledges notifications (ids as `channel/id` or bare ids): stored in the inbox at once,
+    /// whatever the subscription's state, and sent to the relay by the running subscription, or by
+    /// the next one when it connects.
+    pub async fn acknowledge(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
+        let resolved = self.with_inbox(move |inbox| inbox.resolve(&ids)).await?;
+        Ok(self.acknowledger.acknowledge(resolved).await?)
+    }
+
+    /// Carries out what the person did with an OS alert: "Acknowledge" acknowledges (as
+    /// [`Receiver::acknowledge`] does, also after the subscription stopped), a click asks the app to
+    /// show the notification ([`Event::AlertOpened`]).
+    pub async fn alert_action(&self, action: AlertAction) -> Result<(), ReceiverError> {
+        Ok(carry_out(action, &self.acknowledger, &self.events).await?)
     }
 
     /// Marks notifications read.
-    pub fn mark_read(&self, ids: &[String]) -> Result<(), ReceiverError> {
-        let mut inbox = self.inbox.lock().expect("inbox lock");
-        let resolved = inbox.resolve(ids)?;
-        Ok(inbox.mark_read(&resolved)?)
+    pub async fn mark_read(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
+        self.with_inbox(move |inbox| {
+            let resolved = inbox.resolve(&ids)?;
+            inbox.mark_read(&resolved)
+        })
+        .await
     }
 
     /// The alert settings in force.
@@ -282,56 +323,82 @@ impl Receiver {
 
     /// Changes the alert settings: kept in the settings file, applied from the next alert on, and
     /// announced as [`Event::AlertSettingsChanged`].
-    pub fn set_alert_settings(&self, alerts: AlertSettings) -> Result<(), ReceiverError> {
-        Settings::update(&self.settings_path, |settings| settings.alerts = alerts)
-            .map_err(ReceiverError::Settings)?;
+    pub async fn set_alert_settings(&self, alerts: AlertSettings) -> Result<(), ReceiverError> {
+        self.with_settings(move |path| Settings::update(path, |settings| settings.alerts = alerts))
+            .await?;
         *self.alert_settings.write().expect("alert settings lock") = alerts;
         let _ = self.events.send(Event::AlertSettingsChanged { alerts });
         Ok(())
     }
 
     /// Pauses non-critical alerts until `until` (Unix ms), or resumes them (`None`).
-    pub fn pause_alerts(&self, until: Option<u64>) -> Result<(), ReceiverError> {
+    pub async fn pause_alerts(&self, until: Option<u64>) -> Result<(), ReceiverError> {
         self.set_alert_settings(AlertSettings {
             paused_until: until,
             ..self.alert_settings()
         })
+        .await
     }
 
     /// Where things stand.
-    pub fn status(&self) -> Result<Status, ReceiverError> {
-        let running = self.running.lock().expect("receiver lock");
-        let inbox = self.inbox.lock().expect("inbox lock");
+    pub async fn status(&self) -> Result<Status, ReceiverError> {
+        let (user, server) = {
+            let running = self.running.lock().expect("receiver lock");
+            (
+                running.as_ref().map(|r| r.user.clone()),
+                running.as_ref().map(|r| r.server.clone()),
+            )
+        };
+        let (connection, detail, counts, gaps) = self
+            .with_inbox(|inbox| {
+                Ok((
+                    inbox.state("connection")?,
+                    inbox.state("detail")?,
+                    inbox.counts()?,
+                    inbox.gaps()?,
+                ))
+            })
+            .await?;
         Ok(Status {
-            user: running.as_ref().map(|r| r.user.clone()),
-            server: running.as_ref().map(|r| r.server.clone()),
-            connection: inbox
-                .state("connection")?
-                .unwrap_or_else(|| "never started".into()),
-            detail: inbox.state("detail")?.unwrap_or_default(),
-            counts: inbox.counts()?,
-            gaps: inbox.gaps()?,
+            user,
+            server,
+            connection: connection.unwrap_or_else(|| "never started".into()),
+            detail: detail.unwrap_or_default(),
+            counts,
+            gaps,
             alerts: self.alert_settings(),
         })
     }
 }
 
-/// Carries out what the person does with desktop alerts: "Acknowledge" through the subscription,
-/// a click as [`Event::AlertOpened`] for the app to show the notification.
+/// What the person did with an alert, carried out.
+async fn carry_out(
+    action: AlertAction,
+    acknowledger: &Acknowledger,
+    events: &broadcast::Sender<Event>,
+) -> Result<(), InboxError> {
+    match action {
+        AlertAction::Acknowledge(notification) => {
+            acknowledger.acknowledge(vec![notification]).await
+        }
+        AlertAction::Open(notification) => {
+            let (channel, id) = notification.unzip();
+            let _ = events.send(Event::AlertOpened { channel, id });
+            Ok(())
+        }
+    }
+}
+
+/// Carries out what the person does with desktop alerts, for as long as the alerter lives (after
+/// its subscription stopped too: an acknowledgement is stored and sent by the next one).
 async fn follow_alert_actions(
     mut chosen: mpsc::UnboundedReceiver<AlertAction>,
-    acks: mpsc::UnboundedSender<Acknowledgement>,
+    acknowledger: Acknowledger,
     events: broadcast::Sender<Event>,
 ) {
     while let Some(action) = chosen.recv().await {
-        match action {
-            AlertAction::Acknowledge(notification) => {
-                let _ = acks.send(notification);
-            }
-            AlertAction::Open(notification) => {
-                let (channel, id) = notification.unzip();
-                let _ = events.send(Event::AlertOpened { channel, id });
-            }
+        if let Err(e) = carry_out(action, &acknowledger, &events).await {
+            tracing::error!(error = %e, "an alert's acknowledgement could not be stored");
         }
     }
 }

@@ -1,8 +1,11 @@
-//! The token in the OS keychain (the Secret Service on Linux desktops), never in the config file or
-//! the inbox. One entry per user and relay.
+//! The token in the OS keychain (the Secret Service on Linux and the BSDs, the Keychain on Apple
+//! systems, the Credential Manager on Windows), never in the config file or the inbox. One entry per
+//! user and relay.
 //!
-//! Keychain calls run on a thread of their own: with the async Secret Service on tokio, a call made
-//! from a runtime thread can deadlock (keyring's documentation, "Tokio runtime caution").
+//! Keychain calls run on a thread of their own, awaited without blocking the caller: with the async
+//! Secret Service on tokio, a call made from a runtime thread can deadlock (keyring's documentation,
+//! "Tokio runtime caution"), and a keychain may take seconds (an unlock prompt) that must not stall
+//! an async worker or the app's main thread.
 
 use wardline_protocol::Sensitive;
 
@@ -17,23 +20,34 @@ fn account(server: &str, user: &str) -> String {
     format!("{user}@{}", server.trim_end_matches('/'))
 }
 
-fn on_own_thread<T: Send + 'static>(
+async fn on_own_thread<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, keyring::Error> + Send + 'static,
 ) -> Result<T, SecretError> {
-    std::thread::spawn(work)
-        .join()
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .await
         .map_err(|_| SecretError("the keychain call panicked".into()))?
         .map_err(|e| SecretError(e.to_string()))
 }
 
 /// Stores the token of `user` at `server`, replacing any earlier one.
-pub fn store_token(server: &str, user: &str, token: &Sensitive<String>) -> Result<(), SecretError> {
+pub async fn store_token(
+    server: &str,
+    user: &str,
+    token: &Sensitive<String>,
+) -> Result<(), SecretError> {
     let (account, token) = (account(server, user), token.expose().clone());
-    on_own_thread(move || keyring::Entry::new(SERVICE, &account)?.set_password(&token))
+    on_own_thread(move || keyring::Entry::new(SERVICE, &account)?.set_password(&token)).await
 }
 
 /// The stored token of `user` at `server`, if any.
-pub fn load_token(server: &str, user: &str) -> Result<Option<Sensitive<String>>, SecretError> {
+pub async fn load_token(
+    server: &str,
+    user: &str,
+) -> Result<Option<Sensitive<String>>, SecretError> {
     let account = account(server, user);
     on_own_thread(
         move || match keyring::Entry::new(SERVICE, &account)?.get_password() {
@@ -42,10 +56,11 @@ pub fn load_token(server: &str, user: &str) -> Result<Option<Sensitive<String>>,
             Err(e) => Err(e),
         },
     )
+    .await
 }
 
 /// Removes the stored token; removing one that is not there is not an error.
-pub fn delete_token(server: &str, user: &str) -> Result<(), SecretError> {
+pub async fn delete_token(server: &str, user: &str) -> Result<(), SecretError> {
     let account = account(server, user);
     on_own_thread(
         move || match keyring::Entry::new(SERVICE, &account)?.delete_credential() {
@@ -53,4 +68,5 @@ pub fn delete_token(server: &str, user: &str) -> Result<(), SecretError> {
             Err(e) => Err(e),
         },
     )
+    .await
 }

@@ -8,31 +8,38 @@
 //! - A dead connection is noticed by silence (heartbeats), a wake from sleep by the wall clock jumping
 //!   against the monotonic one; either way it reconnects at once.
 //! - Otherwise it reconnects with full-jitter backoff from 1 s to 30 s, reset after a connection that
-//!   stayed up 30 s; a slow-consumer (4008) or shutting-down (1001) close reconnects at once.
-//! - A refused or expired token stops it: retrying cannot help, the person must sign in again.
+//!   stayed up 30 s; a slow-consumer (4008) or shutting-down (1001) close reconnects within 0–5 s
+//!   (what each close code and refusal means is decided in `wardline_protocol::Reconnect`).
+//! - A refused or expired token stops it: retrying cannot help, the person must sign in again. So
+//!   does a relay certificate that cannot be trusted ([`crate::tls`]).
+//! - Acknowledgements are stored in the inbox first ([`Acknowledger`]) and sent from there.
 //! - A gap the relay reports is stored and announced, never hidden.
 
 use crate::alert::{Alerter, SharedAlertSettings, alerts_for};
 use crate::backoff::Backoff;
 use crate::events::Event;
 use crate::inbox::{Inbox, InboxError, now_ms};
+use crate::tls::Trust;
+use rand::Rng;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{broadcast, mpsc};
-use wardline_protocol::{Channel, Cursor, Notification, Sensitive, ServerFrame};
+use tokio::sync::{Notify, broadcast};
+use wardline_protocol::{Channel, Cursor, Notification, Reconnect, Sensitive, ServerFrame};
 
 /// Where and as whom to subscribe.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The relay's base URL, e.g. `http://127.0.0.1:8851`.
+    /// The relay's base URL, e.g. `https://relay.hospital.example` or `http://127.0.0.1:8851`.
     pub server: String,
     /// The user (the token's subject).
     pub user: String,
     /// The token.
     pub token: Sensitive<String>,
-    /// How often to ping; silence for two heartbeats means a dead connection.
+    /// How often to ping; silence for two of the relay's heartbeats means a dead connection.
     pub heartbeat: Duration,
+    /// The certificates trusted for `https://` relays.
+    pub trust: Trust,
 }
 
 /// Why `run` returned.
@@ -40,6 +47,9 @@ pub struct Options {
 pub enum Ended {
     /// The token was refused or expired.
     SignInRequired(String),
+    /// The relay's certificate cannot be trusted: retrying cannot help until the person (or the
+    /// administrator) gives the right CA.
+    Untrusted(String),
     /// The shutdown future completed.
     Shutdown,
 }
@@ -55,22 +65,89 @@ pub enum SubscriptionError {
     BadServer(String),
 }
 
+/// When to connect again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// At once: the cause was on this side (a dead link noticed, a wake from sleep, a new network).
+    Now,
+    /// After a random wait of up to [`Reconnect::SPREAD`] (the relay asked every device to come back).
+    Spread,
+    /// After the growing backoff.
+    Backoff,
+}
+
+impl From<Reconnect> for Pace {
+    fn from(advice: Reconnect) -> Pace {
+        match advice {
+            Reconnect::Spread => Pace::Spread,
+            Reconnect::Backoff | Reconnect::SignIn => Pace::Backoff,
+        }
+    }
+}
+
 /// How one connection ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Connect again (at once, or after the backoff).
-    Retry { reason: String, immediate: bool },
+    /// Connect again.
+    Retry { reason: String, pace: Pace },
     /// The WebSocket could not be opened though the relay answers: try SSE now.
     WebSocketRefused(String),
     /// The token was refused or expired.
     SignIn(String),
+    /// The relay's certificate cannot be trusted.
+    Untrusted(String),
 }
 
-/// A notification the person acknowledged (from an alert's action, the app, …).
+/// A notification, by channel and id (as acknowledged from an alert's action, the app, …).
 pub type Acknowledgement = (Channel, Cursor);
 
 /// Ids grouped by channel.
 pub(crate) type Grouped = Vec<(Channel, Vec<Cursor>)>;
+
+/// Acknowledges notifications: stored in the inbox first, whatever the connection's state (signed
+/// out, the relay unreachable, the subscription stopped), then told to the relay by the running
+/// subscription at once, or by the next one when it connects. The inbox is the queue: nothing
+/// acknowledged can be dropped on the way.
+#[derive(Clone)]
+pub struct Acknowledger {
+    inbox: Arc<Mutex<Inbox>>,
+    events: broadcast::Sender<Event>,
+    flush: Arc<Notify>,
+}
+
+impl Acknowledger {
+    /// Acknowledges into `inbox`, announcing it on `events`.
+    pub fn new(inbox: Arc<Mutex<Inbox>>, events: broadcast::Sender<Event>) -> Acknowledger {
+        Acknowledger {
+            inbox,
+            events,
+            flush: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Stores the acknowledgements (off the async workers), announces them and asks the running
+    /// subscription, if any, to send them now.
+    pub async fn acknowledge(&self, ids: Vec<Acknowledgement>) -> Result<(), InboxError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let inbox = self.inbox.clone();
+        let marked = ids.clone();
+        tokio::task::spawn_blocking(move || inbox.lock().expect("inbox lock").mark_acked(&marked))
+            .await
+            .expect("inbox task")?;
+        for (channel, ids) in group(ids) {
+            let _ = self.events.send(Event::Acknowledged { channel, ids });
+        }
+        self.flush.notify_one();
+        Ok(())
+    }
+
+    /// Completes when acknowledgements are waiting to be sent.
+    pub(crate) async fn waiting(&self) {
+        self.flush.notified().await
+    }
+}
 
 /// The relay connection of one user.
 pub struct Subscription {
@@ -78,8 +155,7 @@ pub struct Subscription {
     inbox: Arc<Mutex<Inbox>>,
     events: broadcast::Sender<Event>,
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
-    acks: mpsc::UnboundedSender<Acknowledgement>,
-    acks_in: tokio::sync::Mutex<mpsc::UnboundedReceiver<Acknowledgement>>,
+    pub(crate) acknowledger: Acknowledger,
 }
 
 /// A connection that stayed up this long resets the backoff.
@@ -102,18 +178,28 @@ pub(crate) fn resume_point(cursors: &[(Channel, Cursor)], channel: &Channel) -> 
 /// How long an SSE fallback runs before the WebSocket is tried again.
 pub(crate) const SSE_FALLBACK_FOR: Duration = Duration::from_secs(300);
 
+/// The wait before the next attempt.
+pub(crate) fn delay(pace: Pace, backoff: &mut Backoff, rng: &mut impl Rng) -> Duration {
+    match pace {
+        Pace::Now => Duration::ZERO,
+        Pace::Spread => {
+            Duration::from_millis(rng.random_range(0..=Reconnect::SPREAD.as_millis() as u64))
+        }
+        Pace::Backoff => backoff.next_delay(rng),
+    }
+}
+
 impl Subscription {
     /// A subscription writing into `inbox`.
     pub fn new(options: Options, inbox: Arc<Mutex<Inbox>>) -> Subscription {
         let (events, _) = broadcast::channel(1024);
-        let (acks, acks_in) = mpsc::unbounded_channel();
+        let acknowledger = Acknowledger::new(inbox.clone(), events.clone());
         Subscription {
             options,
             inbox,
             events,
             alerter: None,
-            acks,
-            acks_in: tokio::sync::Mutex::new(acks_in),
+            acknowledger,
         }
     }
 
@@ -127,9 +213,15 @@ impl Subscription {
         self
     }
 
+    /// Sends what `acknowledger` stores (one that outlives this subscription, as an app's does).
+    pub fn with_acknowledger(mut self, acknowledger: Acknowledger) -> Subscription {
+        self.acknowledger = acknowledger;
+        self
+    }
+
     /// Where acknowledgements go: stored at once, told to the relay now or on the next connection.
-    pub fn acknowledger(&self) -> mpsc::UnboundedSender<Acknowledgement> {
-        self.acks.clone()
+    pub fn acknowledger(&self) -> Acknowledger {
+        self.acknowledger.clone()
     }
 
     /// Follows what the subscription reports.
@@ -153,23 +245,25 @@ impl Subscription {
 
     /// Records the connection state for `wardline status` in another process (best effort: status
     /// is informative, the notifications are what must not be lost).
-    pub(crate) fn set_state(&self, connection: &str, detail: &str) {
-        let mut inbox = self.inbox.lock().expect("inbox lock");
-        let now = now_ms().to_string();
-        let _ = inbox.set_state("connection", connection);
-        let _ = inbox.set_state("detail", detail);
-        let _ = inbox.set_state("changed_at", &now);
-        let _ = inbox.set_state("updated_at", &now);
-        let _ = inbox.set_state("pid", &std::process::id().to_string());
+    pub(crate) async fn set_state(&self, connection: &str, detail: &str) {
+        let (connection, detail) = (connection.to_owned(), detail.to_owned());
+        let _ = self
+            .with_inbox(move |inbox| {
+                let now = now_ms().to_string();
+                inbox.set_state("connection", &connection)?;
+                inbox.set_state("detail", &detail)?;
+                inbox.set_state("changed_at", &now)?;
+                inbox.set_state("updated_at", &now)?;
+                inbox.set_state("pid", &std::process::id().to_string())
+            })
+            .await;
     }
 
     /// Notes that this listener is alive (at each heartbeat).
-    pub(crate) fn touch_state(&self) {
+    pub(crate) async fn touch_state(&self) {
         let _ = self
-            .inbox
-            .lock()
-            .expect("inbox lock")
-            .set_state("updated_at", &now_ms().to_string());
+            .with_inbox(|inbox| inbox.set_state("updated_at", &now_ms().to_string()))
+            .await;
     }
 
     /// `http(s)://host` → (`ws(s)://host`, `http(s)://host`) without a trailing slash.
@@ -185,14 +279,14 @@ impl Subscription {
         Ok((ws, http))
     }
 
-    /// Keeps the subscription alive until the token is refused or `shutdown` completes.
+    /// Keeps the subscription alive until the token is refused, the relay cannot be trusted or
+    /// `shutdown` completes.
     pub async fn run(
         &self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Ended, SubscriptionError> {
         self.bases()?;
         let mut backoff = Backoff::new();
-        let mut acks = self.acks_in.lock().await;
         tokio::pin!(shutdown);
         loop {
             let started = Instant::now();
@@ -200,11 +294,11 @@ impl Subscription {
                 self.emit(Event::Connecting {
                     transport: "websocket",
                 });
-                match self.websocket(&mut acks).await? {
+                match self.websocket().await? {
                     Outcome::WebSocketRefused(reason) => {
                         tracing::warn!(%reason, "the WebSocket was refused; falling back to Server-Sent Events");
                         self.emit(Event::Connecting { transport: "sse" });
-                        self.sse(&mut acks).await
+                        self.sse().await
                     }
                     other => Ok(other),
                 }
@@ -212,33 +306,38 @@ impl Subscription {
             let outcome = tokio::select! {
                 outcome = attempt => outcome?,
                 _ = &mut shutdown => {
-                    self.set_state("stopped", "");
+                    self.set_state("stopped", "").await;
                     return Ok(Ended::Shutdown);
                 }
             };
-            let (reason, immediate) = match outcome {
+            let (reason, pace) = match outcome {
                 Outcome::SignIn(reason) => {
-                    self.set_state("sign_in_required", &reason);
+                    self.set_state("sign_in_required", &reason).await;
                     self.emit(Event::SignInRequired {
                         reason: reason.clone(),
                     });
                     return Ok(Ended::SignInRequired(reason));
                 }
-                Outcome::Retry { reason, immediate } => (reason, immediate),
-                Outcome::WebSocketRefused(reason) => (reason, false),
+                Outcome::Untrusted(reason) => {
+                    tracing::error!(%reason, "stopped: the relay cannot be trusted");
+                    self.set_state("untrusted", &reason).await;
+                    self.emit(Event::Untrusted {
+                        reason: reason.clone(),
+                    });
+                    return Ok(Ended::Untrusted(reason));
+                }
+                Outcome::Retry { reason, pace } => (reason, pace),
+                Outcome::WebSocketRefused(reason) => (reason, Pace::Backoff),
             };
             if started.elapsed() >= STABLE {
                 backoff.reset();
             }
-            let delay = if immediate {
-                Duration::ZERO
-            } else {
-                backoff.next_delay(&mut rand::rng())
-            };
+            let delay = delay(pace, &mut backoff, &mut rand::rng());
             self.set_state(
                 "reconnecting",
                 &format!("{reason}; retrying in {} s", delay.as_secs()),
-            );
+            )
+            .await;
             let offline_since = self.with_inbox(|inbox| inbox.state("online_until")).await?;
             let offline_since = offline_since
                 .and_then(|v| v.parse().ok())
@@ -248,54 +347,30 @@ impl Subscription {
                 reason,
                 offline_since,
             });
-            let wait = tokio::time::sleep(delay);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    Some(ack) = acks.recv() => {
-                        // Stored now; the relay hears of it on the next connection.
-                        self.take_acks(ack, &mut acks).await?;
-                    }
-                    _ = &mut shutdown => {
-                        self.set_state("stopped", "");
-                        return Ok(Ended::Shutdown);
-                    }
+            // Acknowledgements made meanwhile are in the inbox: the next connection sends them.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut shutdown => {
+                    self.set_state("stopped", "").await;
+                    return Ok(Ended::Shutdown);
                 }
             }
         }
     }
 
-    /// Marks acknowledgements in the inbox; returns them grouped by channel, to tell the relay.
-    pub(crate) async fn take_acks(
-        &self,
-        first: Acknowledgement,
-        more: &mut mpsc::UnboundedReceiver<Acknowledgement>,
-    ) -> Result<Grouped, SubscriptionError> {
-        let mut acks = vec![first];
-        while let Ok(ack) = more.try_recv() {
-            acks.push(ack);
-        }
-        let marked = acks.clone();
-        self.with_inbox(move |inbox| inbox.mark_acked(&marked))
-            .await?;
-        let grouped = group(acks);
-        for (channel, ids) in &grouped {
-            self.emit(Event::Acknowledged {
-                channel: channel.clone(),
-                ids: ids.clone(),
-            });
-        }
-        Ok(grouped)
+    /// Acknowledgements stored but not yet confirmed by the relay, grouped by channel.
+    pub(crate) async fn pending_acks(&self) -> Result<Grouped, SubscriptionError> {
+        Ok(self
+            .with_inbox(|inbox| inbox.pending_receipts())
+            .await?
+            .acknowledged)
     }
 
     /// Notes that the connection works (for "offline since").
-    pub(crate) fn online(&self) {
-        let _ = self
-            .inbox
-            .lock()
-            .expect("inbox lock")
-            .set_state("online_until", &now_ms().to_string());
+    pub(crate) async fn online(&self) -> Result<(), SubscriptionError> {
+        Ok(self
+            .with_inbox(|inbox| inbox.set_state("online_until", &now_ms().to_string()))
+            .await?)
     }
 
     /// Stores the notifications among `frames` (one transaction per run of them) and applies the
@@ -317,10 +392,9 @@ impl Subscription {
             }
         }
         received.extend(self.store(batch).await?);
-        self.online();
+        self.online().await?;
         Ok(group(received))
     }
-
     async fn store(
         &self,
         batch: Vec<Notification>,
@@ -461,6 +535,114 @@ pub(crate) fn group(items: Vec<(Channel, Cursor)>) -> Grouped {
 pub(crate) fn retry(reason: &str) -> Outcome {
     Outcome::Retry {
         reason: reason.to_owned(),
-        immediate: false,
+        pace: Pace::Backoff,
+    }
+}
+
+/// How a relay's refusal of a connection (an HTTP status and error body) ends it, as decided by
+/// [`Reconnect::after_refusal`]; `None` when the answer carries no Wardline error code (something
+/// in between answered, not the relay).
+pub(crate) fn refused(status: u16, body: &[u8]) -> Option<Outcome> {
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = body["code"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .and_then(|c| wardline_protocol::ErrorCode::try_from(c).ok())?;
+    let message = body["message"].as_str().unwrap_or("refused");
+    Some(match Reconnect::after_refusal(code) {
+        Reconnect::SignIn => Outcome::SignIn(sign_in_reason(code, message)),
+        advice => Outcome::Retry {
+            reason: format!("the relay answered {status}: {message}"),
+            pace: advice.into(),
+        },
+    })
+}
+
+/// What to tell the person when the relay refuses their token.
+pub(crate) fn sign_in_reason(code: wardline_protocol::ErrorCode, message: &str) -> String {
+    if code == wardline_protocol::ErrorCode::TokenExpired {
+        "the token has expired: sign in again".into()
+    } else {
+        format!("the relay refused the token: {message}")
+    }
+}
+
+/// What a close code from the relay means for the next attempt (a WebSocket close, or the close
+/// code an event stream's `error` event carries), as decided by [`Reconnect::after_close`].
+pub(crate) fn closed(code: u16, reason: &str) -> Outcome {
+    match Reconnect::after_close(code) {
+        Reconnect::SignIn if code == wardline_protocol::close::TOKEN_EXPIRED => {
+            Outcome::SignIn("the token has expired: sign in again".into())
+        }
+        Reconnect::SignIn => Outcome::SignIn(format!("the relay refused the token: {reason}")),
+        advice => Outcome::Retry {
+            reason: format!("closed by the relay ({code}: {reason})"),
+            pace: advice.into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_relay_asking_everyone_back_spreads_them_over_five_seconds() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut backoff = Backoff::new();
+        let spread: Vec<Duration> = (0..200)
+            .map(|_| delay(Pace::Spread, &mut backoff, &mut rng))
+            .collect();
+        assert!(spread.iter().all(|d| *d <= Duration::from_secs(5)));
+        assert!(spread.iter().any(|d| *d < Duration::from_secs(1)));
+        assert!(spread.iter().any(|d| *d > Duration::from_secs(4)));
+        assert_eq!(
+            backoff.ceiling(),
+            Duration::from_secs(1),
+            "the backoff is untouched"
+        );
+        assert_eq!(delay(Pace::Now, &mut backoff, &mut rng), Duration::ZERO);
+        assert!(delay(Pace::Backoff, &mut backoff, &mut rng) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn close_codes_and_refusals_map_to_what_to_do() {
+        assert!(matches!(closed(4001, ""), Outcome::SignIn(r) if r.contains("expired")));
+        assert!(matches!(
+            closed(1001, ""),
+            Outcome::Retry {
+                pace: Pace::Spread,
+                ..
+            }
+        ));
+        assert!(matches!(
+            closed(4008, ""),
+            Outcome::Retry {
+                pace: Pace::Spread,
+                ..
+            }
+        ));
+        assert!(matches!(
+            closed(1013, ""),
+            Outcome::Retry {
+                pace: Pace::Backoff,
+                ..
+            }
+        ));
+        let expired = br#"{"code": 40103, "message": "token expired"}"#;
+        assert!(matches!(refused(401, expired), Some(Outcome::SignIn(r)) if r.contains("expired")));
+        let busy = br#"{"code": 42901, "message": "slow down"}"#;
+        assert!(matches!(
+            refused(429, busy),
+            Some(Outcome::Retry {
+                pace: Pace::Backoff,
+                ..
+            })
+        ));
+        assert!(
+            refused(403, b"<html>proxy</html>").is_none(),
+            "not the relay's answer"
+        );
     }
 }

@@ -136,9 +136,97 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4408;
 }
 
+/// What a client does after its connection ended or its connection request was refused: the one
+/// place that decides it, next to the codes (as centrifuge defines reconnect advice with its
+/// disconnect codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    /// Soon, after a random wait of up to [`Reconnect::SPREAD`]: nothing is wrong with the client
+    /// (a relay node going away, the client fell behind), but a whole ward's devices must not come
+    /// back in the same millisecond.
+    Spread,
+    /// After the client's growing backoff: the relay or its broker is in trouble, or the client
+    /// broke a rule.
+    Backoff,
+    /// Not with this token: the person must sign in again.
+    SignIn,
+}
+
+impl Reconnect {
+    /// The longest random wait of [`Reconnect::Spread`].
+    pub const SPREAD: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// After the relay closed a WebSocket with `code` (or ended an event stream with it).
+    pub fn after_close(code: u16) -> Reconnect {
+        match code {
+            close::TOKEN_EXPIRED | close::FORBIDDEN => Reconnect::SignIn,
+            close::GOING_AWAY | close::SLOW_CONSUMER => Reconnect::Spread,
+            _ => Reconnect::Backoff,
+        }
+    }
+
+    /// After the relay refused a connection with `code` (an HTTP error body's code).
+    pub fn after_refusal(code: ErrorCode) -> Reconnect {
+        match code {
+            ErrorCode::TokenMissing
+            | ErrorCode::TokenInvalid
+            | ErrorCode::TokenExpired
+            | ErrorCode::WrongUser
+            | ErrorCode::RoleForbidden
+            | ErrorCode::ChannelForbidden => Reconnect::SignIn,
+            ErrorCode::ShuttingDown => Reconnect::Spread,
+            _ => Reconnect::Backoff,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_advice_follows_the_codes() {
+        assert_eq!(
+            Reconnect::after_close(close::TOKEN_EXPIRED),
+            Reconnect::SignIn
+        );
+        assert_eq!(Reconnect::after_close(close::FORBIDDEN), Reconnect::SignIn);
+        assert_eq!(Reconnect::after_close(close::GOING_AWAY), Reconnect::Spread);
+        assert_eq!(
+            Reconnect::after_close(close::SLOW_CONSUMER),
+            Reconnect::Spread
+        );
+        for code in [
+            1005,
+            1006,
+            1011,
+            close::TRY_AGAIN_LATER,
+            close::FLOOD,
+            close::HEARTBEAT_TIMEOUT,
+        ] {
+            assert_eq!(Reconnect::after_close(code), Reconnect::Backoff, "{code}");
+        }
+        assert_eq!(
+            Reconnect::after_refusal(ErrorCode::TokenExpired),
+            Reconnect::SignIn
+        );
+        assert_eq!(
+            Reconnect::after_refusal(ErrorCode::WrongUser),
+            Reconnect::SignIn
+        );
+        assert_eq!(
+            Reconnect::after_refusal(ErrorCode::ShuttingDown),
+            Reconnect::Spread
+        );
+        assert_eq!(
+            Reconnect::after_refusal(ErrorCode::RateLimited),
+            Reconnect::Backoff
+        );
+        assert_eq!(
+            Reconnect::after_refusal(ErrorCode::BrokerUnavailable),
+            Reconnect::Backoff
+        );
+    }
 
     #[test]
     fn codes_round_trip_and_are_unique() {

@@ -19,7 +19,7 @@ pub mod sensitive;
 
 pub use channel::{Channel, ChannelError, ChannelKind, Role};
 pub use cursor::{Cursor, CursorError};
-pub use error::{ErrorCode, close};
+pub use error::{ErrorCode, Reconnect, close};
 pub use frame::{
     ClientFrame, FrameError, Notification, ReceiptKind, ServerFrame, SubscribeChannel,
 };

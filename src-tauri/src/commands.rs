@@ -1,4 +1,6 @@
-//! The window's commands: each calls the receiver and maps its errors to `{code, message}`.
+//! The window's commands: each calls the receiver and maps its errors to `{code, message}`. All are
+//! async: they run on the async runtime, never on the main thread, and the receiver does its SQLite,
+//! keychain and file work on blocking threads, so the window stays responsive during a catch-up.
 
 use crate::AppAlerts;
 use serde::{Deserialize, Serialize};
@@ -67,13 +69,13 @@ pub async fn sign_in(
 
 /// Signs out.
 #[tauri::command]
-pub fn sign_out(receiver: State<'_, Arc<Receiver>>) -> Result<()> {
-    Ok(receiver.sign_out()?)
+pub async fn sign_out(receiver: State<'_, Arc<Receiver>>) -> Result<()> {
+    Ok(receiver.sign_out().await?)
 }
 
 /// The inbox, newest first.
 #[tauri::command]
-pub fn inbox(receiver: State<'_, Arc<Receiver>>, query: InboxQuery) -> Result<Vec<Row>> {
+pub async fn inbox(receiver: State<'_, Arc<Receiver>>, query: InboxQuery) -> Result<Vec<Row>> {
     let filter = Filter {
         unread: query.unread,
         priority: query.critical.then_some(Priority::Critical),
@@ -82,25 +84,25 @@ pub fn inbox(receiver: State<'_, Arc<Receiver>>, query: InboxQuery) -> Result<Ve
         limit: query.limit.unwrap_or(200),
         ..Filter::default()
     };
-    Ok(receiver.list(&filter)?)
+    Ok(receiver.list(filter).await?)
 }
 
-/// Acknowledges notifications (`channel/id`).
+/// Acknowledges notifications (`channel/id`): stored at once, sent to the relay when it can be.
 #[tauri::command]
-pub fn acknowledge(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
-    Ok(receiver.acknowledge(&ids)?)
+pub async fn acknowledge(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
+    Ok(receiver.acknowledge(ids).await?)
 }
 
 /// Marks notifications read (`channel/id`).
 #[tauri::command]
-pub fn mark_read(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
-    Ok(receiver.mark_read(&ids)?)
+pub async fn mark_read(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
+    Ok(receiver.mark_read(ids).await?)
 }
 
 /// Connection state, counts and gaps.
 #[tauri::command]
-pub fn status(receiver: State<'_, Arc<Receiver>>) -> Result<Status> {
-    Ok(receiver.status()?)
+pub async fn status(receiver: State<'_, Arc<Receiver>>) -> Result<Status> {
+    Ok(receiver.status().await?)
 }
 
 /// What the settings screen shows.
@@ -115,8 +117,8 @@ pub struct SettingsView {
 
 /// The settings: relay and user signed in, alert settings, start at login.
 #[tauri::command]
-pub fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Result<SettingsView> {
-    let status = receiver.status()?;
+pub async fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Result<SettingsView> {
+    let status = receiver.status().await?;
     Ok(SettingsView {
         server: status.server,
         user: status.user,
@@ -127,18 +129,23 @@ pub fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Result<Se
 
 /// Changes quiet hours, sound and pause at once.
 #[tauri::command]
-pub fn set_alert_settings(receiver: State<'_, Arc<Receiver>>, alerts: AlertSettings) -> Result<()> {
-    Ok(receiver.set_alert_settings(alerts)?)
+pub async fn set_alert_settings(
+    receiver: State<'_, Arc<Receiver>>,
+    alerts: AlertSettings,
+) -> Result<()> {
+    Ok(receiver.set_alert_settings(alerts).await?)
 }
 
 /// Pauses non-critical alerts for an hour or until morning, or resumes them.
 #[tauri::command]
-pub fn pause_alerts(receiver: State<'_, Arc<Receiver>>, pause: Pause) -> Result<()> {
-    Ok(receiver.pause_alerts(pause.until(chrono::Local::now()))?)
+pub async fn pause_alerts(receiver: State<'_, Arc<Receiver>>, pause: Pause) -> Result<()> {
+    Ok(receiver
+        .pause_alerts(pause.until(chrono::Local::now()))
+        .await?)
 }
 
 /// Starts the app at login (hidden in the tray), or stops doing so.
-#[tauri::command]
+#[tauri::command(async)]
 pub fn set_start_at_login(app: AppHandle, enabled: bool) -> Result<()> {
     #[cfg(desktop)]
     {

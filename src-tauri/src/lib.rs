@@ -23,11 +23,14 @@ pub const EVENT: &str = "wardline://event";
 fn inbox_path(app: &tauri::AppHandle) -> std::path::PathBuf {
     match std::env::var_os("WARDLINE_DB") {
         Some(path) => path.into(),
-        None => app
-            .path()
-            .app_data_dir()
-            .unwrap_or_else(|_| ".".into())
-            .join("inbox.sqlite3"),
+        None => {
+            let dir = app.path().app_data_dir().unwrap_or_else(|_| ".".into());
+            // Patient details: a directory of the user's alone, also if it existed before.
+            if let Err(e) = wardline_client::private::private_dir(&dir) {
+                tracing::warn!(error = %e, dir = %dir.display(), "could not make the data directory private");
+            }
+            dir.join("inbox.sqlite3")
+        }
     }
 }
 
@@ -130,7 +133,7 @@ pub fn run() {
                         // makes the window read; the tray reads it now.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             #[cfg(desktop)]
-                            tray::reflect(&handle, &[]);
+                            tray::reflect(&handle, &[]).await;
                             continue;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -147,18 +150,18 @@ pub fn run() {
                         let _ = handle.emit(EVENT, event);
                     }
                     #[cfg(desktop)]
-                    tray::reflect(&handle, &burst);
+                    tray::reflect(&handle, &burst).await;
                 }
             });
             let alerts = choose_alerts(app.handle());
             app.manage(AppAlerts(alerts.clone()));
             // WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests),
-            // as they do for the CLI; otherwise the last sign-in resumes. Starting spawns the
-            // subscription on Tauri's runtime.
-            let started = {
+            // as they do for the CLI; otherwise the last sign-in resumes. On Tauri's runtime, not
+            // the main thread: the keychain may take a while.
+            {
                 let receiver = receiver.clone();
-                tauri::async_runtime::block_on(async move {
-                    match (
+                tauri::async_runtime::spawn(async move {
+                    let started = match (
                         std::env::var("WARDLINE_SERVER"),
                         std::env::var("WARDLINE_USER"),
                         std::env::var("WARDLINE_TOKEN"),
@@ -172,12 +175,12 @@ pub fn run() {
                             );
                             Ok(true)
                         }
-                        _ => receiver.resume(alerts),
+                        _ => receiver.resume(alerts).await,
+                    };
+                    if let Err(e) = started {
+                        tracing::warn!(error = %e, "could not resume the last sign-in");
                     }
-                })
-            };
-            if let Err(e) = started {
-                tracing::warn!(error = %e, "could not resume the last sign-in");
+                });
             }
             app.manage(receiver);
             #[cfg(desktop)]

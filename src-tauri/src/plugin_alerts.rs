@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tauri::{AppHandle, Emitter, Manager};
 use tauri_plugin_notification::{Action, ActionType, NotificationExt};
 use wardline_client::Event;
-use wardline_client::alert::{ACKNOWLEDGE_ACTION, Alert, Alerter, Urgency};
+use wardline_client::alert::{ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, Urgency};
 use wardline_client::receiver::Receiver;
 use wardline_protocol::{Channel, Cursor};
 
@@ -67,11 +67,16 @@ impl PluginAlerter {
                     Some((channel, id))
                 });
                 match (performed.action_id(), target) {
-                    (ACKNOWLEDGE_ACTION, Some((channel, id))) => {
-                        if let Some(receiver) = handle.try_state::<Arc<Receiver>>()
-                            && let Err(e) = receiver.acknowledge(&[format!("{channel}/{id}")])
-                        {
-                            tracing::error!(error = %e, "could not acknowledge from the alert");
+                    (ACKNOWLEDGE_ACTION, Some(target)) => {
+                        // Stored at once, whatever the subscription's state; sent when it can be.
+                        if let Some(receiver) = handle.try_state::<Arc<Receiver>>() {
+                            let receiver = receiver.inner().clone();
+                            tauri::async_runtime::spawn(async move {
+                                let action = AlertAction::Acknowledge(target);
+                                if let Err(e) = receiver.alert_action(action).await {
+                                    tracing::error!(error = %e, "could not acknowledge from the alert");
+                                }
+                            });
                         }
                     }
                     ("tap", target) => {

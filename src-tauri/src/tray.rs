@@ -87,14 +87,21 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
     if let Some(image) = icon("offline") {
         tray = tray.icon(image);
     }
+    // Menu events arrive on the main thread: what touches the receiver runs on the async runtime.
     tray.on_menu_event(|app, event| {
-        let receiver = app.try_state::<Arc<Receiver>>();
+        let receiver = app.try_state::<Arc<Receiver>>().map(|r| r.inner().clone());
         let pause = |pause: Pause| {
-            if let Some(receiver) = &receiver
-                && let Err(e) = receiver.pause_alerts(pause.until(chrono::Local::now()))
-            {
-                tracing::error!(error = %e, "could not change the pause of alerts");
-            }
+            let Some(receiver) = receiver.clone() else {
+                return;
+            };
+            tauri::async_runtime::spawn(async move {
+                if let Err(e) = receiver
+                    .pause_alerts(pause.until(chrono::Local::now()))
+                    .await
+                {
+                    tracing::error!(error = %e, "could not change the pause of alerts");
+                }
+            });
         };
         match event.id().as_ref() {
             "open" => show_main_window(app),
@@ -102,8 +109,10 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
             "pause_morning" => pause(Pause::UntilMorning),
             "resume" => pause(Pause::Off),
             "sign_out" => {
-                if let Some(receiver) = &receiver {
-                    let _ = receiver.sign_out();
+                if let Some(receiver) = receiver.clone() {
+                    tauri::async_runtime::spawn(async move {
+                        let _ = receiver.sign_out().await;
+                    });
                 }
             }
             "quit" => app.exit(0),
@@ -111,23 +120,26 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
         }
     })
     .build(app)?;
-    if let Some(receiver) = app.try_state::<Arc<Receiver>>()
-        && let Ok(status) = receiver.status()
-    {
-        show_pause(app, &status);
+    if let Some(receiver) = app.try_state::<Arc<Receiver>>() {
+        let (receiver, app) = (receiver.inner().clone(), app.clone());
+        tauri::async_runtime::spawn(async move {
+            if let Ok(status) = receiver.status().await {
+                show_pause(&app, &status);
+            }
+        });
     }
     Ok(())
 }
 
 /// Makes the tray tell the truth after some events.
-pub fn reflect(app: &AppHandle, events: &[Event]) {
+pub async fn reflect(app: &AppHandle, events: &[Event]) {
     let Some(tray) = app.tray_by_id(TRAY) else {
         return;
     };
-    let Some(receiver) = app.try_state::<Arc<Receiver>>() else {
+    let Some(receiver) = app.try_state::<Arc<Receiver>>().map(|r| r.inner().clone()) else {
         return;
     };
-    let Ok(status) = receiver.status() else {
+    let Ok(status) = receiver.status().await else {
         return;
     };
     let items = app.try_state::<TrayItems>();

@@ -166,8 +166,21 @@ pub async fn run(
     db: &Path,
     args: &[&str],
 ) -> anyhow::Result<(i32, String, String)> {
-    let output =
-        tokio::time::timeout(WAIT, command(server, user, token, db).args(args).output()).await??;
+    run_with(server, user, token, db, args, &[]).await
+}
+
+/// Runs a one-shot `wardline` command with extra environment; returns (exit code, stdout, stderr).
+pub async fn run_with(
+    server: &str,
+    user: &str,
+    token: &str,
+    db: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(i32, String, String)> {
+    let mut command = command(server, user, token, db);
+    command.envs(env.iter().copied()).args(args);
+    let output = tokio::time::timeout(WAIT, command.output()).await??;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -10,8 +10,9 @@ use wardline_client::alert::{AlertAction, DesktopAlerter, QuietHours};
 use wardline_client::config::{self, Settings};
 use wardline_client::http;
 use wardline_client::inbox::now_ms;
+use wardline_client::private;
 use wardline_client::secrets;
-use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription};
+use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription, Trust};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 
 #[derive(Parser)]
@@ -30,6 +31,10 @@ struct Cli {
     /// The inbox database (default: $XDG_DATA_HOME/wardline/inbox.sqlite3).
     #[arg(long, global = true, env = "WARDLINE_DB")]
     db: Option<PathBuf>,
+    /// A certificate authority to trust besides the system's (PEM), for a relay whose https
+    /// certificate comes from the hospital's own CA.
+    #[arg(long, global = true, env = "WARDLINE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +117,11 @@ fn default_db() -> PathBuf {
     base.join("wardline/inbox.sqlite3")
 }
 
+/// The certificates trusted for https:// relays: the system's, plus `--ca-file`.
+fn trust(cli: &Cli) -> anyhow::Result<Trust> {
+    Ok(Trust::new(cli.ca_file.as_deref())?)
+}
+
 /// The relay and user: flags and environment first, then what `wardline login` remembered.
 fn server_and_user(cli: &Cli) -> anyhow::Result<(String, String)> {
     let settings = Settings::load(&config::default_path()).map_err(anyhow::Error::msg)?;
@@ -126,13 +136,13 @@ fn server_and_user(cli: &Cli) -> anyhow::Result<(String, String)> {
 
 /// The token: `WARDLINE_TOKEN` (for servers and CI; the keychain is then not touched), else the
 /// OS keychain.
-fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
+async fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
     if let Ok(token) = std::env::var("WARDLINE_TOKEN")
         && !token.trim().is_empty()
     {
         return Ok(Sensitive::new(token.trim().to_owned()));
     }
-    match secrets::load_token(server, user)? {
+    match secrets::load_token(server, user).await? {
         Some(token) => Ok(token),
         None => bail!(
             "not signed in as {user} at {server}: run `wardline login` (or set WARDLINE_TOKEN)"
@@ -158,11 +168,11 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     };
     let token = Sensitive::new(token.trim().to_owned());
     anyhow::ensure!(!token.expose().is_empty(), "no token given");
-    let me = http::whoami(&server, &token).await?;
+    let me = http::whoami(trust(cli)?.http(), &server, &token).await?;
     if me["user"].as_str() != Some(user.as_str()) {
         bail!("the token is for user {}, not {user}", me["user"]);
     }
-    secrets::store_token(&server, &user, &token)?;
+    secrets::store_token(&server, &user, &token).await?;
     Settings::update(&config::default_path(), |settings| {
         settings.server = Some(server.clone());
         settings.user = Some(user.clone());
@@ -223,6 +233,7 @@ fn describe_event(event: &Event) -> Option<String> {
                 .unwrap_or_else(|| "the start".into())
         ),
         Event::SignInRequired { reason } => format!("sign-in required: {reason}"),
+        Event::Untrusted { reason } => format!("stopped: {reason}"),
         Event::AlertSettingsChanged { alerts } => format!(
             "alerts: quiet hours {}, sound {}, {}",
             alerts
@@ -246,14 +257,20 @@ fn describe_event(event: &Event) -> Option<String> {
     })
 }
 
+/// Ctrl-C, or (on Unix) SIGTERM from a service manager.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
     }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }
 
 /// `alerts`: `None` for no OS alerts, else quiet hours that override the settings file's.
@@ -267,12 +284,13 @@ async fn listen(
     let mut alert_settings = Settings::load(&config::default_path())
         .map_err(anyhow::Error::msg)?
         .alerts;
-    let token = token(&server, &user)?;
+    let token = token(&server, &user).await?;
     let options = Options {
         server,
         user,
         token,
         heartbeat: Duration::from_secs(15),
+        trust: trust(cli)?,
     };
     let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
     if let Some(quiet_hours) = alerts {
@@ -280,11 +298,13 @@ async fn listen(
         let (actions, mut chosen) = tokio::sync::mpsc::unbounded_channel();
         let acknowledger = subscription.acknowledger();
         // There is no window to open: of what the person does with an alert, only
-        // "Acknowledge" matters here.
+        // "Acknowledge" matters here. It is stored at once and sent by the subscription.
         tokio::spawn(async move {
             while let Some(action) = chosen.recv().await {
-                if let AlertAction::Acknowledge(notification) = action {
-                    let _ = acknowledger.send(notification);
+                if let AlertAction::Acknowledge(notification) = action
+                    && let Err(e) = acknowledger.acknowledge(vec![notification]).await
+                {
+                    eprintln!("wardline: the acknowledgement could not be stored: {e}");
                 }
             }
         });
@@ -294,26 +314,42 @@ async fn listen(
         );
     }
     let mut events = subscription.events();
+    let (finished, mut done) = tokio::sync::oneshot::channel::<()>();
     let printer = tokio::spawn(async move {
+        let print = |event: Event| match event {
+            Event::NotificationStored { notification } => print_row(&notification, json),
+            event => {
+                if let Some(text) = describe_event(&event) {
+                    eprintln!("wardline: {text}");
+                }
+            }
+        };
         loop {
-            match events.recv().await {
-                Ok(Event::NotificationStored { notification }) => print_row(&notification, json),
-                Ok(event) => {
-                    if let Some(text) = describe_event(&event) {
-                        eprintln!("wardline: {text}");
+            tokio::select! {
+                biased;
+                event = events.recv() => match event {
+                    Ok(event) => print(event),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!(
+                            "wardline: {n} events not shown (all are stored; see `wardline list`)"
+                        );
                     }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                // The subscription ended (the alert actions' acknowledger may still hold the
+                // event channel open): print what is left, then stop.
+                _ = &mut done => {
+                    while let Ok(event) = events.try_recv() {
+                        print(event);
+                    }
+                    return;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!(
-                        "wardline: {n} events not shown (all are stored; see `wardline list`)"
-                    );
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     });
     let ended = subscription.run(shutdown_signal()).await;
     drop(subscription);
+    let _ = finished.send(());
     let _ = printer.await;
     match ended? {
         Ended::Shutdown => Ok(0),
@@ -321,22 +357,27 @@ async fn listen(
             eprintln!("wardline: stopped: {reason}");
             Ok(3)
         }
+        // Already said by the Untrusted event.
+        Ended::Untrusted(_) => Ok(4),
     }
 }
 
 async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32> {
     let resolved = inbox.resolve(ids)?;
     inbox.mark_acked(&resolved)?;
-    let signed_in =
-        server_and_user(cli).and_then(|(server, user)| Ok((token(&server, &user)?, server)));
+    let signed_in = match server_and_user(cli) {
+        Ok((server, user)) => token(&server, &user).await.map(|token| (token, server)),
+        Err(e) => Err(e),
+    };
     let Ok((token, server)) = signed_in else {
         eprintln!("wardline: acknowledged here; the listener tells the relay when it connects");
         return Ok(0);
     };
-    let client = reqwest::Client::new();
+    let trust = trust(cli)?;
+    let client = trust.http();
     for (channel, id) in &resolved {
         let kind = ReceiptKind::Acknowledged;
-        match http::send_receipts(&client, &server, &token, kind, channel, &[*id]).await {
+        match http::send_receipts(client, &server, &token, kind, channel, &[*id]).await {
             Ok(()) => {
                 inbox.mark_synced(kind, channel, &[*id])?;
                 println!("acknowledged {id}");
@@ -400,9 +441,20 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The inbox the command works on (`--db`, else the default path).
+/// The inbox the command works on (`--db`, else the default path, in a directory of the user's
+/// alone).
 fn open_inbox(cli: &Cli) -> anyhow::Result<Inbox> {
-    Ok(Inbox::open(&cli.db.clone().unwrap_or_else(default_db))?)
+    let path = match &cli.db {
+        Some(path) => path.clone(),
+        None => {
+            let path = default_db();
+            if let Some(dir) = path.parent() {
+                private::private_dir(dir).with_context(|| dir.display().to_string())?;
+            }
+            path
+        }
+    };
+    Ok(Inbox::open(&path)?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -410,7 +462,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Login { token } => login(&cli, token.clone()).await,
         Command::Logout => {
             let (server, user) = server_and_user(&cli)?;
-            secrets::delete_token(&server, &user)?;
+            secrets::delete_token(&server, &user).await?;
             println!(
                 "signed out: the token for {user} at {server} is no longer in the OS keychain"
             );

@@ -1,0 +1,180 @@
+//! Which relays the receiver trusts: the certificate authorities of the OS trust store, plus one
+//! extra CA file for hospitals that run their own (`--ca-file` / `WARDLINE_CA_FILE`). There is no
+//! way to turn verification off.
+//!
+//! One rustls configuration serves the WebSocket (tokio-tungstenite) and every HTTP request
+//! (reqwest), so both trust exactly the same relays. A certificate the receiver cannot trust is
+//! not a passing network fault: [`certificate_problem`] recognises it so that the subscription
+//! stops with a clear message instead of retrying.
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long opening a TCP connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the trusted certificates could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The extra CA file could not be read or holds no certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built with the certificates.
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// The certificates the receiver trusts, and the HTTP client that uses them. Cheap to clone.
+#[derive(Clone)]
+pub struct Trust {
+    config: Arc<rustls::ClientConfig>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trust")
+    }
+}
+
+impl Trust {
+    /// The OS trust store plus the certificates in `ca_file` (PEM), if given.
+    pub fn new(ca_file: Option<&Path>) -> Result<Trust, TrustError> {
+        let mut roots = rustls::RootCertStore::empty();
+        // A store that cannot be read in part still gives what it can: a relay whose CA is missing
+        // then fails with a clear "not trusted" error naming it.
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            tracing::debug!(%error, "part of the OS trust store could not be read");
+        }
+        let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = ca_file {
+            let ca_error = |reason: String| TrustError::CaFile {
+                path: path.to_owned(),
+                reason,
+            };
+            let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_error(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TrustError::Http(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config.clone())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| TrustError::Http(e.to_string()))?;
+        Ok(Trust {
+            config: Arc::new(config),
+            http,
+        })
+    }
+
+    /// The OS trust store plus the CA file named by `WARDLINE_CA_FILE`, if set.
+    pub fn from_env() -> Result<Trust, TrustError> {
+        let ca_file = std::env::var_os("WARDLINE_CA_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        Trust::new(ca_file.as_deref())
+    }
+
+    /// The HTTP client for the relay's endpoints.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The TLS configuration for WebSocket connections.
+    pub(crate) fn rustls(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+}
+
+/// If `error` (or anything it was caused by) says the relay's certificate cannot be trusted, what
+/// to tell the person: which host, why, and what to do.
+pub fn certificate_problem(
+    host: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        // An I/O error's `source` skips the error it wraps: look inside it too.
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(error), wrapped].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>()
+                && untrusted(tls)
+            {
+                return Some(format!(
+                    "the relay's certificate for {host} cannot be trusted ({tls}); if your \
+                     hospital runs its own certificate authority, give its certificate with \
+                     --ca-file or WARDLINE_CA_FILE"
+                ));
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// Whether a TLS failure is about the certificate (not a passing fault of the network).
+fn untrusted(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType
+            | rustls::Error::InvalidCertRevocationList(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_certificates_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let error = Trust::new(Some(&path)).unwrap_err();
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
+        let missing = Trust::new(Some(&dir.path().join("missing.pem"))).unwrap_err();
+        assert!(missing.to_string().contains("missing.pem"), "{missing}");
+    }
+
+    #[test]
+    fn certificate_errors_are_found_inside_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let message = certificate_problem("relay.example", &io).expect("recognised");
+        assert!(
+            message.contains("relay.example") && message.contains("UnknownIssuer"),
+            "{message}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(certificate_problem("relay.example", &refused), None);
+    }
+}
