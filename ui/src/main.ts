@@ -6,6 +6,7 @@ import {
   banner,
   details,
   key,
+  localDateTime,
   pausedUntil,
   sortInbox,
   splitQuietHours,
@@ -57,7 +58,7 @@ function renderList() {
       badge.textContent = typeBadge(row);
       badge.dataset.type = row.priority === "critical" ? "critical" : row.type;
       (li.querySelector(".text") as HTMLElement).textContent = row.title;
-      (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${row.sent_at.slice(0, 16).replace("T", " ")}`;
+      (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${localDateTime(row.sent_at)}`;
       li.addEventListener("click", () => select(key(row)));
       li.addEventListener("keydown", (e) => {
         if (e.key === "Enter") select(key(row));
@@ -91,9 +92,18 @@ function renderDetail() {
   ack.className = "primary";
   ack.textContent = row.acked_at === null ? "Acknowledge" : "Acknowledged";
   ack.disabled = row.acked_at !== null;
+  // A failed acknowledgement is shown, never swallowed: the result is still waiting.
+  const failed = document.createElement("p");
+  failed.className = "error";
+  failed.setAttribute("role", "alert");
   ack.addEventListener("click", async () => {
-    await api.acknowledge([key(row)]);
-    await refresh();
+    failed.textContent = "";
+    try {
+      await api.acknowledge([key(row)]);
+      await refresh();
+    } catch (error) {
+      failed.textContent = `Not acknowledged: ${message(error)}`;
+    }
   });
   const read = document.createElement("button");
   read.textContent = row.read_at === null ? "Mark read" : "Read";
@@ -102,7 +112,7 @@ function renderDetail() {
     await api.markRead([key(row)]);
     await refresh();
   });
-  panel.append(h, dl, ack, document.createTextNode(" "), read);
+  panel.append(h, dl, ack, document.createTextNode(" "), read, failed);
 }
 
 function select(k: string) {

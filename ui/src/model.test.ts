@@ -1,4 +1,14 @@
-import { aboutConnection, banner, details, pausedUntil, sortInbox, splitQuietHours, type Row, type Status } from "./model";
+import {
+  aboutConnection,
+  banner,
+  details,
+  localDateTime,
+  pausedUntil,
+  sortInbox,
+  splitQuietHours,
+  type Row,
+  type Status,
+} from "./model";
 
 const row = (id: string, over: Partial<Row> = {}): Row => ({
   id,
@@ -70,6 +80,13 @@ describe("the banner", () => {
   it("asks to sign in again when the token is refused", () => {
     expect(banner(status(), { event: "sign_in_required", reason: "the token has expired" }, 0).kind).toBe("critical");
   });
+
+  it("says so when the relay's certificate cannot be trusted", () => {
+    const reason = "the relay's certificate for relay.example cannot be trusted (invalid peer certificate: UnknownIssuer)";
+    const untrusted = { event: "untrusted" as const, reason };
+    expect(aboutConnection(untrusted)).toBe(true);
+    expect(banner(status(), untrusted, 0)).toEqual({ kind: "critical", text: `Not connected: ${reason}` });
+  });
 });
 
 describe("the detail view", () => {
@@ -81,8 +98,14 @@ describe("the detail view", () => {
       ["Patient", "Bob Wilson"],
       ["Test", "BMP"],
       ["Needs review", "Yes"],
-      ["Sent", "2026-11-23T10:00:00.000Z"],
+      ["Sent", "2026-11-23 11:00"],
     ]);
+  });
+
+  it("shows the relay's UTC times in the person's time zone", () => {
+    expect(localDateTime("2026-11-23T23:30:00.000Z")).toBe("2026-11-24 00:30");
+    expect(localDateTime("2026-07-01T12:05:00Z")).toBe("2026-07-01 14:05");
+    expect(localDateTime("not a time")).toBe("not a time");
   });
 });
 

@@ -58,6 +58,7 @@ export type WardlineEvent =
   | { event: "gap_detected"; channel: string; since: string | null }
   | { event: "notification_stored"; notification: Row }
   | { event: "sign_in_required"; reason: string }
+  | { event: "untrusted"; reason: string }
   | { event: "acknowledged"; channel: string; ids: string[] }
   | { event: "signed_out" }
   | { event: "alert_opened"; channel: string | null; id: string | null }
@@ -65,7 +66,7 @@ export type WardlineEvent =
 
 /** Whether an event says something about the connection (what the banner follows). */
 export const aboutConnection = (event: WardlineEvent): boolean =>
-  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "signed_out"].includes(event.event);
+  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "untrusted", "signed_out"].includes(event.event);
 
 /** The key a notification is acknowledged or read by. */
 export const key = (row: Row): string => `${row.channel}/${row.id}`;
@@ -81,6 +82,15 @@ export const time = (ms: number) => {
   const d = new Date(ms);
   return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
 };
+
+/** A time the relay gave (ISO 8601, in UTC) as YYYY-MM-DD HH:MM in the person's own time zone; the
+ * text as given when it is not a time. */
+export function localDateTime(iso: string): string {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  const p = (n: number) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${time(d.getTime())}`;
+}
 
 /** "until HH:MM" while non-critical alerts are paused, else null. */
 export function pausedUntil(alerts: AlertSettings, now: number): string | null {
@@ -109,6 +119,7 @@ export function banner(status: Status, last: WardlineEvent | null, now: number):
 function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
   if (status.user === null) return { kind: "warn", text: "Not signed in" };
   if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
+  if (last?.event === "untrusted") return { kind: "critical", text: `Not connected: ${last.reason}` };
   if (last?.event === "reconnecting") {
     const seconds = Math.max(0, Math.round(last.in_ms / 1000));
     return { kind: "warn", text: `Offline since ${time(last.offline_since)} — retrying in ${seconds} s` };
@@ -150,6 +161,6 @@ export function details(row: Row): Array<[string, string]> {
     const text = typeof value === "boolean" ? (value ? "Yes" : "No") : String(value);
     out.push([label, text]);
   }
-  out.push(["Sent", row.sent_at]);
+  out.push(["Sent", localDateTime(row.sent_at)]);
   return out;
 }

@@ -112,6 +112,16 @@ test("acknowledging a critical result from the detail view", async () => {
   await page.close();
 });
 
+test("an acknowledgement that fails says so and leaves the result waiting", async () => {
+  const page = await signedIn();
+  await page.evaluate(() => { window.__wardline.state.acknowledgeError = "the inbox is locked by another process"; });
+  await page.locator("#list li").first().click();
+  await page.click("#detail button.primary");
+  await page.locator("#detail [role=alert]", { hasText: "Not acknowledged: the inbox is locked by another process" }).waitFor();
+  assert.equal(await page.locator("#detail button.primary").textContent(), "Acknowledge");
+  await page.close();
+});
+
 test("the banner tells the truth: offline with the retry time, then a history gap", async () => {
   const page = await signedIn();
   const since = await page.evaluate(() => new Date(2026, 10, 23, 10, 42).getTime());

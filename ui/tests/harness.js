@@ -18,6 +18,8 @@ const state = {
   startAtLogin: false,
   // A test sets this to make "start at login" fail as it would without a writable autostart folder.
   autostartError: null,
+  // A test sets this to make acknowledging fail as it would with a broken inbox.
+  acknowledgeError: null,
   rows: [
     row("1795400000000-0", "normal", "appointment_requested", "Appointment requested by Alice Johnson", "Alice Johnson: Annual checkup",
         { type: "appointment_requested", patient_name: "Alice Johnson", reason: "Annual checkup" }, 5),
@@ -51,7 +53,9 @@ mockIPC((cmd, args) => {
       return state.rows.filter((r) => (!q.unread || !r.read_at) && (!q.critical || r.priority === "critical")
         && (!q.kind || r.type === q.kind) && (!q.search || (r.title + r.body).toLowerCase().includes(q.search.toLowerCase())));
     }
-    case "acknowledge": for (const k of args.ids) { const r = byKey(k); r.acked_at = Date.now(); r.read_at ??= Date.now(); } return null;
+    case "acknowledge":
+      if (state.acknowledgeError) throw { code: "inbox", message: state.acknowledgeError };
+      for (const k of args.ids) { const r = byKey(k); r.acked_at = Date.now(); r.read_at ??= Date.now(); } return null;
     case "mark_read": for (const k of args.ids) byKey(k).read_at = Date.now(); return null;
     case "settings": return { server: status().server, user: status().user, alerts: state.alerts, start_at_login: state.startAtLogin };
     case "set_alert_settings": state.alerts = args.alerts; return null;
