@@ -2,7 +2,7 @@
 
 use crate::alert::AlertSettings;
 use crate::inbox::Row;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wardline_protocol::{Channel, Cursor};
 
 /// A change the person (or whoever watches) should know about.
@@ -51,6 +51,12 @@ pub enum Event {
         /// Which host, why, and what to do.
         reason: String,
     },
+    /// The subscription stopped on a failure of this device (the inbox cannot be written): nothing
+    /// more is received until it is fixed.
+    Failed {
+        /// What failed.
+        reason: String,
+    },
     /// Notifications were acknowledged on this device (stored; the relay hears of it when connected).
     Acknowledged {
         /// The channel.
@@ -72,4 +78,85 @@ pub enum Event {
         /// The settings now.
         alerts: AlertSettings,
     },
+}
+
+/// Where the connection to the relay stands: kept in the inbox (for `wardline status` in another
+/// process), shown by the tray and the window. Written as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// No subscription has run with this inbox yet.
+    NeverStarted,
+    /// Connected and subscribed.
+    Connected,
+    /// The connection is gone; the next attempt is on its way.
+    Reconnecting,
+    /// The token was refused or expired: nothing more is tried until there is a new one.
+    SignInRequired,
+    /// The relay's certificate cannot be trusted: nothing more is tried.
+    Untrusted,
+    /// The subscription was stopped (signed out, the app or `listen` ended).
+    Stopped,
+}
+
+impl ConnectionState {
+    const ALL: [ConnectionState; 6] = [
+        ConnectionState::NeverStarted,
+        ConnectionState::Connected,
+        ConnectionState::Reconnecting,
+        ConnectionState::SignInRequired,
+        ConnectionState::Untrusted,
+        ConnectionState::Stopped,
+    ];
+
+    /// Its name, as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::NeverStarted => "never_started",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+            ConnectionState::SignInRequired => "sign_in_required",
+            ConnectionState::Untrusted => "untrusted",
+            ConnectionState::Stopped => "stopped",
+        }
+    }
+
+    /// The state of a stored name (`None` for one this version does not know).
+    pub fn parse(name: &str) -> Option<ConnectionState> {
+        ConnectionState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+
+    /// In words, for people: "sign in required".
+    pub fn in_words(self) -> String {
+        self.as_str().replace('_', " ")
+    }
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_states_are_stored_and_sent_by_the_same_names() {
+        for state in ConnectionState::ALL {
+            assert_eq!(ConnectionState::parse(state.as_str()), Some(state));
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
+        }
+        assert_eq!(ConnectionState::parse("connecting"), None);
+        assert_eq!(
+            ConnectionState::SignInRequired.in_words(),
+            "sign in required"
+        );
+    }
 }

@@ -92,6 +92,9 @@ pub enum InboxError {
     /// An id given on the command line matches nothing, or more than one notification.
     #[error("{0}")]
     NotFound(String),
+    /// The inbox cannot be reached any more (a call on it panicked).
+    #[error("the inbox stopped working: {0}")]
+    Gone(String),
 }
 
 /// A stored notification, as listed.

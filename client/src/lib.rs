@@ -6,7 +6,8 @@
 //!   dead-connection and wake detection, receipts after commit), over a WebSocket (`ws`) or, where
 //!   proxies refuse those, Server-Sent Events ([`sse`]);
 //! - [`inbox`]: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
-//!   still to send, gaps, status);
+//!   still to send, gaps, status); [`inbox_handle`]: how everything else reaches it, off the
+//!   async workers;
 //! - [`http`]: the relay's plain HTTP endpoints (token check, receipts);
 //! - [`events`]: the stream of state changes the CLI and the app show;
 //! - [`alert`]: which OS alerts to raise, and the desktop alerter;
@@ -27,6 +28,7 @@ pub mod events;
 pub mod freedesktop;
 pub mod http;
 pub mod inbox;
+pub mod inbox_handle;
 pub mod liveness;
 pub mod private;
 pub mod receiver;
@@ -36,7 +38,8 @@ pub mod subscription;
 pub mod tls;
 mod ws;
 
-pub use events::Event;
+pub use events::{ConnectionState, Event};
 pub use inbox::{Filter, Inbox, InboxError, Row};
+pub use inbox_handle::InboxHandle;
 pub use subscription::{Acknowledger, Ended, Options, Subscription, SubscriptionError};
 pub use tls::Trust;

@@ -1,10 +1,13 @@
 //! `Receiver`: the receiver as an app uses it — one inbox, one subscription that starts at sign-in
 //! and stops at sign-out, and one stream of events that outlives both. No Tauri in it.
 
-use crate::alert::{AlertAction, AlertSettings, Alerter, DesktopAlerter, SharedAlertSettings};
+use crate::alert::{
+    AlertAction, AlertSettings, Alerter, DesktopAlerter, QuietHours, SharedAlertSettings,
+};
 use crate::config::{self, Settings};
-use crate::events::Event;
+use crate::events::{ConnectionState, Event};
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
+use crate::inbox_handle::InboxHandle;
 use crate::subscription::{Acknowledger, Options, Subscription};
 use crate::tls::Trust;
 use crate::{http, secrets};
@@ -76,8 +79,8 @@ pub struct Status {
     pub user: Option<String>,
     /// The relay.
     pub server: Option<String>,
-    /// connected, reconnecting, sign_in_required, stopped, never started.
-    pub connection: String,
+    /// Where the connection stands.
+    pub connection: ConnectionState,
     /// Details (why reconnecting, when next).
     pub detail: String,
     /// Counts.
@@ -92,11 +95,12 @@ struct Running {
     server: String,
     user: String,
     stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// One user's receiver.
 pub struct Receiver {
-    inbox: Arc<Mutex<Inbox>>,
+    inbox: InboxHandle,
     running: Mutex<Option<Running>>,
     events: broadcast::Sender<Event>,
     acknowledger: Acknowledger,
@@ -119,7 +123,7 @@ impl Receiver {
         settings_path: PathBuf,
         trust: Trust,
     ) -> Result<Receiver, ReceiverError> {
-        let inbox = Arc::new(Mutex::new(Inbox::open(db)?));
+        let inbox = InboxHandle::new(Inbox::open(db)?);
         let settings = Settings::load(&settings_path).map_err(ReceiverError::Settings)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Receiver {
@@ -143,12 +147,7 @@ impl Receiver {
         &self,
         work: impl FnOnce(&mut Inbox) -> Result<T, InboxError> + Send + 'static,
     ) -> Result<T, ReceiverError> {
-        let inbox = self.inbox.clone();
-        Ok(
-            tokio::task::spawn_blocking(move || work(&mut inbox.lock().expect("inbox lock")))
-                .await
-                .expect("inbox task")?,
-        )
+        Ok(self.inbox.call(work).await?)
     }
 
     /// Runs `work` on the settings file off the async workers.
@@ -251,28 +250,55 @@ impl Receiver {
             }
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(async move {
-            if let Err(e) = subscription
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-            {
+        let failed = self.events.clone();
+        let task = tokio::spawn(async move {
+            let stop = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = subscription.run(stop).await {
                 tracing::error!(error = %e, "the subscription stopped");
+                let _ = failed.send(Event::Failed {
+                    reason: e.to_string(),
+                });
             }
         });
         *self.running.lock().expect("receiver lock") = Some(Running {
             server: server.to_owned(),
             user: user.to_owned(),
             stop,
+            task,
         });
     }
 
-    /// Stops the subscription, if one runs.
+    /// Stops the subscription, if one runs (without waiting for it).
     pub fn stop(&self) {
         if let Some(running) = self.running.lock().expect("receiver lock").take() {
             let _ = running.stop.send(());
         }
+    }
+
+    /// Stops the subscription, if one runs, and waits until it has (its state recorded as
+    /// stopped).
+    pub async fn shutdown(&self) {
+        let running = self.running.lock().expect("receiver lock").take();
+        if let Some(running) = running {
+            let _ = running.stop.send(());
+            let _ = running.task.await;
+        }
+    }
+
+    /// Quiet hours for this run only (the command line's `--quiet-hours`), not saved.
+    pub fn override_quiet_hours(&self, quiet_hours: QuietHours) {
+        self.alert_settings
+            .write()
+            .expect("alert settings lock")
+            .quiet_hours = Some(quiet_hours);
+    }
+
+    /// Deletes notifications received longer ago than `keep`; returns how many.
+    pub async fn purge_older_than(&self, keep: Duration) -> Result<usize, ReceiverError> {
+        self.with_inbox(move |inbox| inbox.purge_older_than(keep))
+            .await
     }
 
     /// Stops the subscription and removes the token from the keychain.
@@ -362,7 +388,10 @@ impl Receiver {
         Ok(Status {
             user,
             server,
-            connection: connection.unwrap_or_else(|| "never started".into()),
+            connection: connection
+                .as_deref()
+                .and_then(ConnectionState::parse)
+                .unwrap_or(ConnectionState::NeverStarted),
             detail: detail.unwrap_or_default(),
             counts,
             gaps,

@@ -189,7 +189,7 @@ impl Subscription {
         self.post_receipts(&http, ReceiptKind::Acknowledged, pending.acknowledged)
             .await?;
         self.set_state(
-            "connected",
+            crate::events::ConnectionState::Connected,
             &format!(
                 "{} (Server-Sent Events: the WebSocket was refused)",
                 self.options.server
@@ -418,8 +418,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             trust: crate::tls::Trust::new(None).unwrap(),
         };
-        let subscription =
-            Subscription::new(options, std::sync::Arc::new(std::sync::Mutex::new(inbox)));
+        let subscription = Subscription::new(options, crate::inbox_handle::InboxHandle::new(inbox));
         // A heartbeat at 20 s, then nothing.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<&'static [u8], String>>(4);
         tokio::spawn(async move {

@@ -17,12 +17,13 @@
 
 use crate::alert::{Alerter, SharedAlertSettings, alerts_for};
 use crate::backoff::Backoff;
-use crate::events::Event;
+use crate::events::{ConnectionState, Event};
 use crate::inbox::{Inbox, InboxError, now_ms};
+use crate::inbox_handle::InboxHandle;
 use crate::tls::Trust;
 use rand::Rng;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, broadcast};
 use wardline_protocol::{Channel, Cursor, Notification, Reconnect, Sensitive, ServerFrame};
@@ -110,14 +111,14 @@ pub(crate) type Grouped = Vec<(Channel, Vec<Cursor>)>;
 /// acknowledged can be dropped on the way.
 #[derive(Clone)]
 pub struct Acknowledger {
-    inbox: Arc<Mutex<Inbox>>,
+    inbox: InboxHandle,
     events: broadcast::Sender<Event>,
     flush: Arc<Notify>,
 }
 
 impl Acknowledger {
     /// Acknowledges into `inbox`, announcing it on `events`.
-    pub fn new(inbox: Arc<Mutex<Inbox>>, events: broadcast::Sender<Event>) -> Acknowledger {
+    pub fn new(inbox: InboxHandle, events: broadcast::Sender<Event>) -> Acknowledger {
         Acknowledger {
             inbox,
             events,
@@ -131,11 +132,10 @@ impl Acknowledger {
         if ids.is_empty() {
             return Ok(());
         }
-        let inbox = self.inbox.clone();
         let marked = ids.clone();
-        tokio::task::spawn_blocking(move || inbox.lock().expect("inbox lock").mark_acked(&marked))
-            .await
-            .expect("inbox task")?;
+        self.inbox
+            .call(move |inbox| inbox.mark_acked(&marked))
+            .await?;
         for (channel, ids) in group(ids) {
             let _ = self.events.send(Event::Acknowledged { channel, ids });
         }
@@ -152,7 +152,7 @@ impl Acknowledger {
 /// The relay connection of one user.
 pub struct Subscription {
     pub(crate) options: Options,
-    inbox: Arc<Mutex<Inbox>>,
+    inbox: InboxHandle,
     events: broadcast::Sender<Event>,
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     pub(crate) acknowledger: Acknowledger,
@@ -191,7 +191,7 @@ pub(crate) fn delay(pace: Pace, backoff: &mut Backoff, rng: &mut impl Rng) -> Du
 
 impl Subscription {
     /// A subscription writing into `inbox`.
-    pub fn new(options: Options, inbox: Arc<Mutex<Inbox>>) -> Subscription {
+    pub fn new(options: Options, inbox: InboxHandle) -> Subscription {
         let (events, _) = broadcast::channel(1024);
         let acknowledger = Acknowledger::new(inbox.clone(), events.clone());
         Subscription {
@@ -237,20 +237,17 @@ impl Subscription {
         &self,
         work: impl FnOnce(&mut Inbox) -> Result<T, InboxError> + Send + 'static,
     ) -> Result<T, InboxError> {
-        let inbox = self.inbox.clone();
-        tokio::task::spawn_blocking(move || work(&mut inbox.lock().expect("inbox lock")))
-            .await
-            .expect("inbox task")
+        self.inbox.call(work).await
     }
 
     /// Records the connection state for `wardline status` in another process (best effort: status
     /// is informative, the notifications are what must not be lost).
-    pub(crate) async fn set_state(&self, connection: &str, detail: &str) {
-        let (connection, detail) = (connection.to_owned(), detail.to_owned());
+    pub(crate) async fn set_state(&self, connection: ConnectionState, detail: &str) {
+        let detail = detail.to_owned();
         let _ = self
             .with_inbox(move |inbox| {
                 let now = now_ms().to_string();
-                inbox.set_state("connection", &connection)?;
+                inbox.set_state("connection", connection.as_str())?;
                 inbox.set_state("detail", &detail)?;
                 inbox.set_state("changed_at", &now)?;
                 inbox.set_state("updated_at", &now)?;
@@ -306,13 +303,14 @@ impl Subscription {
             let outcome = tokio::select! {
                 outcome = attempt => outcome?,
                 _ = &mut shutdown => {
-                    self.set_state("stopped", "").await;
+                    self.set_state(ConnectionState::Stopped, "").await;
                     return Ok(Ended::Shutdown);
                 }
             };
             let (reason, pace) = match outcome {
                 Outcome::SignIn(reason) => {
-                    self.set_state("sign_in_required", &reason).await;
+                    self.set_state(ConnectionState::SignInRequired, &reason)
+                        .await;
                     self.emit(Event::SignInRequired {
                         reason: reason.clone(),
                     });
@@ -320,7 +318,7 @@ impl Subscription {
                 }
                 Outcome::Untrusted(reason) => {
                     tracing::error!(%reason, "stopped: the relay cannot be trusted");
-                    self.set_state("untrusted", &reason).await;
+                    self.set_state(ConnectionState::Untrusted, &reason).await;
                     self.emit(Event::Untrusted {
                         reason: reason.clone(),
                     });
@@ -334,7 +332,7 @@ impl Subscription {
             }
             let delay = delay(pace, &mut backoff, &mut rand::rng());
             self.set_state(
-                "reconnecting",
+                ConnectionState::Reconnecting,
                 &format!("{reason}; retrying in {} s", delay.as_secs()),
             )
             .await;
@@ -351,7 +349,7 @@ impl Subscription {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => {
-                    self.set_state("stopped", "").await;
+                    self.set_state(ConnectionState::Stopped, "").await;
                     return Ok(Ended::Shutdown);
                 }
             }

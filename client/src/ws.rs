@@ -138,7 +138,11 @@ impl Subscription {
                 }
             }
         }
-        self.set_state("connected", &self.options.server).await;
+        self.set_state(
+            crate::events::ConnectionState::Connected,
+            &self.options.server,
+        )
+        .await;
         self.online().await?;
         self.emit(crate::Event::Connected {
             transport: "websocket",
@@ -292,7 +296,6 @@ mod tests {
     use super::*;
     use crate::inbox::Inbox;
     use crate::subscription::Options;
-    use std::sync::{Arc, Mutex};
     use tokio::time::Instant;
     use wardline_protocol::{Role, Sensitive};
 
@@ -305,7 +308,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             trust: crate::tls::Trust::new(None).unwrap(),
         };
-        Subscription::new(options, Arc::new(Mutex::new(inbox)))
+        Subscription::new(options, crate::inbox_handle::InboxHandle::new(inbox))
     }
 
     /// A relay on the other end of an in-memory pipe: welcomes, reads the subscription, then sends

@@ -9,6 +9,7 @@ use tauri::image::Image;
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager};
+use wardline_client::ConnectionState;
 use wardline_client::Event;
 use wardline_client::alert::{MORNING_HOUR, Pause};
 use wardline_client::receiver::{Receiver, Status};
@@ -154,16 +155,19 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
     let state = if status.counts.unacked_critical > 0 {
         "critical"
     } else {
-        match status.connection.as_str() {
-            "connected" => "connected",
-            "connecting" | "reconnecting" => "reconnecting",
-            _ => "offline",
+        match status.connection {
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+            ConnectionState::NeverStarted
+            | ConnectionState::SignInRequired
+            | ConnectionState::Untrusted
+            | ConnectionState::Stopped => "offline",
         }
     };
     let _ = tray.set_icon(icon(state));
     let summary = format!(
         "{} — {} unread, {} critical not acknowledged",
-        capitalised(&status.connection),
+        capitalised(&status.connection.in_words()),
         status.counts.unread,
         status.counts.unacked_critical
     );

@@ -33,10 +33,13 @@ export interface AlertSettings {
   paused_until: number | null;
 }
 
+/** Where the connection stands (the receiver's ConnectionState). */
+export type ConnectionState = "never_started" | "connected" | "reconnecting" | "sign_in_required" | "untrusted" | "stopped";
+
 export interface Status {
   user: string | null;
   server: string | null;
-  connection: string;
+  connection: ConnectionState;
   detail: string;
   counts: { total: number; unread: number; unacked_critical: number; last_received_at: number | null };
   gaps: Gap[];
@@ -133,7 +136,10 @@ function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
     return { kind: "critical", text: `${n} critical result${n === 1 ? "" : "s"} waiting for acknowledgement` };
   }
   if (status.connection === "connected" || last?.event === "connected") return { kind: "ok", text: "Connected" };
-  return { kind: "warn", text: status.connection === "never started" ? "Not connected" : `Not connected (${status.connection})` };
+  return {
+    kind: "warn",
+    text: status.connection === "never_started" ? "Not connected" : `Not connected (${status.connection.replace(/_/g, " ")})`,
+  };
 }
 
 const LABELS: Record<string, string> = {

@@ -31,7 +31,7 @@ const state = {
 };
 const status = () => ({
   user: state.signedIn ? "d1" : null, server: state.signedIn ? "http://relay.test:8851" : null,
-  connection: state.signedIn ? "connected" : "never started", detail: "",
+  connection: state.signedIn ? "connected" : "never_started", detail: "",
   counts: { total: state.rows.length, unread: state.rows.filter((r) => !r.read_at).length,
             unacked_critical: state.rows.filter((r) => r.priority === "critical" && !r.acked_at).length, last_received_at: now },
   gaps: state.gaps,

@@ -4,15 +4,15 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wardline_client::alert::{AlertAction, DesktopAlerter, QuietHours};
+use wardline_client::alert::QuietHours;
 use wardline_client::config::{self, Settings};
 use wardline_client::http;
 use wardline_client::inbox::now_ms;
 use wardline_client::private;
+use wardline_client::receiver::{Alerts, Receiver};
 use wardline_client::secrets;
-use wardline_client::{Ended, Event, Filter, Inbox, Options, Row, Subscription, Trust};
+use wardline_client::{ConnectionState, Event, Filter, Inbox, InboxHandle, Row, Trust};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 
 #[derive(Parser)]
@@ -234,6 +234,7 @@ fn describe_event(event: &Event) -> Option<String> {
         ),
         Event::SignInRequired { reason } => format!("sign-in required: {reason}"),
         Event::Untrusted { reason } => format!("stopped: {reason}"),
+        Event::Failed { reason } => format!("stopped: {reason}"),
         Event::AlertSettingsChanged { alerts } => format!(
             "alerts: quiet hours {}, sound {}, {}",
             alerts
@@ -273,98 +274,79 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// `listen`: the receiver in the foreground, as the app runs it, printing what happens.
 /// `alerts`: `None` for no OS alerts, else quiet hours that override the settings file's.
 async fn listen(
     cli: &Cli,
-    inbox: Inbox,
+    retention: Duration,
     json: bool,
     alerts: Option<Option<QuietHours>>,
 ) -> anyhow::Result<i32> {
     let (server, user) = server_and_user(cli)?;
-    let mut alert_settings = Settings::load(&config::default_path())
-        .map_err(anyhow::Error::msg)?
-        .alerts;
     let token = token(&server, &user).await?;
-    let options = Options {
-        server,
-        user,
-        token,
-        heartbeat: Duration::from_secs(15),
-        trust: trust(cli)?,
+    let db = inbox_path(cli)?;
+    let receiver = Receiver::open_with(&db, config::default_path(), trust(cli)?)?;
+    receiver.purge_older_than(retention).await?;
+    let alerts = match alerts {
+        None => Alerts::Off,
+        Some(quiet_hours) => {
+            if let Some(quiet_hours) = quiet_hours {
+                receiver.override_quiet_hours(quiet_hours);
+            }
+            // There is no window to open: of what the person does with an alert, "Acknowledge"
+            // is what matters here (stored at once and sent by the subscription).
+            Alerts::Desktop
+        }
     };
-    let mut subscription = Subscription::new(options, Arc::new(Mutex::new(inbox)));
-    if let Some(quiet_hours) = alerts {
-        alert_settings.quiet_hours = quiet_hours.or(alert_settings.quiet_hours);
-        let (actions, mut chosen) = tokio::sync::mpsc::unbounded_channel();
-        let acknowledger = subscription.acknowledger();
-        // There is no window to open: of what the person does with an alert, only
-        // "Acknowledge" matters here. It is stored at once and sent by the subscription.
-        tokio::spawn(async move {
-            while let Some(action) = chosen.recv().await {
-                if let AlertAction::Acknowledge(notification) = action
-                    && let Err(e) = acknowledger.acknowledge(vec![notification]).await
-                {
-                    eprintln!("wardline: the acknowledgement could not be stored: {e}");
-                }
-            }
-        });
-        subscription = subscription.with_alerter(
-            Arc::new(DesktopAlerter::new(actions)),
-            Arc::new(std::sync::RwLock::new(alert_settings)),
-        );
-    }
-    let mut events = subscription.events();
-    let (finished, mut done) = tokio::sync::oneshot::channel::<()>();
-    let printer = tokio::spawn(async move {
-        let print = |event: Event| match event {
-            Event::NotificationStored { notification } => print_row(&notification, json),
-            event => {
-                if let Some(text) = describe_event(&event) {
-                    eprintln!("wardline: {text}");
-                }
-            }
-        };
-        loop {
-            tokio::select! {
-                biased;
-                event = events.recv() => match event {
-                    Ok(event) => print(event),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!(
-                            "wardline: {n} events not shown (all are stored; see `wardline list`)"
-                        );
+    let mut events = receiver.events();
+    receiver.start(&server, &user, token, alerts);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(Event::NotificationStored { notification }) => print_row(&notification, json),
+                Ok(event) => {
+                    if let Some(text) = describe_event(&event) {
+                        eprintln!("wardline: {text}");
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-                // The subscription ended (the alert actions' acknowledger may still hold the
-                // event channel open): print what is left, then stop.
-                _ = &mut done => {
-                    while let Ok(event) = events.try_recv() {
-                        print(event);
+                    match event {
+                        Event::SignInRequired { reason } => {
+                            eprintln!("wardline: stopped: {reason}");
+                            return Ok(3);
+                        }
+                        Event::Untrusted { .. } => return Ok(4),
+                        Event::Failed { .. } => return Ok(2),
+                        _ => {}
                     }
-                    return;
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("wardline: {n} events not shown (all are stored; see `wardline list`)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(0),
+            },
+            _ = &mut shutdown => {
+                receiver.shutdown().await;
+                // What was stored before the stop is printed too.
+                while let Ok(event) = events.try_recv() {
+                    if let Event::NotificationStored { notification } = event {
+                        print_row(&notification, json);
+                    }
+                }
+                return Ok(0);
             }
         }
-    });
-    let ended = subscription.run(shutdown_signal()).await;
-    drop(subscription);
-    let _ = finished.send(());
-    let _ = printer.await;
-    match ended? {
-        Ended::Shutdown => Ok(0),
-        Ended::SignInRequired(reason) => {
-            eprintln!("wardline: stopped: {reason}");
-            Ok(3)
-        }
-        // Already said by the Untrusted event.
-        Ended::Untrusted(_) => Ok(4),
     }
 }
 
-async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32> {
-    let resolved = inbox.resolve(ids)?;
-    inbox.mark_acked(&resolved)?;
+async fn ack(cli: &Cli, inbox: InboxHandle, ids: Vec<String>) -> anyhow::Result<i32> {
+    let resolved = inbox
+        .call(move |inbox| {
+            let resolved = inbox.resolve(&ids)?;
+            inbox.mark_acked(&resolved)?;
+            Ok(resolved)
+        })
+        .await?;
     let signed_in = match server_and_user(cli) {
         Ok((server, user)) => token(&server, &user).await.map(|token| (token, server)),
         Err(e) => Err(e),
@@ -379,7 +361,10 @@ async fn ack(cli: &Cli, mut inbox: Inbox, ids: &[String]) -> anyhow::Result<i32>
         let kind = ReceiptKind::Acknowledged;
         match http::send_receipts(client, &server, &token, kind, channel, &[*id]).await {
             Ok(()) => {
-                inbox.mark_synced(kind, channel, &[*id])?;
+                let (synced, id) = (channel.clone(), *id);
+                inbox
+                    .call(move |inbox| inbox.mark_synced(kind, &synced, &[id]))
+                    .await?;
                 println!("acknowledged {id}");
             }
             Err(reason) => eprintln!(
@@ -397,12 +382,17 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
     let updated_at: u64 = state("updated_at")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut connection = state("connection").unwrap_or_else(|| "never started".into());
+    let known = state("connection")
+        .as_deref()
+        .and_then(ConnectionState::parse)
+        .unwrap_or(ConnectionState::NeverStarted);
+    let mut connection = known.to_string();
     // A listener refreshes its state at every heartbeat; one silent for a minute is not running.
-    if connection != "stopped"
-        && connection != "never started"
-        && now_ms().saturating_sub(updated_at) > 60_000
-    {
+    let ended = matches!(
+        known,
+        ConnectionState::Stopped | ConnectionState::NeverStarted
+    );
+    if !ended && now_ms().saturating_sub(updated_at) > 60_000 {
         connection = format!("not running (last seen as {connection})");
     }
     let detail = state("detail").unwrap_or_default();
@@ -441,10 +431,9 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The inbox the command works on (`--db`, else the default path, in a directory of the user's
-/// alone).
-fn open_inbox(cli: &Cli) -> anyhow::Result<Inbox> {
-    let path = match &cli.db {
+/// Where the inbox is: `--db`, else the default path, in a directory of the user's alone.
+fn inbox_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    Ok(match &cli.db {
         Some(path) => path.clone(),
         None => {
             let path = default_db();
@@ -453,8 +442,12 @@ fn open_inbox(cli: &Cli) -> anyhow::Result<Inbox> {
             }
             path
         }
-    };
-    Ok(Inbox::open(&path)?)
+    })
+}
+
+/// The inbox a one-shot command works on (SQLite off the async runtime's threads).
+async fn open_inbox(cli: &Cli) -> anyhow::Result<InboxHandle> {
+    Ok(InboxHandle::open(&inbox_path(cli)?).await?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -474,10 +467,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             quiet_hours,
             retention,
         } => {
-            let mut inbox = open_inbox(&cli)?;
-            inbox.purge_older_than(*retention)?;
             let alerts = (!*no_alerts).then_some(*quiet_hours);
-            listen(&cli, inbox, *json, alerts).await
+            listen(&cli, *retention, *json, alerts).await
         }
         Command::List {
             unread,
@@ -495,19 +486,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 limit: *limit,
                 ..Filter::default()
             };
-            for row in open_inbox(&cli)?.list(&filter)? {
+            let rows = open_inbox(&cli)
+                .await?
+                .call(move |inbox| inbox.list(&filter))
+                .await?;
+            for row in rows {
                 print_row(&row, *json);
             }
             Ok(0)
         }
-        Command::Ack { ids } => ack(&cli, open_inbox(&cli)?, ids).await,
+        Command::Ack { ids } => ack(&cli, open_inbox(&cli).await?, ids.clone()).await,
         Command::Read { ids } => {
-            let mut inbox = open_inbox(&cli)?;
-            let resolved = inbox.resolve(ids)?;
-            inbox.mark_read(&resolved)?;
+            let ids = ids.clone();
+            open_inbox(&cli)
+                .await?
+                .call(move |inbox| {
+                    let resolved = inbox.resolve(&ids)?;
+                    inbox.mark_read(&resolved)
+                })
+                .await?;
             Ok(0)
         }
-        Command::Status { json } => status(&open_inbox(&cli)?, *json),
+        Command::Status { json } => {
+            let json = *json;
+            let inbox = inbox_path(&cli)?;
+            tokio::task::spawn_blocking(move || status(&Inbox::open(&inbox)?, json)).await?
+        }
     }
 }
 
