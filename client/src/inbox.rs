@@ -398,7 +398,32 @@ impl Inbox {
         // query in that order, so a common word over a million rows stops at the limit instead of
         // collecting every match first.
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-        let (mut sql, order) = match filter.search.as_deref().and_then(fts_query) {
+        let search = filter.search.as_deref().map(search_query);
+        let query = match search {
+            None | Some(Search::Everything) => None,
+            Some(Search::Words { exact, prefix }) => {
+                // The typed words as whole words first: the index walks them newest first and
+                // stops at the limit. Only if they fill less than a page is the last word taken
+                // as a prefix, which FTS5 answers by merging every match first (54 ms for
+                // `Wilson*` over a million rows).
+                let rows = self.list_matching(filter, Some(exact))?;
+                if rows.len() >= page_size(filter) {
+                    return Ok(rows);
+                }
+                Some(prefix)
+            }
+        };
+        self.list_matching(filter, query)
+    }
+
+    /// Lists notifications matching the filter and an FTS5 query, newest first.
+    fn list_matching(
+        &self,
+        filter: &Filter,
+        search: Option<String>,
+    ) -> Result<Vec<Row>, InboxError> {
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+        let (mut sql, order) = match search {
             Some(search) => {
                 args.push(Box::new(search));
                 (
@@ -443,9 +468,7 @@ impl Inbox {
             args.push(Box::new(until));
             sql.push_str(&format!(" AND n.received_at < ?{}", args.len()));
         }
-        args.push(Box::new(
-            if filter.limit == 0 { 50 } else { filter.limit } as u64
-        ));
+        args.push(Box::new(page_size(filter) as u64));
         sql.push_str(&format!(" ORDER BY {order} DESC LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(
@@ -639,11 +662,31 @@ impl Inbox {
     }
 }
 
-/// What a person typed as an FTS5 query that cannot fail: each word a quoted term (FTS5 operators
-/// and punctuation lose their meaning: `BMP AND`, `K+`, `"Bob`, `(` are words or nothing), the last
-/// one a prefix so that results follow the typing. `None` when nothing searchable was typed.
-pub fn fts_query(typed: &str) -> Option<String> {
-    // SQLite ends a query string at a NUL: control characters separate words, like spaces.
+/// How many rows a filter asks for (50 when it does not say).
+fn page_size(filter: &Filter) -> usize {
+    if filter.limit == 0 { 50 } else { filter.limit }
+}
+
+/// What a search matches, as FTS5 queries that cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Search {
+    /// Nothing searchable was typed: every notification.
+    Everything,
+    /// Every typed word as a whole word, and the same with the last one as a prefix.
+    Words {
+        /// `"bob" AND "wil"`.
+        exact: String,
+        /// `"bob" AND "wil"*`.
+        prefix: String,
+    },
+}
+
+/// What a person typed, for the full-text index: each word a quoted term, so that FTS5
+/// operators and punctuation lose their meaning (`BMP AND`, `K+`, `"Bob`, `(` are words or
+/// nothing) and no input is an error; the last word also as a prefix, so that results follow the
+/// typing. White space and control characters separate words (SQLite ends a query string at a
+/// NUL); a word with no letter or digit is dropped.
+fn search_query(typed: &str) -> Search {
     let typed: String = typed
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -653,14 +696,12 @@ pub fn fts_query(typed: &str) -> Option<String> {
         .filter(|word| word.chars().any(char::is_alphanumeric))
         .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
         .collect();
-    let last = words.last()?;
-    let mut query = words[..words.len() - 1].join(" ");
-    if !query.is_empty() {
-        query.push(' ');
+    if words.is_empty() {
+        return Search::Everything;
     }
-    query.push_str(last);
-    query.push('*');
-    Some(query)
+    let exact = words.join(" AND ");
+    let prefix = format!("{exact}*");
+    Search::Words { exact, prefix }
 }
 
 fn advance(tx: &Transaction<'_>, channel: &Channel, cursor: Cursor) -> Result<(), rusqlite::Error> {
@@ -826,6 +867,44 @@ mod tests {
             1,
             "nothing searchable typed: everything"
         );
+    }
+
+    #[test]
+    fn whole_words_come_first_and_a_last_word_is_also_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let rows: Vec<Notification> = (0..40u64)
+            .map(|n| {
+                notification(
+                    "doctor:d1:notifications",
+                    n + 1,
+                    json!({"type": "system_alert", "message": format!("ward{n} check")}),
+                )
+            })
+            .collect();
+        inbox.store(&rows).unwrap();
+        let found = |typed: &str, limit: usize| {
+            inbox
+                .list(&Filter {
+                    search: Some(typed.into()),
+                    limit,
+                    ..Filter::default()
+                })
+                .unwrap()
+                .len()
+        };
+        assert_eq!(found("ward3", 100), 11, "ward3 and ward30 to ward39");
+        assert_eq!(found("check ward", 100), 40);
+        assert_eq!(found("che", 10), 10, "a prefix fills the page");
+        assert_eq!(found("wardx", 100), 0);
+        assert_eq!(
+            search_query("check  ward1"),
+            Search::Words {
+                exact: "\"check\" AND \"ward1\"".into(),
+                prefix: "\"check\" AND \"ward1\"*".into(),
+            }
+        );
+        assert_eq!(search_query(" ( * "), Search::Everything);
     }
 
     proptest::proptest! {

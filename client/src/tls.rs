@@ -10,7 +10,7 @@
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long opening a TCP connection may take.
@@ -27,14 +27,24 @@ pub enum TrustError {
         /// What was wrong with it.
         reason: String,
     },
-    /// The HTTP client could not be built with the certificates.
-    #[error("HTTP client: {0}")]
-    Http(String),
 }
 
 /// The certificates the receiver trusts, and the HTTP client that uses them. Cheap to clone.
+///
+/// The extra CA file is read (and refused if unusable) at once; the OS trust store, the TLS
+/// configuration and the HTTP client are built on first use, so that a receiver of a plain
+/// `http://` relay on loopback (the demo, a ward's local relay) never pays for them in memory.
 #[derive(Clone)]
 pub struct Trust {
+    inner: Arc<TrustInner>,
+}
+
+struct TrustInner {
+    extra: Vec<CertificateDer<'static>>,
+    built: OnceLock<Built>,
+}
+
+struct Built {
     config: Arc<rustls::ClientConfig>,
     http: reqwest::Client,
 }
@@ -48,46 +58,31 @@ impl std::fmt::Debug for Trust {
 impl Trust {
     /// The OS trust store plus the certificates in `ca_file` (PEM), if given.
     pub fn new(ca_file: Option<&Path>) -> Result<Trust, TrustError> {
-        let mut roots = rustls::RootCertStore::empty();
-        // A store that cannot be read in part still gives what it can: a relay whose CA is missing
-        // then fails with a clear "not trusted" error naming it.
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            tracing::debug!(%error, "part of the OS trust store could not be read");
-        }
-        let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+        let mut extra = Vec::new();
         if let Some(path) = ca_file {
             let ca_error = |reason: String| TrustError::CaFile {
                 path: path.to_owned(),
                 reason,
             };
-            let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            extra = CertificateDer::pem_file_iter(path)
                 .map_err(|e| ca_error(e.to_string()))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| ca_error(e.to_string()))?;
-            if certificates.is_empty() {
+            if extra.is_empty() {
                 return Err(ca_error("no PEM certificate in it".into()));
             }
-            for certificate in certificates {
-                roots
-                    .add(certificate)
+            let mut check = rustls::RootCertStore::empty();
+            for certificate in &extra {
+                check
+                    .add(certificate.clone())
                     .map_err(|e| ca_error(e.to_string()))?;
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TrustError::Http(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(config.clone())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| TrustError::Http(e.to_string()))?;
         Ok(Trust {
-            config: Arc::new(config),
-            http,
+            inner: Arc::new(TrustInner {
+                extra,
+                built: OnceLock::new(),
+            }),
         })
     }
 
@@ -101,12 +96,47 @@ impl Trust {
 
     /// The HTTP client for the relay's endpoints.
     pub fn http(&self) -> &reqwest::Client {
-        &self.http
+        &self.built().http
     }
 
     /// The TLS configuration for WebSocket connections.
     pub(crate) fn rustls(&self) -> Arc<rustls::ClientConfig> {
-        self.config.clone()
+        self.built().config.clone()
+    }
+
+    fn built(&self) -> &Built {
+        self.inner.built.get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            // A store that cannot be read in part still gives what it can: a relay whose CA is
+            // missing then fails with a clear "not trusted" error naming it.
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                tracing::debug!(%error, "part of the OS trust store could not be read");
+            }
+            let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+            // Checked in `new`.
+            let (_added, _ignored) = roots.add_parsable_certificates(self.inner.extra.clone());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let http = reqwest::Client::builder()
+                .use_preconfigured_tls(config.clone())
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build()
+                .unwrap_or_else(|e| {
+                    // Only a TLS back end that cannot start fails here; without it https fails
+                    // with a clear certificate error, http still works.
+                    tracing::error!(error = %e, "the HTTP client could not use the trusted certificates");
+                    reqwest::Client::new()
+                });
+            Built {
+                config: Arc::new(config),
+                http,
+            }
+        })
     }
 }
 

@@ -68,7 +68,12 @@ impl Subscription {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let connector = Connector::Rustls(self.options.trust.rustls());
+        // Plain `ws://` needs no TLS configuration (nor the trust store it loads).
+        let connector = if base.starts_with("wss://") {
+            Connector::Rustls(self.options.trust.rustls())
+        } else {
+            Connector::Plain
+        };
         let handshake =
             tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector));
         let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {

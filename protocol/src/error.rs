@@ -206,26 +206,15 @@ mod tests {
         ] {
             assert_eq!(Reconnect::after_close(code), Reconnect::Backoff, "{code}");
         }
-        assert_eq!(
-            Reconnect::after_refusal(ErrorCode::TokenExpired),
-            Reconnect::SignIn
-        );
-        assert_eq!(
-            Reconnect::after_refusal(ErrorCode::WrongUser),
-            Reconnect::SignIn
-        );
-        assert_eq!(
-            Reconnect::after_refusal(ErrorCode::ShuttingDown),
-            Reconnect::Spread
-        );
-        assert_eq!(
-            Reconnect::after_refusal(ErrorCode::RateLimited),
-            Reconnect::Backoff
-        );
-        assert_eq!(
-            Reconnect::after_refusal(ErrorCode::BrokerUnavailable),
-            Reconnect::Backoff
-        );
+        for (code, advice) in [
+            (ErrorCode::TokenExpired, Reconnect::SignIn),
+            (ErrorCode::WrongUser, Reconnect::SignIn),
+            (ErrorCode::ShuttingDown, Reconnect::Spread),
+            (ErrorCode::RateLimited, Reconnect::Backoff),
+            (ErrorCode::BrokerUnavailable, Reconnect::Backoff),
+        ] {
+            assert_eq!(Reconnect::after_refusal(code), advice, "{code:?}");
+        }
     }
 
     #[test]

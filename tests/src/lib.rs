@@ -443,6 +443,18 @@ pub fn critical_lab_result(n: usize) -> Value {
            "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true})
 }
 
+/// A lab result that carries its number `n` in its payload, to check order and completeness.
+pub fn numbered(n: usize) -> Value {
+    json!({"type": "lab_result_available", "result_id": format!("r{n}"), "test_type": "CBC", "n": n})
+}
+
+/// The numbers of [`numbered`] notifications as a receiver printed or listed them.
+pub fn numbers(rows: &[Value]) -> Vec<u64> {
+    rows.iter()
+        .map(|r| r["message"]["n"].as_u64().expect("numbered"))
+        .collect()
+}
+
 /// A relay on the given broker, with its Redis server when it needs one.
 pub async fn setup(
     kind: BrokerKind,

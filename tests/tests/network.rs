@@ -3,27 +3,16 @@
 //! TLS-terminating proxy with a certificate from the hospital's own CA. Real relays, the real
 //! `wardline` binary, real SQLite inboxes.
 
-use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
 use wardline_tests::proxy::{FreezableProxy, NoWebSocketProxy, PrivateCa, TlsProxy};
 use wardline_tests::receiver::{Listener, inbox_path, run_with};
-use wardline_tests::{Relay, WAIT, token};
+use wardline_tests::{Relay, WAIT, numbered, numbers, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
 /// What the receiver promises: a silent link is reported within 35 s with the default heartbeat.
 const NOTICED_WITHIN: Duration = Duration::from_secs(35);
-
-fn numbered(n: usize) -> Value {
-    json!({"type": "lab_result_available", "result_id": format!("r{n}"), "test_type": "CBC", "n": n})
-}
-
-fn numbers(rows: &[Value]) -> Vec<u64> {
-    rows.iter()
-        .map(|r| r["message"]["n"].as_u64().expect("numbered"))
-        .collect()
-}
 
 /// Freezes the path to the relay under a connected listener, publishes meanwhile, and checks that
 /// the listener notices within 35 s, reconnects once the path works again and loses nothing.

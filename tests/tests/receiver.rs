@@ -3,19 +3,9 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 use wardline_tests::receiver::{Listener, inbox_path, list, run};
-use wardline_tests::{RedisServer, Relay, free_port, token};
+use wardline_tests::{RedisServer, Relay, free_port, numbered, numbers, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
-
-fn numbered(n: usize) -> Value {
-    json!({"type": "lab_result_available", "result_id": format!("r{n}"), "test_type": "CBC", "n": n})
-}
-
-fn numbers(rows: &[Value]) -> Vec<u64> {
-    rows.iter()
-        .map(|r| r["message"]["n"].as_u64().expect("numbered"))
-        .collect()
-}
 
 /// The listener's relay is killed for 20 s while 200 notifications are published (through another
 /// relay node on the same Redis); the listener reconnects and stores all 200 once, in order.

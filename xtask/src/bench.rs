@@ -576,6 +576,7 @@ fn app() -> Result<(), String> {
          | launch to first painted inbox (WebDriver session start → first row) | {:.0} ms |\n\
          | search (the `inbox` command with full-text search, from the window) p50 / p99 | {:.1} / {:.1} ms |\n\
          | list refresh and scroll to the end (200 rows rendered) p50 / p99 | {:.1} / {:.1} ms |\n\
+         | the window's commands (`status`, `inbox` of the 200 newest; {} calls) while {} more notifications are published as fast as the relay takes them ({:.1} s) and stored ({:.1} s in all): p50 / p99 / max (target p99 ≤ 50 ms) | {:.1} / {:.1} / {:.1} ms |\n\
          | idle over {} s: RSS summed over the app's {} processes (app, WebKit web and network; shared pages counted in each) / CPU | {:.1} MiB / {} ms ({:.2} %) |\n",
         utc_now_text()?,
         result["rows"],
@@ -584,6 +585,13 @@ fn app() -> Result<(), String> {
         num("search_p99_ms"),
         num("list_p50_ms"),
         num("list_p99_ms"),
+        result["burst_commands"],
+        result["burst"],
+        num("burst_published_s"),
+        num("burst_stored_ms") / 1000.0,
+        num("burst_p50_ms"),
+        num("burst_p99_ms"),
+        num("burst_max_ms"),
         result["idle_seconds"],
         result["processes"],
         num("rss_kib") / 1024.0,
