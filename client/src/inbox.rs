@@ -397,7 +397,6 @@ impl Inbox {
         // Newest first is insertion order (rowid). With a search, the full-text index drives the
         // query in that order, so a common word over a million rows stops at the limit instead of
         // collecting every match first.
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
         let search = filter.search.as_deref().map(search_query);
         let query = match search {
             None | Some(Search::Everything) => None,
