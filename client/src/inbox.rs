@@ -14,7 +14,8 @@ use wardline_protocol::message::describe;
 use wardline_protocol::{Channel, Cursor, Notification, Priority, ReceiptKind};
 
 /// Each migration moves the schema one version up; `PRAGMA user_version` says where a file is.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE notifications (
     rowid INTEGER PRIMARY KEY,
     channel TEXT NOT NULL,
@@ -60,7 +61,40 @@ CREATE TABLE state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE counts (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    total INTEGER NOT NULL,
+    unread INTEGER NOT NULL,
+    unacked_critical INTEGER NOT NULL
+);
+INSERT INTO counts
+SELECT 1, count(*), count(*) FILTER (WHERE read_at IS NULL),
+       count(*) FILTER (WHERE priority = 'critical' AND acked_at IS NULL)
+FROM notifications;
+CREATE TRIGGER counts_insert AFTER INSERT ON notifications BEGIN
+    UPDATE counts SET total = total + 1,
+        unread = unread + (new.read_at IS NULL),
+        unacked_critical = unacked_critical + (new.priority = 'critical' AND new.acked_at IS NULL)
+    WHERE id = 1;
+END;
+CREATE TRIGGER counts_delete AFTER DELETE ON notifications BEGIN
+    UPDATE counts SET total = total - 1,
+        unread = unread - (old.read_at IS NULL),
+        unacked_critical = unacked_critical - (old.priority = 'critical' AND old.acked_at IS NULL)
+    WHERE id = 1;
+END;
+CREATE TRIGGER counts_update AFTER UPDATE OF read_at, acked_at, priority ON notifications BEGIN
+    UPDATE counts SET
+        unread = unread - (old.read_at IS NULL) + (new.read_at IS NULL),
+        unacked_critical = unacked_critical
+            - (old.priority = 'critical' AND old.acked_at IS NULL)
+            + (new.priority = 'critical' AND new.acked_at IS NULL)
+    WHERE id = 1;
+END;
+"#,
+];
 
 /// Why the inbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +284,20 @@ impl Inbox {
         };
         inbox.migrate()?;
         Ok(inbox)
+    }
+
+    /// A second connection to this inbox for reading only: in WAL mode it reads while the first
+    /// writes, so listing and counting never wait for a catch-up's transactions.
+    pub fn reader(&self) -> Result<Inbox, InboxError> {
+        let conn = Connection::open(&self.path).map_err(|e| classify(&self.path, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| classify(&self.path, e))?;
+        conn.execute_batch("PRAGMA query_only = ON;")
+            .map_err(|e| classify(&self.path, e))?;
+        Ok(Inbox {
+            conn,
+            path: self.path.clone(),
+        })
     }
 
     fn migrate(&mut self) -> Result<(), InboxError> {
@@ -619,14 +667,23 @@ impl Inbox {
         Ok(())
     }
 
-    /// Counts for the status line.
+    /// Counts for the status line: kept by triggers as rows come, change and go, so that the
+    /// window and the tray read them at once however large the inbox (counting 110,000 rows on
+    /// every refresh kept the window's commands waiting during a catch-up).
     pub fn counts(&self) -> Result<Counts, InboxError> {
         Ok(self.conn.query_row(
-            "SELECT count(*), count(*) FILTER (WHERE read_at IS NULL),
-                    count(*) FILTER (WHERE priority = 'critical' AND acked_at IS NULL), max(received_at)
-             FROM notifications",
+            "SELECT total, unread, unacked_critical,
+                    (SELECT max(received_at) FROM notifications)
+             FROM counts WHERE id = 1",
             [],
-            |r| Ok(Counts { total: r.get(0)?, unread: r.get(1)?, unacked_critical: r.get(2)?, last_received_at: r.get(3)? }),
+            |r| {
+                Ok(Counts {
+                    total: r.get(0)?,
+                    unread: r.get(1)?,
+                    unacked_critical: r.get(2)?,
+                    last_received_at: r.get(3)?,
+                })
+            },
         )?)
     }
 
@@ -943,6 +1000,53 @@ mod tests {
         let err = Inbox::open(&path).err().expect("refused");
         assert!(matches!(err, InboxError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("not a usable inbox"), "{err}");
+    }
+
+    #[test]
+    fn counts_follow_rows_as_they_come_change_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let counts = |inbox: &Inbox| {
+            let c = inbox.counts().unwrap();
+            (c.total, c.unread, c.unacked_critical)
+        };
+        assert_eq!(counts(&inbox), (0, 0, 0));
+        let normal = notification(
+            "doctor:d1:notifications",
+            3,
+            json!({"type": "system_alert"}),
+        );
+        inbox
+            .store(&[critical(1), critical(2), normal.clone()])
+            .unwrap();
+        inbox.store(&[critical(2), normal]).unwrap();
+        assert_eq!(counts(&inbox), (3, 3, 2), "duplicates are not counted");
+        let first = inbox.resolve(&["1-0".into()]).unwrap();
+        let third = inbox.resolve(&["3-0".into()]).unwrap();
+        inbox.mark_read(&third).unwrap();
+        inbox.mark_read(&third).unwrap();
+        assert_eq!(counts(&inbox), (3, 2, 2));
+        inbox.mark_acked(&first).unwrap();
+        inbox.mark_acked(&first).unwrap();
+        assert_eq!(counts(&inbox), (3, 1, 1), "acknowledged is read too");
+        assert!(inbox.counts().unwrap().last_received_at.is_some());
+        inbox.purge_older_than(Duration::ZERO).unwrap();
+        assert_eq!(counts(&inbox), (0, 0, 0));
+        drop(inbox);
+        // A file from before the counts were kept gets them right when it is migrated.
+        let older = dir.path().join("older.sqlite3");
+        let conn = Connection::open(&older).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO notifications (channel, id_ms, id_seq, type, priority, title, body, message, sent_at, received_at)
+             VALUES ('doctor:d1:notifications', 1, 0, 'critical_lab_result', 'critical', 't', 'b', '{}', '', 1)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let inbox = Inbox::open(&older).unwrap();
+        assert_eq!(counts(&inbox), (1, 1, 1));
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Receiver {
 
     /// Lists the inbox.
     pub async fn list(&self, filter: Filter) -> Result<Vec<Row>, ReceiverError> {
-        self.with_inbox(move |inbox| inbox.list(&filter)).await
+        Ok(self.inbox.read(move |inbox| inbox.list(&filter)).await?)
     }
 
     /// Acknowledges notifications (ids as `channel/id` or bare ids): stored in the inbox at once,
@@ -376,7 +376,8 @@ impl Receiver {
             )
         };
         let (connection, detail, counts, gaps) = self
-            .with_inbox(|inbox| {
+            .inbox
+            .read(|inbox| {
                 Ok((
                     inbox.state("connection")?,
                     inbox.state("detail")?,

@@ -143,11 +143,20 @@ pub fn run() {
                     while let Ok(more) = events.try_recv() {
                         burst.push(more);
                     }
-                    for event in &burst {
+                    // The window refreshes on any event and reads the rows itself: of the
+                    // notifications a burst stored, telling it of the last is enough (10,000
+                    // events queued in the web view kept its commands waiting 250 ms).
+                    let last_stored = burst
+                        .iter()
+                        .rposition(|e| matches!(e, Event::NotificationStored { .. }));
+                    for (index, event) in burst.iter().enumerate() {
                         if let Event::AlertOpened { .. } = event {
                             commands::show_main_window(&handle);
                         }
-                        let _ = handle.emit(EVENT, event);
+                        let stored = matches!(event, Event::NotificationStored { .. });
+                        if !stored || Some(index) == last_stored {
+                            let _ = handle.emit(EVENT, event);
+                        }
                     }
                     #[cfg(desktop)]
                     tray::reflect(&handle, &burst).await;
