@@ -71,7 +71,8 @@ pub fn ensure_apt(packages: &[(&str, &str)]) -> Result<(), String> {
     )))
 }
 
-/// The Debian packages the Tauri app builds and its tests run with (see shared/notes/tauri-setup.md).
+/// The Debian packages the Tauri app builds with (WebKitGTK 4.1, libsoup 3, AppIndicator, rsvg, xdo)
+/// and its tests run with (Xvfb, WebKitWebDriver, dbus-x11).
 pub const TAURI_PACKAGES: &[(&str, &str)] = &[
     ("", "libwebkit2gtk-4.1-dev"),
     ("", "libjavascriptcoregtk-4.1-dev"),

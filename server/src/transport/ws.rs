@@ -60,7 +60,7 @@ pub struct Seed004Query {
 }
 
 // A small read buffer is what keeps an idle connection at a few KiB: tungstenite zero-fills the
-// whole buffer before every read (see shared/notes/relay-memory.md).
+// whole buffer before every read, so a large buffer costs its size per connection and CPU per read.
 fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.read_buffer_size(1024)
         .write_buffer_size(0)
