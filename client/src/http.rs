@@ -67,16 +67,15 @@ pub async fn whoami(
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| {
-            let host = server.split("//").nth(1).unwrap_or(server);
-            match crate::tls::certificate_problem(host, &e) {
+        .map_err(
+            |e| match crate::tls::certificate_problem(crate::tls::host_of(server), &e) {
                 Some(problem) => TokenCheckError::Untrusted(problem),
                 None => TokenCheckError::Unreachable(format!(
                     "cannot reach the relay at {server}: {}",
                     describe(&e)
                 )),
-            }
-        })?;
+            },
+        )?;
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap_or_default();
     if (200..300).contains(&status) {
@@ -87,10 +86,7 @@ pub async fn whoami(
         });
     }
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let code = body["code"]
-        .as_u64()
-        .and_then(|c| u32::try_from(c).ok())
-        .and_then(|c| ErrorCode::try_from(c).ok());
+    let code = relay_error_code(&body);
     match code.map(|code| (code, Reconnect::after_refusal(code))) {
         Some((ErrorCode::TokenExpired, _)) => Err(TokenCheckError::Expired),
         // Only the relay's own refusals carry a Wardline code; anything else is in the way.
@@ -105,6 +101,13 @@ pub async fn whoami(
             "the relay at {server} answered {status}"
         ))),
     }
+}
+
+/// The Wardline error code of an error body (`{"code": 40103, "message": …}`); `None` when the
+/// answer has none, i.e. it came from something in between, not the relay.
+pub(crate) fn relay_error_code(body: &serde_json::Value) -> Option<ErrorCode> {
+    let code = u32::try_from(body["code"].as_u64()?).ok()?;
+    ErrorCode::try_from(code).ok()
 }
 
 /// An error with its causes, which reqwest's own message leaves out ("error sending request").

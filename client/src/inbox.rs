@@ -94,6 +94,12 @@ CREATE TRIGGER counts_update AFTER UPDATE OF read_at, acked_at, priority ON noti
     WHERE id = 1;
 END;
 "#,
+    r#"
+-- Acknowledgements not yet confirmed by the relay, looked up at every acknowledgement: a small
+-- index of just those rows instead of a scan of the inbox.
+CREATE INDEX notifications_ack_unsynced ON notifications (rowid)
+WHERE acked_at IS NOT NULL AND ack_synced = 0;
+"#,
 ];
 
 /// Why the inbox failed.
@@ -615,32 +621,39 @@ impl Inbox {
 
     /// Receipts not yet confirmed by the relay.
     pub fn pending_receipts(&self) -> Result<PendingReceipts, InboxError> {
-        let group = |sql: &str| -> Result<Vec<(Channel, Vec<Cursor>)>, InboxError> {
-            let mut stmt = self.conn.prepare_cached(sql)?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, Cursor::new(r.get(1)?, r.get(2)?)))
-            })?;
-            let mut grouped: Vec<(Channel, Vec<Cursor>)> = Vec::new();
-            for row in rows {
-                let (name, id) = row?;
-                let Ok(channel) = Channel::parse(&name) else {
-                    continue;
-                };
-                match grouped.iter_mut().find(|(c, _)| *c == channel) {
-                    Some((_, ids)) => ids.push(id),
-                    None => grouped.push((channel, vec![id])),
-                }
-            }
-            Ok(grouped)
-        };
         Ok(PendingReceipts {
-            received: group(
+            received: self.unsynced(
                 "SELECT channel, id_ms, id_seq FROM notifications WHERE received_synced = 0 ORDER BY rowid LIMIT 1000",
             )?,
-            acknowledged: group(
-                "SELECT channel, id_ms, id_seq FROM notifications WHERE acked_at IS NOT NULL AND ack_synced = 0 ORDER BY rowid LIMIT 1000",
-            )?,
+            acknowledged: self.pending_acknowledgements()?,
         })
+    }
+
+    /// Acknowledgements the relay has not confirmed yet, grouped by channel.
+    pub fn pending_acknowledgements(&self) -> Result<Vec<(Channel, Vec<Cursor>)>, InboxError> {
+        self.unsynced(
+            "SELECT channel, id_ms, id_seq FROM notifications WHERE acked_at IS NOT NULL AND ack_synced = 0 ORDER BY rowid LIMIT 1000",
+        )
+    }
+
+    /// The rows a query selects (channel, id), grouped by channel.
+    fn unsynced(&self, sql: &str) -> Result<Vec<(Channel, Vec<Cursor>)>, InboxError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, Cursor::new(r.get(1)?, r.get(2)?)))
+        })?;
+        let mut grouped: Vec<(Channel, Vec<Cursor>)> = Vec::new();
+        for row in rows {
+            let (name, id) = row?;
+            let Ok(channel) = Channel::parse(&name) else {
+                continue;
+            };
+            match grouped.iter_mut().find(|(c, _)| *c == channel) {
+                Some((_, ids)) => ids.push(id),
+                None => grouped.push((channel, vec![id])),
+            }
+        }
+        Ok(grouped)
     }
 
     /// Notes that the relay confirmed receipts.

@@ -129,7 +129,6 @@ impl Subscription {
     /// One SSE connection, from opening to its end.
     pub(crate) async fn sse(&self) -> Result<Outcome, SubscriptionError> {
         let (_, http) = self.bases()?;
-        let host = http.split("//").nth(1).unwrap_or(&http).to_owned();
         let cursors = self.with_inbox(|inbox| inbox.cursors()).await?;
         // The stream carries every channel the token reads; the relay says which. When it cannot
         // say, the channels this device already follows resume from their cursors all the same:
@@ -170,7 +169,9 @@ impl Subscription {
         let response = match tokio::time::timeout(HANDSHAKE_TIMEOUT, request.send()).await {
             Err(_) => return Ok(retry("the relay did not answer the event-stream request")),
             Ok(Err(e)) => {
-                if let Some(problem) = crate::tls::certificate_problem(&host, &e) {
+                if let Some(problem) =
+                    crate::tls::certificate_problem(crate::tls::host_of(&http), &e)
+                {
                     return Ok(Outcome::Untrusted(problem));
                 }
                 return Ok(retry(&format!("cannot reach the relay (SSE): {e}")));
@@ -232,8 +233,8 @@ impl Subscription {
                         Some(Err(e)) => return Ok(retry(&format!("connection lost (SSE): {e}"))),
                         None => return Ok(retry("the relay ended the event stream")),
                     };
+                    // `handle` notes the listener alive, heartbeat comments included.
                     silence.heard();
-                    self.touch_state().await;
                     let mut frames = Vec::new();
                     let mut ended = None;
                     for event in parser.push(chunk.as_ref()) {

@@ -359,15 +359,18 @@ impl Subscription {
     /// Acknowledgements stored but not yet confirmed by the relay, grouped by channel.
     pub(crate) async fn pending_acks(&self) -> Result<Grouped, SubscriptionError> {
         Ok(self
-            .with_inbox(|inbox| inbox.pending_receipts())
-            .await?
-            .acknowledged)
+            .with_inbox(|inbox| inbox.pending_acknowledgements())
+            .await?)
     }
 
-    /// Notes that the connection works (for "offline since").
+    /// Notes that the connection works (for "offline since") and so that this listener is alive.
     pub(crate) async fn online(&self) -> Result<(), SubscriptionError> {
         Ok(self
-            .with_inbox(|inbox| inbox.set_state("online_until", &now_ms().to_string()))
+            .with_inbox(|inbox| {
+                let now = now_ms().to_string();
+                inbox.set_state("online_until", &now)?;
+                inbox.set_state("updated_at", &now)
+            })
             .await?)
     }
 
@@ -542,10 +545,7 @@ pub(crate) fn retry(reason: &str) -> Outcome {
 /// in between answered, not the relay).
 pub(crate) fn refused(status: u16, body: &[u8]) -> Option<Outcome> {
     let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let code = body["code"]
-        .as_u64()
-        .and_then(|c| u32::try_from(c).ok())
-        .and_then(|c| wardline_protocol::ErrorCode::try_from(c).ok())?;
+    let code = crate::http::relay_error_code(&body)?;
     let message = body["message"].as_str().unwrap_or("refused");
     Some(match Reconnect::after_refusal(code) {
         Reconnect::SignIn => Outcome::SignIn(sign_in_reason(code, message)),

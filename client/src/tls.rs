@@ -140,6 +140,17 @@ impl Trust {
     }
 }
 
+/// The host of a relay's base URL (`https://relay.example:8443/x` → `relay.example`), as
+/// certificates name it.
+pub fn host_of(url: &str) -> &str {
+    let authority = url.split("//").nth(1).unwrap_or(url);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
+}
+
 /// If `error` (or anything it was caused by) says the relay's certificate cannot be trusted, what
 /// to tell the person: which host, why, and what to do.
 pub fn certificate_problem(
@@ -193,6 +204,13 @@ mod tests {
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
         let missing = Trust::new(Some(&dir.path().join("missing.pem"))).unwrap_err();
         assert!(missing.to_string().contains("missing.pem"), "{missing}");
+    }
+
+    #[test]
+    fn hosts_are_named_as_certificates_name_them() {
+        assert_eq!(host_of("https://relay.example:8443/base"), "relay.example");
+        assert_eq!(host_of("https://localhost"), "localhost");
+        assert_eq!(host_of("https://[::1]:8443"), "::1");
     }
 
     #[test]
