@@ -3,17 +3,18 @@
 //! - `commands`: the few-line commands the window calls, errors mapped to `{code, message}`;
 //! - `tray` (desktop): the tray icon and menu, which always show the connection's truth;
 //! - `plugin_alerts`: alerts through the notification plugin (mobile);
+//! - `forward`: the receiver's events to the window and the tray, paced during a catch-up;
 //! - `run`: the builder — single instance, start at login, close-to-tray, events forwarded to the
 //!   window, a clicked alert opening the window on its notification.
 
 mod commands;
+mod forward;
 mod plugin_alerts;
 #[cfg(desktop)]
 mod tray;
 
 use std::sync::Arc;
-use tauri::{Emitter, Manager};
-use wardline_client::Event;
+use tauri::Manager;
 use wardline_client::receiver::{Alerts, Receiver};
 
 /// The event every receiver event is forwarded on, to the window.
@@ -123,45 +124,7 @@ pub fn run() {
         ])
         .setup(|app| {
             let receiver = Arc::new(Receiver::open(&inbox_path(app.handle()))?);
-            let mut events = receiver.events();
-            let handle = app.handle().clone();
-            tauri::async_runtime::spawn(async move {
-                loop {
-                    let first = match events.recv().await {
-                        Ok(event) => event,
-                        // Fell behind: what was missed is in the inbox, which the next event
-                        // makes the window read; the tray reads it now.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            #[cfg(desktop)]
-                            tray::reflect(&handle, &[]).await;
-                            continue;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    };
-                    // A burst (a catch-up stores many at once) updates the tray once, not per event.
-                    let mut burst = vec![first];
-                    while let Ok(more) = events.try_recv() {
-                        burst.push(more);
-                    }
-                    // The window refreshes on any event and reads the rows itself: of the
-                    // notifications a burst stored, telling it of the last is enough (10,000
-                    // events queued in the web view kept its commands waiting 250 ms).
-                    let last_stored = burst
-                        .iter()
-                        .rposition(|e| matches!(e, Event::NotificationStored { .. }));
-                    for (index, event) in burst.iter().enumerate() {
-                        if let Event::AlertOpened { .. } = event {
-                            commands::show_main_window(&handle);
-                        }
-                        let stored = matches!(event, Event::NotificationStored { .. });
-                        if !stored || Some(index) == last_stored {
-                            let _ = handle.emit(EVENT, event);
-                        }
-                    }
-                    #[cfg(desktop)]
-                    tray::reflect(&handle, &burst).await;
-                }
-            });
+            forward::spawn(app.handle().clone(), receiver.events());
             let alerts = choose_alerts(app.handle());
             app.manage(AppAlerts(alerts.clone()));
             // WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests),

@@ -4,7 +4,7 @@
 //! morning) or Resume them, Sign out, Quit.
 
 use crate::commands::show_main_window;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tauri::image::Image;
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
@@ -22,6 +22,17 @@ struct TrayItems {
     pause_hour: MenuItem<tauri::Wry>,
     pause_morning: MenuItem<tauri::Wry>,
     resume: MenuItem<tauri::Wry>,
+    /// What the tray shows now: each change is work on the main thread (a new icon is also a file
+    /// written for the AppIndicator), so only what differs is set.
+    shown: Mutex<Shown>,
+}
+
+/// The icon and the words the tray shows.
+#[derive(Default, PartialEq)]
+struct Shown {
+    icon: &'static str,
+    tooltip: String,
+    status: String,
 }
 
 fn icon(state: &str) -> Option<Image<'static>> {
@@ -81,6 +92,11 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
         pause_hour,
         pause_morning,
         resume,
+        shown: Mutex::new(Shown {
+            icon: "offline",
+            tooltip: "Wardline — starting".into(),
+            status: "Starting…".into(),
+        }),
     });
     let mut tray = TrayIconBuilder::with_id(TRAY)
         .menu(&menu)
@@ -144,40 +160,59 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
         return;
     };
     let items = app.try_state::<TrayItems>();
-    if status.user.is_none() {
-        let _ = tray.set_icon(icon("offline"));
-        let _ = tray.set_tooltip(Some("Wardline — signed out"));
-        if let Some(items) = &items {
-            let _ = items.status.set_text("Signed out");
+    let wanted = if status.user.is_none() {
+        Shown {
+            icon: "offline",
+            tooltip: "Wardline — signed out".into(),
+            status: "Signed out".into(),
         }
-        return;
-    }
-    let state = if status.counts.unacked_critical > 0 {
-        "critical"
     } else {
-        match status.connection {
-            ConnectionState::Connected => "connected",
-            ConnectionState::Reconnecting => "reconnecting",
-            ConnectionState::NeverStarted
-            | ConnectionState::SignInRequired
-            | ConnectionState::Untrusted
-            | ConnectionState::Stopped => "offline",
+        let icon = if status.counts.unacked_critical > 0 {
+            "critical"
+        } else {
+            match status.connection {
+                ConnectionState::Connected => "connected",
+                ConnectionState::Reconnecting => "reconnecting",
+                ConnectionState::NeverStarted
+                | ConnectionState::SignInRequired
+                | ConnectionState::Untrusted
+                | ConnectionState::Stopped => "offline",
+            }
+        };
+        let summary = format!(
+            "{} — {} unread, {} critical not acknowledged",
+            capitalised(&status.connection.in_words()),
+            status.counts.unread,
+            status.counts.unacked_critical
+        );
+        let mut tooltip = format!("Wardline — {summary}");
+        if let Some(until) = paused_until(&status) {
+            tooltip.push_str(&format!(" — non-critical alerts paused until {until}"));
+        }
+        Shown {
+            icon,
+            tooltip,
+            status: summary,
         }
     };
-    let _ = tray.set_icon(icon(state));
-    let summary = format!(
-        "{} — {} unread, {} critical not acknowledged",
-        capitalised(&status.connection.in_words()),
-        status.counts.unread,
-        status.counts.unacked_critical
-    );
-    let mut tooltip = format!("Wardline — {summary}");
-    if let Some(until) = paused_until(&status) {
-        tooltip.push_str(&format!(" — non-critical alerts paused until {until}"));
+    let Some(items) = items else {
+        return;
+    };
+    {
+        let mut shown = items.shown.lock().expect("tray lock");
+        if wanted.icon != shown.icon {
+            let _ = tray.set_icon(icon(wanted.icon));
+        }
+        if wanted.tooltip != shown.tooltip {
+            let _ = tray.set_tooltip(Some(&wanted.tooltip));
+        }
+        if wanted.status != shown.status {
+            let _ = items.status.set_text(&wanted.status);
+        }
+        *shown = wanted;
     }
-    let _ = tray.set_tooltip(Some(tooltip));
-    if let Some(items) = &items {
-        let _ = items.status.set_text(summary);
+    if status.user.is_none() {
+        return;
     }
     if events
         .iter()

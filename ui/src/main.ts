@@ -43,31 +43,62 @@ function typeBadge(row: Row): string {
   return "INFO";
 }
 
+/** The list's rows as last drawn, by key: a row that has not changed keeps its element. */
+let drawn = new Map<string, { li: HTMLLIElement; look: string }>();
+
+/** Everything a row's element shows: when this changes, the element is drawn again. */
+const look = (row: Row) =>
+  JSON.stringify([row.priority, row.type, row.acked_at, row.read_at, row.title, row.body, row.sent_at, selected === key(row)]);
+
+function rowElement(row: Row): HTMLLIElement {
+  const li = document.createElement("li");
+  li.setAttribute("role", "option");
+  li.tabIndex = 0;
+  li.dataset.key = key(row);
+  li.setAttribute("aria-selected", String(selected === key(row)));
+  li.className = [row.priority === "critical" && row.acked_at === null ? "critical" : "", row.read_at === null ? "unread" : ""].join(" ").trim();
+  li.innerHTML = `<div class="title"><span class="badge"></span> <span class="text"></span></div><div class="meta"></div>`;
+  const badge = li.querySelector(".badge") as HTMLElement;
+  badge.textContent = typeBadge(row);
+  badge.dataset.type = row.priority === "critical" ? "critical" : row.type;
+  (li.querySelector(".text") as HTMLElement).textContent = row.title;
+  (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${localDateTime(row.sent_at)}`;
+  li.addEventListener("click", () => select(key(row)));
+  li.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") select(key(row));
+    if (e.key === "ArrowDown") (li.nextElementSibling as HTMLElement | null)?.focus();
+    if (e.key === "ArrowUp") (li.previousElementSibling as HTMLElement | null)?.focus();
+  });
+  return li;
+}
+
+/** Draws the list, touching only the rows that changed or moved: while a catch-up stores
+ * thousands, the window refreshes a few times a second and most of its rows stay as they were. */
 function renderList() {
   const list = $<HTMLUListElement>("list");
-  list.replaceChildren(
-    ...sortInbox(rows).map((row) => {
-      const li = document.createElement("li");
-      li.setAttribute("role", "option");
-      li.tabIndex = 0;
-      li.dataset.key = key(row);
-      li.setAttribute("aria-selected", String(selected === key(row)));
-      li.className = [row.priority === "critical" && row.acked_at === null ? "critical" : "", row.read_at === null ? "unread" : ""].join(" ").trim();
-      li.innerHTML = `<div class="title"><span class="badge"></span> <span class="text"></span></div><div class="meta"></div>`;
-      const badge = li.querySelector(".badge") as HTMLElement;
-      badge.textContent = typeBadge(row);
-      badge.dataset.type = row.priority === "critical" ? "critical" : row.type;
-      (li.querySelector(".text") as HTMLElement).textContent = row.title;
-      (li.lastElementChild as HTMLElement).textContent = `${row.body} · ${localDateTime(row.sent_at)}`;
-      li.addEventListener("click", () => select(key(row)));
-      li.addEventListener("keydown", (e) => {
-        if (e.key === "Enter") select(key(row));
-        if (e.key === "ArrowDown") (li.nextElementSibling as HTMLElement | null)?.focus();
-        if (e.key === "ArrowUp") (li.previousElementSibling as HTMLElement | null)?.focus();
-      });
-      return li;
-    }),
-  );
+  const next = new Map<string, { li: HTMLLIElement; look: string }>();
+  const elements = sortInbox(rows).map((row) => {
+    const k = key(row);
+    const wanted = look(row);
+    const before = drawn.get(k);
+    const entry = before && before.look === wanted ? before : { li: rowElement(row), look: wanted };
+    next.set(k, entry);
+    return entry.li;
+  });
+  drawn = next;
+  let at = list.firstElementChild;
+  for (const li of elements) {
+    if (li === at) {
+      at = at.nextElementSibling;
+    } else {
+      list.insertBefore(li, at);
+    }
+  }
+  while (at) {
+    const after = at.nextElementSibling;
+    at.remove();
+    at = after;
+  }
 }
 
 function renderDetail() {
