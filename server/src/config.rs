@@ -2,6 +2,8 @@
 //! then defaults, in that order of precedence. Redis also falls back to seed 002's `REDIS_URL` and
 //! seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
 
+use crate::client_addr::Cidr;
+use crate::tls::TlsFiles;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -15,6 +17,17 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8851; port 0 picks a free port).
     #[arg(long, env = "WARDLINE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM, leaf first): serve https:// and wss:// (with --tls-key). Re-read
+    /// on SIGHUP.
+    #[arg(long, env = "WARDLINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "WARDLINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies (addresses or networks, comma-separated: 10.0.0.0/8,::1) whose
+    /// Forwarded / X-Forwarded-For name the client; from any other peer those headers are ignored.
+    #[arg(long, env = "WARDLINE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<Cidr>>,
     /// Redis URL (redis://host:port/db), or Redis Sentinel's
     /// (redis+sentinel://[:password@]host:port[,host:port…]/<master>[/<db>]); without one the relay
     /// runs on its embedded broker.
@@ -88,6 +101,9 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    trusted_proxies: Option<Vec<String>>,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
     data_dir: Option<PathBuf>,
@@ -141,6 +157,10 @@ pub struct JwtConfig {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Certificate and key to serve https:// and wss:// with; plain http:// without.
+    pub tls: Option<TlsFiles>,
+    /// Peers whose forwarded-for headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// Redis URL; `None` runs the embedded broker.
     pub redis_url: Option<Sensitive<String>>,
     /// Token verification.
@@ -214,6 +234,25 @@ impl Config {
             Some(secret) => secret.into_bytes(),
             None => load_or_create_secret(&data_dir)?,
         };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate chain)"),
+        };
+        let trusted_proxies = match args.trusted_proxies {
+            Some(list) => list,
+            None => file
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|net| net.parse::<Cidr>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()
+                .context("trusted_proxies in the config file")?,
+        };
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(256);
         if queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
@@ -223,6 +262,8 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8851))),
+            tls,
+            trusted_proxies,
             redis_url: args
                 .redis_url
                 .or(file.redis_url)

@@ -68,9 +68,14 @@ impl Delivery {
     }
 
     /// `data: <envelope>\n\n`, the shared part of an SSE event (its `id:` line is per stream).
+    /// A payload published with line breaks (pretty-printed JSON) gets one `data:` line per line.
     pub fn sse_data(&self) -> Bytes {
         self.sse_data
-            .get_or_init(|| Bytes::from(format!("data: {}\n\n", self.v1_frame().as_str())))
+            .get_or_init(|| {
+                let mut event = sse_data_lines(self.v1_frame().as_str());
+                event.push('\n');
+                Bytes::from(event)
+            })
             .clone()
     }
 
@@ -89,6 +94,30 @@ impl Delivery {
             id: self.message.id.to_string(),
         };
         Utf8Bytes::from(serde_json::to_string(&frame).expect("seed 004 frames serialize"))
+    }
+}
+
+/// `text` as the data field of an SSE event: one `data: ` line per line of `text`, each ended by
+/// `\n`. The event-stream format ends a line at CR, LF or CRLF, so a line break inside one
+/// `data:` line would cut the event; a parser joins the lines with LF, which JSON reads as the
+/// whitespace it was (line breaks cannot occur inside a JSON string).
+pub fn sse_data_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    loop {
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        out.push_str("data: ");
+        out.push_str(&rest[..end]);
+        out.push('\n');
+        if end == rest.len() {
+            return out;
+        }
+        let newline = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + newline..];
     }
 }
 
@@ -145,5 +174,31 @@ mod tests {
             ("d1", "1700000000000-3")
         );
         assert!(d.sse_data().starts_with(b"data: {\"op\":\"notification\""));
+    }
+
+    #[test]
+    fn sse_data_has_one_line_per_payload_line_whatever_ends_it() {
+        assert_eq!(sse_data_lines("{}"), "data: {}\n");
+        assert_eq!(
+            sse_data_lines("{\r\n \"a\": 1,\r \"b\": \"Zoë\"\n}"),
+            "data: {\ndata:  \"a\": 1,\ndata:  \"b\": \"Zoë\"\ndata: }\n"
+        );
+        assert_eq!(sse_data_lines("a\n"), "data: a\ndata: \n");
+        let d = delivery(
+            "{\n  \"type\": \"critical_lab_result\",\r\n  \"patient_name\": \"Zoë Ørsted\"\n}",
+        );
+        let data = d.sse_data();
+        let text = std::str::from_utf8(&data).unwrap();
+        assert!(text.ends_with("\n\n") && !text.contains('\r'), "{text:?}");
+        // What an EventSource hands over: the data lines' values joined by LF.
+        let joined: Vec<&str> = text
+            .trim_end_matches('\n')
+            .split('\n')
+            .map(|line| line.strip_prefix("data: ").expect(line))
+            .collect();
+        let ServerFrame::Notification(n) = serde_json::from_str(&joined.join("\n")).unwrap() else {
+            panic!("not a notification")
+        };
+        assert_eq!(n.message["patient_name"], "Zoë Ørsted");
     }
 }

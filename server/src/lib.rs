@@ -13,6 +13,8 @@
 //! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
 //!   seed 004) and SSE;
 //! - [`http`]: publishing, stats, receipts, health and metrics;
+//! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
+//! - [`client_addr`]: the client's address through trusted proxies;
 //! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
 //!
 //! [`Relay::build`] connects the broker; [`Relay::serve`] takes a bound listener and a shutdown
@@ -20,6 +22,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client_addr;
 pub mod config;
 pub mod delivery;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 use crate::auth::Authenticator;
@@ -39,7 +43,9 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::IpRateLimiter;
+use crate::tls::{Certificates, TlsListener};
 use axum::Router;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,11 +105,14 @@ pub fn app(state: AppState) -> Router {
 pub struct Relay {
     state: AppState,
     shutdown_tx: watch::Sender<bool>,
+    certificates: Option<Arc<Certificates>>,
 }
 
 impl Relay {
     /// Connects the broker configured (Redis, or the embedded one) and builds the shared state.
     pub async fn build(config: Config) -> anyhow::Result<Relay> {
+        // Certificate problems are found before anything connects.
+        let certificates = config.tls.as_ref().map(Certificates::load).transpose()?;
         let retention = Retention {
             max_age: config.history_max_age,
             max_len: config.history_max_len,
@@ -129,7 +138,25 @@ impl Relay {
             config: Arc::new(config),
             shutdown,
         };
-        Ok(Relay { state, shutdown_tx })
+        Ok(Relay {
+            state,
+            shutdown_tx,
+            certificates,
+        })
+    }
+
+    /// The certificate served, when the relay serves TLS ([`Certificates::reload`] on SIGHUP).
+    pub fn certificates(&self) -> Option<Arc<Certificates>> {
+        self.certificates.clone()
+    }
+
+    /// `https` when the relay serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The shared state (for tests that drive the router directly).
@@ -144,21 +171,48 @@ impl Relay {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Relay { state, shutdown_tx } = self;
+        let Relay {
+            state,
+            shutdown_tx,
+            certificates,
+        } = self;
         let deadline = state.config.shutdown_deadline;
         let metrics = state.metrics().clone();
         let broker = state.hub.broker().clone();
         let mut stopping = state.shutdown.clone();
         let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections");
-            shutdown_tx.send_replace(true);
-            // Upgraded WebSockets are no longer the server's: wait for their sessions to close.
-            while metrics.connections_open() > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let graceful = {
+            let metrics = metrics.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections");
+                shutdown_tx.send_replace(true);
+                // Upgraded WebSockets are no longer the server's: wait for their sessions to close.
+                while metrics.connections_open() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
-        });
+        };
+        let server = async move {
+            match certificates {
+                Some(certificates) => {
+                    let listener =
+                        TlsListener::new(listener, certificates.server_config()?, metrics)?
+                            // `tap_io` only so that axum hands the peer's address to `ConnectInfo`,
+                            // as it does for a plain `TcpListener`.
+                            .tap_io(|_| {});
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+                None => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+            }
+            .map_err(anyhow::Error::from)
+        };
         let hard_deadline = async move {
             crate::stopping(&mut stopping).await;
             tokio::time::sleep(deadline).await;

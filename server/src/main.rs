@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a token signed with the secret `serve` would use.
     Token(TokenArgs),
 }
@@ -91,18 +91,45 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// Re-reads the TLS certificate on each SIGHUP (a renewed certificate, without a restart).
+#[cfg(unix)]
+fn reload_on_hangup(
+    certificates: std::sync::Arc<wardline_relay::tls::Certificates>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match certificates.reload() {
+                Ok(()) => tracing::info!("TLS certificate re-read"),
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "TLS certificate not re-read; the one in use stays"
+                    )
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
-            let config = Config::load(args)?;
+            let config = Config::load(*args)?;
             init_logs(config.log_format);
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
             let address = listener.local_addr()?;
             let relay = wardline_relay::Relay::build(config).await?;
-            println!("listening on http://{address}");
+            #[cfg(unix)]
+            if let Some(certificates) = relay.certificates() {
+                reload_on_hangup(certificates)?;
+            }
+            println!("listening on {}://{address}", relay.scheme());
             std::io::stdout().flush()?;
             relay.serve(listener, shutdown_signal()).await
         }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub rate_limited_total: AtomicU64,
     /// Resumes that found a gap.
     pub gaps_total: AtomicU64,
+    /// TLS handshakes that failed or timed out (a device that does not trust the certificate).
+    pub tls_handshake_failures_total: AtomicU64,
 }
 
 impl Metrics {
@@ -117,6 +119,10 @@ impl Metrics {
             ("wardline_auth_failures_total", &self.auth_failures_total),
             ("wardline_rate_limited_total", &self.rate_limited_total),
             ("wardline_gaps_total", &self.gaps_total),
+            (
+                "wardline_tls_handshake_failures_total",
+                &self.tls_handshake_failures_total,
+            ),
         ];
         for (name, value) in counters {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));

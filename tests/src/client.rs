@@ -161,10 +161,20 @@ impl V1Client {
     }
 }
 
-/// Reads an SSE stream: `(id, event name, data)` per event.
+/// Reads an SSE stream as the HTML standard's event-stream parser does (what a browser's
+/// `EventSource` hands over): lines end at CRLF, LF or CR; `data` lines are joined with LF; one
+/// space after the colon is dropped; comments are skipped. Written apart from the receiver's
+/// parser, so that each checks the relay on its own.
 pub struct SseClient {
     response: reqwest::Response,
-    buffer: String,
+    /// Bytes not yet split into lines (a chunk may end inside a line or a UTF-8 character).
+    pending: Vec<u8>,
+    /// A CR ended the last line: an LF at the start of the next chunk belongs to it.
+    after_cr: bool,
+    /// The event being built.
+    current: SseEvent,
+    data: Option<String>,
+    ready: std::collections::VecDeque<SseEvent>,
 }
 
 /// One SSE event.
@@ -176,6 +186,16 @@ pub struct SseEvent {
     pub event: String,
     /// Its data.
     pub data: String,
+}
+
+impl SseEvent {
+    fn empty() -> SseEvent {
+        SseEvent {
+            id: None,
+            event: "message".into(),
+            data: String::new(),
+        }
+    }
 }
 
 impl SseClient {
@@ -195,45 +215,73 @@ impl SseClient {
         }
         Ok(Ok(SseClient {
             response,
-            buffer: String::new(),
+            pending: Vec::new(),
+            after_cr: false,
+            current: SseEvent::empty(),
+            data: None,
+            ready: std::collections::VecDeque::new(),
         }))
     }
 
     /// The next event (comments skipped); `None` when the stream ended.
     pub async fn next(&mut self) -> anyhow::Result<Option<SseEvent>> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    id: None,
-                    event: "message".into(),
-                    data: String::new(),
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        event.id = Some(v.to_owned());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        event.event = v.to_owned();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        event.data.push_str(v);
-                        any = true;
-                    }
-                }
-                if any && !event.data.is_empty() {
-                    return Ok(Some(event));
-                }
-                continue;
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
             }
             match tokio::time::timeout(WAIT, self.response.chunk())
                 .await
                 .context("no SSE data in time")??
             {
-                Some(chunk) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(chunk) => self.feed(&chunk)?,
                 None => return Ok(None),
             }
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> anyhow::Result<()> {
+        for &byte in chunk {
+            let after_cr = std::mem::replace(&mut self.after_cr, false);
+            match byte {
+                b'\n' if after_cr => {}
+                b'\r' | b'\n' => {
+                    self.after_cr = byte == b'\r';
+                    let line = String::from_utf8(std::mem::take(&mut self.pending))
+                        .context("an SSE line that is not UTF-8")?;
+                    self.line(&line);
+                }
+                _ => self.pending.push(byte),
+            }
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.is_empty() {
+            let mut event = std::mem::replace(&mut self.current, SseEvent::empty());
+            if let Some(mut data) = self.data.take() {
+                data.pop();
+                event.data = data;
+                self.ready.push_back(event);
+            }
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "id" => self.current.id = Some(value.to_owned()),
+            "event" => self.current.event = value.to_owned(),
+            "data" => {
+                let data = self.data.get_or_insert_with(String::new);
+                data.push_str(value);
+                data.push('\n');
+            }
+            _ => {}
         }
     }
 }

@@ -218,8 +218,10 @@ pub enum BrokerKind {
 /// A real `wardline-relay serve` process, killed on drop.
 pub struct Relay {
     child: Child,
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when it serves TLS).
     pub base: String,
+    /// The HTTP client `publish` and `get` use (trusting the relay's CA when it serves TLS).
+    http: reqwest::Client,
     /// `127.0.0.1:<port>`.
     pub address: String,
     /// Its data dir.
@@ -322,22 +324,60 @@ impl Relay {
                     std::fs::read_to_string(data_dir.join("relay.log")).unwrap_or_default()
                 )
             })?;
-        let address = line
-            .strip_prefix("listening on http://")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .to_owned();
+        let (scheme, address) = line
+            .strip_prefix("listening on ")
+            .and_then(|url| url.split_once("://"))
+            .with_context(|| format!("unexpected first line {line:?}"))?;
         Ok(Relay {
             child,
-            base: format!("http://{address}"),
-            address,
+            base: format!("{scheme}://{address}"),
+            http: reqwest::Client::new(),
+            address: address.to_owned(),
             data_dir: data_dir.to_owned(),
             _owned_dir: owned_dir,
         })
     }
 
-    /// `ws://127.0.0.1:<port><path>`.
+    /// A relay on the embedded broker serving https:// and wss:// with `certificate` (its files
+    /// written into the data dir: `tls-cert.pem`, `tls-key.pem`); `publish` and `get` trust `ca`.
+    pub async fn embedded_tls(
+        ca: &proxy::PrivateCa,
+        certificate: &proxy::IssuedCertificate,
+        extra: &[&str],
+    ) -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_owned();
+        let (cert, key) = (path.join("tls-cert.pem"), path.join("tls-key.pem"));
+        std::fs::write(&cert, &certificate.cert_pem)?;
+        std::fs::write(&key, &certificate.key_pem)?;
+        let mut flags = vec!["--tls-cert", cert.to_str().context("path")?];
+        flags.extend(["--tls-key", key.to_str().context("path")?]);
+        flags.extend(extra);
+        let mut relay = Relay::start_in(&path, None, &flags, Some(dir)).await?;
+        relay.http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem().as_bytes())?)
+            .build()?;
+        Ok(relay)
+    }
+
+    /// `ws://127.0.0.1:<port><path>` (`wss://` when it serves TLS).
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.address)
+        let scheme = if self.base.starts_with("https") {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{path}", self.address)
+    }
+
+    /// Sends a signal (`HUP`, `STOP`, …) to the relay process.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
     }
 
     /// The relay's log so far.
@@ -372,7 +412,8 @@ impl Relay {
 
     /// `POST /v1/publish` with a given token and body.
     pub async fn publish_as(&self, token: &str, body: &Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        let response = self
+            .http
             .post(format!("{}/v1/publish", self.base))
             .bearer_auth(token)
             .json(body)
@@ -385,7 +426,7 @@ impl Relay {
 
     /// `GET` a path with an optional bearer token; returns the status and the body as JSON or text.
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base));
+        let mut request = self.http.get(format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -508,7 +549,8 @@ impl Relay {
     /// `POST /v1/publish` with a service token and a body given as text (so the payload's bytes are
     /// exactly the test's).
     pub async fn publish_text(&self, body: String) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        let response = self
+            .http
             .post(format!("{}/v1/publish", self.base))
             .bearer_auth(token("backend", "service", &[], 600))
             .header("content-type", "application/json")

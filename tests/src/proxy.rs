@@ -179,8 +179,19 @@ async fn hold_forever<T: Send>(held: T) {
 /// as a hospital's own CA would issue the relay's.
 pub struct PrivateCa {
     ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     leaf: rustls::pki_types::CertificateDer<'static>,
     leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+/// A server certificate a [`PrivateCa`] issued, as PEM files hold it.
+pub struct IssuedCertificate {
+    /// The certificate (DER), to compare with what a server presents.
+    pub der: rustls::pki_types::CertificateDer<'static>,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
 }
 
 impl PrivateCa {
@@ -202,18 +213,28 @@ impl PrivateCa {
         let ca_key = KeyPair::generate()?;
         let ca = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let leaf_key = KeyPair::generate()?;
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+        let (leaf, leaf_key) = issue(&issuer, "localhost")?;
         Ok(PrivateCa {
             ca_pem: ca.pem(),
+            issuer,
             leaf: leaf.der().clone(),
             leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         })
+    }
+
+    /// Another certificate for `localhost` and `127.0.0.1` (a renewal), named `common_name`.
+    pub fn issue(&self, common_name: &str) -> anyhow::Result<IssuedCertificate> {
+        let (cert, key) = issue(&self.issuer, common_name)?;
+        Ok(IssuedCertificate {
+            der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// Writes the CA certificate (PEM) into `dir`; returns its path.
@@ -222,6 +243,20 @@ impl PrivateCa {
         std::fs::write(&path, &self.ca_pem)?;
         Ok(path)
     }
+}
+
+fn issue(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    common_name: &str,
+) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
 }
 
 /// A TLS-terminating proxy in front of a plain relay.

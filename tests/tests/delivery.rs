@@ -578,3 +578,66 @@ async fn admins_send_test_notifications_to_a_users_channel() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 }
+
+/// A backend's pretty-printed JSON with non-ASCII text, sent with plain `PUBLISH` (CRLF and LF line
+/// ends): SSE clients parse it as the EventSource standard says, and seed-compatible WebSocket
+/// clients get the published bytes unchanged.
+#[tokio::test]
+async fn a_multi_line_payload_from_plain_publish_reaches_sse_and_websocket_intact()
+-> anyhow::Result<()> {
+    let (redis, relay) = wardline_tests::setup(BrokerKind::Redis, &[]).await?;
+    let redis = redis.context("a Redis relay")?;
+    wait_for_recorder(&redis).await?;
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut sse = SseClient::open(&format!("{}/sse/d1?token={doctor}", relay.base), None)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for _ in 0..2 {
+        assert_eq!(sse.next().await?.context("stream ended")?.event, "resumed");
+    }
+    let mut raw = connect(&relay.ws_url(&format!("/ws/d1?token={doctor}")), &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // The raw socket is subscribed once its first frame could arrive: prove it with one publish.
+    let _: i64 = redis
+        .connection()
+        .await
+        .publish(DOCTOR_CHANNEL, r#"{"type":"ping_check"}"#)
+        .await?;
+    assert_eq!(
+        next_text(&mut raw).await?,
+        Ok(r#"{"type":"ping_check"}"#.to_owned())
+    );
+    assert_eq!(sse.next().await?.context("stream ended")?.event, "message");
+
+    let payload = "{\r\n  \"type\": \"critical_lab_result\",\r\n  \"patient_name\": \"Zoë Ørsted-Nakamura 山田\",\n  \"test_type\": \"K+ → 6.9 mmol/L\",\n  \"urgent\": true\n}";
+    let _: i64 = redis
+        .connection()
+        .await
+        .publish(DOCTOR_CHANNEL, payload)
+        .await?;
+    assert_eq!(next_text(&mut raw).await?, Ok(payload.to_owned()));
+    let event = sse.next().await?.context("stream ended")?;
+    assert_eq!(event.event, "message");
+    let ServerFrame::Notification(notification) = serde_json::from_str(&event.data)? else {
+        panic!("not a notification: {}", event.data)
+    };
+    assert_eq!(
+        notification.message,
+        serde_json::from_str::<Value>(payload)?,
+        "the payload as published"
+    );
+    assert_eq!(notification.kind, "critical_lab_result");
+    // The next event is framed on its own: nothing of the payload leaked into it.
+    let _: i64 = redis
+        .connection()
+        .await
+        .publish(DOCTOR_CHANNEL, r#"{"type":"after"}"#)
+        .await?;
+    let event = sse.next().await?.context("stream ended")?;
+    let ServerFrame::Notification(after) = serde_json::from_str(&event.data)? else {
+        panic!("not a notification: {}", event.data)
+    };
+    assert_eq!(after.message, json!({"type": "after"}));
+    Ok(())
+}

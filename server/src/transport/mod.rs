@@ -11,14 +11,14 @@ use crate::error::ApiError;
 use crate::http::authenticate;
 use crate::metrics::Metrics;
 use axum::http::HeaderMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use wardline_protocol::ErrorCode;
 
-/// Checks a new connection: not shutting down, within its address's rate, a valid token whose
+/// Checks a new connection: not shutting down, within its client address's rate, a valid token whose
 /// subject is the user in the path (seed 000's handler never checked this), and a reachable broker.
 pub fn admit(
     state: &AppState,
-    peer: SocketAddr,
+    client: IpAddr,
     path_user: &str,
     query_token: Option<&str>,
     headers: &HeaderMap,
@@ -29,7 +29,7 @@ pub fn admit(
             "the relay is shutting down; connect again",
         ));
     }
-    if !state.connection_limiter.allow(peer.ip()) {
+    if !state.connection_limiter.allow(client) {
         Metrics::inc(&state.metrics().rate_limited_total);
         return Err(ApiError::new(
             ErrorCode::RateLimited,

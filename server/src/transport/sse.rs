@@ -9,18 +9,19 @@
 
 use crate::AppState;
 use crate::auth::Claims;
+use crate::client_addr::ClientAddr;
+use crate::delivery::sse_data_lines;
 use crate::error::ApiError;
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::session::{Session, SessionEvent};
 use crate::transport::admit;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use tokio::time::{Instant, Interval, Sleep};
 use wardline_protocol::{Channel, Cursor, ErrorCode, ServerFrame, close};
@@ -71,24 +72,30 @@ fn format_position(positions: &BTreeMap<Channel, Cursor>) -> String {
 }
 
 fn event(name: &str, frame: &ServerFrame) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {}\n\n", frame.to_json()))
+    Bytes::from(format!(
+        "event: {name}\n{}\n",
+        sse_data_lines(&frame.to_json())
+    ))
 }
 
 fn error_event(code: ErrorCode, message: String, close_code: u16) -> Bytes {
     let body =
         serde_json::json!({"op": "error", "code": code, "message": message, "close": close_code});
-    Bytes::from(format!("event: error\ndata: {body}\n\n"))
+    Bytes::from(format!(
+        "event: error\n{}\n",
+        sse_data_lines(&body.to_string())
+    ))
 }
 
 /// `GET /sse/{user_id}`.
 pub async fn user_events(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Path(user_id): Path<String>,
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, peer, &user_id, query.token.as_deref(), &headers)?;
+    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers)?;
     let channels = requested_channels(&claims, query.channels.as_deref())?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let positions = match last_event_id

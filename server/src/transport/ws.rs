@@ -6,6 +6,7 @@
 
 use crate::AppState;
 use crate::auth::Claims;
+use crate::client_addr::ClientAddr;
 use crate::delivery::Delivery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Transport};
@@ -13,11 +14,10 @@ use crate::ratelimit::TokenBucket;
 use crate::session::{Session, SessionError, SessionEvent};
 use crate::transport::admit;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 use wardline_protocol::{
@@ -71,13 +71,13 @@ fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
 /// `GET /ws/{user_id}`.
 pub async fn user_socket(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Path(user_id): Path<String>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, peer, &user_id, query.token.as_deref(), &headers)?;
+    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers)?;
     let ws = configure(ws).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
     let mode = match ws.selected_protocol() {
         Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
@@ -90,14 +90,14 @@ pub async fn user_socket(
 /// `GET /v1/ws/notifications?user_id=…` (seed 004; a token is required, unlike the seed).
 pub async fn seed004_socket(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Query(query): Query<Seed004Query>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let claims = admit(
         &state,
-        peer,
+        client,
         &query.user_id,
         query.token.as_deref(),
         &headers,

@@ -1,0 +1,135 @@
+//! The relay serving TLS itself (`--tls-cert`, `--tls-key`): https:// and wss:// with a
+//! certificate from the hospital's own CA made by the test, a device without that CA refused, and a
+//! renewed certificate taken on SIGHUP while connections stay open. Real relay, real `wardline`.
+
+use rustls::pki_types::pem::PemObject;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use wardline_tests::proxy::PrivateCa;
+use wardline_tests::receiver::{Listener, inbox_path};
+use wardline_tests::{Relay, WAIT, critical_lab_result, token};
+
+const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
+
+/// The certificate the relay presents to a new handshake (as a client trusting `ca` sees it).
+async fn presented(relay: &Relay, ca: &PrivateCa) -> anyhow::Result<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(&relay.address).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let (_, connection) = tls.get_ref();
+    let leaf = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| anyhow::anyhow!("no certificate presented"))?;
+    Ok(leaf.to_vec())
+}
+
+/// A value of the relay's `/metrics`.
+async fn metric(relay: &Relay, line_start: &str) -> u64 {
+    let (status, body) = relay.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start:?} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_serves_https_and_wss_and_takes_a_renewed_certificate_on_sighup() {
+    let ca = PrivateCa::new().unwrap();
+    let first = ca.issue("Wardline relay (first)").unwrap();
+    let relay = Relay::embedded_tls(&ca, &first, &[]).await.unwrap();
+    assert!(relay.base.starts_with("https://"), "{}", relay.base);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path()).unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let db = inbox_path(&dir);
+
+    // A device without the hospital's CA is refused, and the relay counts the failed handshake.
+    let untrusted = Listener::spawn(&relay.base, "d1", &doctor, &db).unwrap();
+    let (code, said) = untrusted.exit().await.unwrap();
+    assert_eq!(code, 4, "{said}");
+    assert!(said.contains("cannot be trusted"), "{said}");
+    assert!(metric(&relay, "wardline_tls_handshake_failures_total ").await >= 1);
+
+    // With it: wss:// to the relay itself, notifications arrive.
+    let mut listener = Listener::spawn_with(
+        &relay.base,
+        "d1",
+        &doctor,
+        &db,
+        None,
+        &[],
+        &[("WARDLINE_CA_FILE", ca_file.to_str().unwrap())],
+    )
+    .unwrap();
+    listener
+        .wait_for_stderr("connected (websocket)")
+        .await
+        .unwrap();
+    assert_eq!(
+        relay
+            .publish(DOCTOR_CHANNEL, &critical_lab_result(1))
+            .await
+            .0,
+        200,
+        "https:// publish"
+    );
+    assert_eq!(
+        listener.notifications(1).await.unwrap()[0]["message"]["result_id"],
+        "r1"
+    );
+    assert_eq!(presented(&relay, &ca).await.unwrap(), first.der.to_vec());
+    let sessions_before = metric(&relay, "wardline_connections_total ").await;
+
+    // Renewed: new files, SIGHUP. New handshakes get the new certificate...
+    let renewed = ca.issue("Wardline relay (renewed)").unwrap();
+    std::fs::write(relay.data_dir.join("tls-cert.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(relay.data_dir.join("tls-key.pem"), &renewed.key_pem).unwrap();
+    relay.signal("HUP").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while presented(&relay, &ca).await.unwrap() != renewed.der.to_vec() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was never presented"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the open connection carries on: the next notification arrives on it, no new session.
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(2)).await;
+    assert_eq!(
+        listener.notifications(1).await.unwrap()[0]["message"]["result_id"],
+        "r2"
+    );
+    assert_eq!(
+        metric(&relay, "wardline_connections_total ").await,
+        sessions_before,
+        "the listener did not reconnect"
+    );
+
+    // A broken renewal keeps the certificate in use and says why.
+    std::fs::write(relay.data_dir.join("tls-cert.pem"), "not a certificate").unwrap();
+    relay.signal("HUP").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !relay.log().contains("TLS certificate not re-read") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error logged: {}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(presented(&relay, &ca).await.unwrap(), renewed.der.to_vec());
+}
