@@ -464,6 +464,9 @@ impl Subscription {
             } => {
                 tracing::warn!(code = code.code(), %message, ?channel, "the relay refused a request");
             }
+            ServerFrame::Refreshed { expires_at } => {
+                tracing::debug!(expires_at, "the relay took the new token");
+            }
             ServerFrame::Pong | ServerFrame::Welcome { .. } | ServerFrame::Notification(_) => {}
         }
         Ok(())

@@ -42,6 +42,12 @@ pub enum ClientFrame {
     },
     /// Asks for a `pong`.
     Ping,
+    /// A new token for this connection (same user), presented before the current one expires: the
+    /// connection then lives until the new token's `exp`, without reconnecting.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// Why a client frame was refused.
@@ -51,7 +57,7 @@ pub enum FrameError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// An `op` the relay does not know.
-    #[error("unknown op {0:?}: expected subscribe, received, ack or ping")]
+    #[error("unknown op {0:?}: expected subscribe, received, ack, ping or refresh")]
     UnknownOp(String),
 }
 
@@ -75,7 +81,10 @@ impl ClientFrame {
             Some(_) => return Err(FrameError::Malformed("`op` must be a string".into())),
             None => return Err(FrameError::Malformed("missing `op`".into())),
         };
-        if !matches!(op.as_str(), "subscribe" | "received" | "ack" | "ping") {
+        if !matches!(
+            op.as_str(),
+            "subscribe" | "received" | "ack" | "ping" | "refresh"
+        ) {
             return Err(FrameError::UnknownOp(op));
         }
         serde_json::from_value(value).map_err(|e| FrameError::Malformed(e.to_string()))
@@ -171,6 +180,12 @@ pub enum ServerFrame {
     },
     /// The answer to `ping`.
     Pong,
+    /// The token presented with `refresh` was taken: the connection closes with 4001 at this new
+    /// expiry instead.
+    Refreshed {
+        /// When the new token expires (Unix seconds).
+        expires_at: u64,
+    },
     /// A request failed; the connection stays open unless a close follows.
     Error {
         /// The stable error code.

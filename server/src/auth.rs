@@ -1,7 +1,10 @@
-//! Tokens: HS256 JWTs with `sub`, a role claim, `exp` and an optional `channels` list, as hospitals mint
-//! them with their own JWT libraries; where a request carries its token; what each role may do.
+//! Tokens: JWTs with `sub`, a role claim, `exp` and an optional `channels` list, as hospitals mint
+//! them with their own JWT libraries (HS256 with the shared secret) or their identity provider
+//! issues them (RS256, ES256, EdDSA, checked with [`crate::keys`]); where a request carries its
+//! token; what each role may do.
 
 use crate::config::JwtConfig;
+use crate::keys::PublicKeys;
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
@@ -48,11 +51,13 @@ impl AuthError {
     }
 }
 
-/// Verifies and mints tokens with one secret.
+/// Verifies tokens (the shared secret, or the identity provider's keys) and mints them (the
+/// shared secret).
 pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    public_keys: PublicKeys,
     role_claim: String,
 }
 
@@ -65,8 +70,9 @@ pub fn unix_now() -> u64 {
 }
 
 impl Authenticator {
-    /// An authenticator for the configured secret and claim checks.
-    pub fn new(config: &JwtConfig) -> Authenticator {
+    /// An authenticator for the configured secret, public keys and claim checks (a public key file
+    /// that cannot be read is an error now, not at the first token).
+    pub fn new(config: &JwtConfig) -> anyhow::Result<Authenticator> {
         let mut validation = Validation::new(Algorithm::HS256);
         // An expired token is refused at once: clinicians' devices renew tokens, and a grace period
         // would be a window in which a revoked session still reads patient data.
@@ -80,23 +86,42 @@ impl Authenticator {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        Authenticator {
+        Ok(Authenticator {
             decoding: DecodingKey::from_secret(config.secret.expose()),
             encoding: EncodingKey::from_secret(config.secret.expose()),
             validation,
+            public_keys: PublicKeys::new(config.public_key.as_deref(), config.jwks_url.as_deref())?,
             role_claim: config.role_claim.clone(),
-        }
+        })
     }
 
-    /// Verifies a token and reads its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Verifies a token and reads its claims. HS256 is checked with the shared secret and nothing
+    /// else; RS256, ES256, EdDSA (and their kin) with the identity provider's key the token names.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("unreadable token header: {e}")))?;
+        let (key, validation) = match header.alg {
+            Algorithm::HS256 => (self.decoding.clone(), self.validation.clone()),
+            Algorithm::HS384 | Algorithm::HS512 => {
+                return Err(AuthError::Invalid(
+                    "shared-secret tokens must be HS256".into(),
+                ));
+            }
+            alg => {
+                let key = self.public_keys.find(alg, header.kid.as_deref()).await?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![alg];
+                (key, validation)
+            }
+        };
         let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-                .map_err(|e| match e.kind() {
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                match e.kind() {
                     ErrorKind::ExpiredSignature => AuthError::Expired,
                     ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                     _ => AuthError::Invalid(e.to_string()),
-                })?;
+                }
+            })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
@@ -254,6 +279,8 @@ mod tests {
             issuer: None,
             audience: None,
             role_claim: "role".into(),
+            public_key: None,
+            jwks_url: None,
         }
     }
 
@@ -266,9 +293,9 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn minted_tokens_verify_with_their_claims() {
-        let auth = Authenticator::new(&config());
+    #[tokio::test]
+    async fn minted_tokens_verify_with_their_claims() {
+        let auth = Authenticator::new(&config()).unwrap();
         let extra = Channel::parse("appointment:a1:updates").unwrap();
         let token = auth.mint(
             "d1",
@@ -276,7 +303,7 @@ mod tests {
             std::slice::from_ref(&extra),
             Duration::from_secs(60),
         );
-        let claims = auth.verify(&token).unwrap();
+        let claims = auth.verify(&token).await.unwrap();
         assert_eq!(claims.sub, "d1");
         assert_eq!(claims.role, Role::Doctor);
         assert_eq!(claims.channels, vec![extra.clone()]);
@@ -295,66 +322,74 @@ mod tests {
         );
     }
 
-    #[test]
-    fn bad_signature_expiry_role_and_algorithm_are_refused() {
-        let auth = Authenticator::new(&config());
+    #[tokio::test]
+    async fn bad_signature_expiry_role_and_algorithm_are_refused() {
+        let auth = Authenticator::new(&config()).unwrap();
         let exp = unix_now() + 60;
         let other = sign(
             serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp}),
             b"another-secret-0123456789",
         );
         assert_eq!(
-            auth.verify(&other),
+            auth.verify(&other).await,
             Err(AuthError::Invalid("bad signature".into()))
         );
         let expired = sign(
             serde_json::json!({"sub": "d1", "role": "doctor", "exp": unix_now() - 1}),
             b"unit-test-secret-0123456789",
         );
-        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+        assert_eq!(auth.verify(&expired).await, Err(AuthError::Expired));
         let no_role = sign(
             serde_json::json!({"sub": "d1", "exp": exp}),
             b"unit-test-secret-0123456789",
         );
-        assert!(matches!(auth.verify(&no_role), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(&no_role).await,
+            Err(AuthError::Invalid(_))
+        ));
         let bad_channel = sign(
             serde_json::json!({"sub": "d1", "role": "doctor", "exp": exp, "channels": ["nope"]}),
             b"unit-test-secret-0123456789",
         );
         assert!(matches!(
-            auth.verify(&bad_channel),
+            auth.verify(&bad_channel).await,
             Err(AuthError::Invalid(_))
         ));
         // alg "none": header {"alg":"none"}, claims, empty signature.
         let none =
             "eyJhbGciOiJub25lIn0.eyJzdWIiOiJkMSIsInJvbGUiOiJkb2N0b3IiLCJleHAiOjk5OTk5OTk5OTl9.";
-        assert!(matches!(auth.verify(none), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth.verify(none).await,
+            Err(AuthError::Invalid(_))
+        ));
     }
 
-    #[test]
-    fn issuer_audience_and_role_claim_are_configurable() {
+    #[tokio::test]
+    async fn issuer_audience_and_role_claim_are_configurable() {
         let auth = Authenticator::new(&JwtConfig {
             issuer: Some("healthhub".into()),
             audience: Some("wardline".into()),
             role_claim: "https://healthhub/role".into(),
             ..config()
-        });
+        })
+        .unwrap();
         let exp = unix_now() + 60;
         let good = sign(
             serde_json::json!({"sub": "p1", "https://healthhub/role": "patient", "exp": exp, "iss": "healthhub", "aud": "wardline"}),
             b"unit-test-secret-0123456789",
         );
-        assert_eq!(auth.verify(&good).unwrap().role, Role::Patient);
+        assert_eq!(auth.verify(&good).await.unwrap().role, Role::Patient);
         let wrong_issuer = sign(
             serde_json::json!({"sub": "p1", "https://healthhub/role": "patient", "exp": exp, "iss": "other", "aud": "wardline"}),
             b"unit-test-secret-0123456789",
         );
         assert!(matches!(
-            auth.verify(&wrong_issuer),
+            auth.verify(&wrong_issuer).await,
             Err(AuthError::Invalid(_))
         ));
         assert_eq!(
             auth.verify(&auth.mint("p1", Role::Patient, &[], Duration::from_secs(5)))
+                .await
                 .unwrap()
                 .sub,
             "p1"

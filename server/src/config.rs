@@ -48,6 +48,13 @@ pub struct ServeArgs {
     /// Required `aud` claim, if any.
     #[arg(long, env = "WARDLINE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// The identity provider's key set (JWKS) URL: RS256, ES256 and EdDSA tokens are checked with
+    /// the key their `kid` names (Entra ID, Okta, Keycloak publish one).
+    #[arg(long, env = "WARDLINE_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519) RS256, ES256 or EdDSA tokens are checked with.
+    #[arg(long, env = "WARDLINE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
     /// Name of the claim that holds the role (default `role`).
     #[arg(long, env = "WARDLINE_JWT_ROLE_CLAIM")]
     pub jwt_role_claim: Option<String>,
@@ -110,6 +117,8 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     jwt_role_claim: Option<String>,
+    jwt_jwks_url: Option<String>,
+    jwt_public_key: Option<PathBuf>,
     #[serde(default, with = "humantime_opt")]
     history_max_age: Option<Duration>,
     history_max_len: Option<u64>,
@@ -150,6 +159,10 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// The claim that holds the role.
     pub role_claim: String,
+    /// A PEM public key for RS256/ES256/EdDSA tokens.
+    pub public_key: Option<PathBuf>,
+    /// The identity provider's JWKS URL.
+    pub jwks_url: Option<String>,
 }
 
 /// Everything the relay needs to run, resolved.
@@ -277,6 +290,8 @@ impl Config {
                     .jwt_role_claim
                     .or(file.jwt_role_claim)
                     .unwrap_or_else(|| "role".into()),
+                public_key: args.jwt_public_key.or(file.jwt_public_key),
+                jwks_url: args.jwt_jwks_url.or(file.jwt_jwks_url),
             },
             data_dir,
             history_max_age: args

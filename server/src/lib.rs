@@ -14,6 +14,7 @@
 //!   seed 004) and SSE;
 //! - [`http`]: publishing, stats, receipts, health and metrics;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
+//! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`client_addr`]: the client's address through trusted proxies;
 //! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
 //!
@@ -28,6 +29,7 @@ pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod keys;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
@@ -130,7 +132,7 @@ impl Relay {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
             hub,
-            auth: Arc::new(Authenticator::new(&config.jwt)),
+            auth: Arc::new(Authenticator::new(&config.jwt)?),
             connection_limiter: Arc::new(IpRateLimiter::new(
                 config.connections_per_ip_per_s,
                 config.connections_per_ip_burst,

@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 config: args.config,
                 ..ServeArgs::default()
             })?;
-            let token = Authenticator::new(&config.jwt).mint(
+            let token = Authenticator::new(&config.jwt)?.mint(
                 &args.sub,
                 args.role,
                 &args.channels,

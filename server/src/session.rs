@@ -57,6 +57,9 @@ pub enum SessionError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A token of another user (or role) presented for this connection.
+    #[error("the new token is for {0}, not for this connection's user and role")]
+    OtherUser(String),
 }
 
 impl SessionError {
@@ -67,6 +70,7 @@ impl SessionError {
             SessionError::Forbidden(_) => ErrorCode::ChannelForbidden,
             SessionError::BadCursor(_) => ErrorCode::BadCursor,
             SessionError::Broker(e) => e.code(),
+            SessionError::OtherUser(_) => ErrorCode::WrongUser,
         }
     }
 }
@@ -100,6 +104,19 @@ impl Session {
     /// The token's claims.
     pub fn claims(&self) -> &Claims {
         &self.claims
+    }
+
+    /// Takes a new token's claims for this connection: the same user and role, able to read every
+    /// channel the connection has joined.
+    pub fn refresh(&mut self, claims: Claims) -> Result<(), SessionError> {
+        if claims.sub != self.claims.sub || claims.role != self.claims.role {
+            return Err(SessionError::OtherUser(claims.sub));
+        }
+        if let Some((channel, _)) = self.positions.iter().find(|(c, _)| !claims.can_read(c)) {
+            return Err(SessionError::Forbidden(channel.clone()));
+        }
+        self.claims = claims;
+        Ok(())
     }
 
     /// The last id sent on a channel (or the cursor the client resumed from).

@@ -14,7 +14,7 @@ pub async fn me(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let claims = authenticate(&state, None, &headers)?;
+    let claims = authenticate(&state, None, &headers).await?;
     Ok(Json(json!({
         "user": claims.sub,
         "role": claims.role,

@@ -14,14 +14,15 @@ use axum::http::HeaderMap;
 use wardline_protocol::ErrorCode;
 
 /// Verifies the request's token, counting refusals.
-pub fn authenticate(
+pub async fn authenticate(
     state: &AppState,
     query_token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Claims, ApiError> {
-    let result = token_from_request(query_token, headers)
-        .ok_or(crate::auth::AuthError::Missing)
-        .and_then(|token| state.auth.verify(&token));
+    let result = match token_from_request(query_token, headers) {
+        Some(token) => state.auth.verify(&token).await,
+        None => Err(crate::auth::AuthError::Missing),
+    };
     result.map_err(|e| {
         Metrics::inc(&state.metrics().auth_failures_total);
         ApiError::from(e)

@@ -76,7 +76,9 @@ async fn try_publish(
         code,
         reason,
     };
-    let claims = authenticate(state, None, headers).map_err(|e| fail("", e.code, e.message))?;
+    let claims = authenticate(state, None, headers)
+        .await
+        .map_err(|e| fail("", e.code, e.message))?;
     let request: PublishRequest = json_body(body).map_err(|e| fail("", e.code, e.message))?;
     let name = request.channel.as_str();
     let channel =

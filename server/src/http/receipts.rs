@@ -35,7 +35,7 @@ pub async fn receipts(
     headers: HeaderMap,
     Query(query): Query<ReceiptsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    require_stats_reader(&authenticate(&state, None, &headers)?)?;
+    require_stats_reader(&authenticate(&state, None, &headers).await?)?;
     let channel = parse_channel(&query.channel)?;
     let id = parse_id(&query.id)?;
     let receipts = state.hub.broker().receipts(&channel, id).await?;
@@ -61,7 +61,7 @@ pub async fn record_receipts(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let claims = authenticate(&state, None, &headers)?;
+    let claims = authenticate(&state, None, &headers).await?;
     let request: RecordReceipts = json_body(&body)?;
     let channel = parse_channel(&request.channel)?;
     if !claims.can_read(&channel) {

@@ -20,7 +20,7 @@ pub async fn stats(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_stats_reader(&authenticate(&state, None, &headers)?)?;
+    require_stats_reader(&authenticate(&state, None, &headers).await?)?;
     let m = state.metrics();
     let broker = state.hub.broker();
     let health = broker.health().borrow().clone();
@@ -67,7 +67,7 @@ pub async fn test_notification(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let claims = authenticate(&state, None, &headers)?;
+    let claims = authenticate(&state, None, &headers).await?;
     if claims.role != Role::Admin {
         return Err(ApiError::new(
             ErrorCode::RoleForbidden,

@@ -16,7 +16,7 @@ use wardline_protocol::ErrorCode;
 
 /// Checks a new connection: not shutting down, within its client address's rate, a valid token whose
 /// subject is the user in the path (seed 000's handler never checked this), and a reachable broker.
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     client: IpAddr,
     path_user: &str,
@@ -36,7 +36,7 @@ pub fn admit(
             "too many new connections from this address; retry later",
         ));
     }
-    let claims = authenticate(state, query_token, headers)?;
+    let claims = authenticate(state, query_token, headers).await?;
     if claims.sub != path_user {
         Metrics::inc(&state.metrics().auth_failures_total);
         return Err(ApiError::new(

@@ -95,7 +95,7 @@ pub async fn user_events(
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers)?;
+    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
     let channels = requested_channels(&claims, query.channels.as_deref())?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let positions = match last_event_id

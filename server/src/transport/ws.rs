@@ -77,7 +77,7 @@ pub async fn user_socket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers)?;
+    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
     let ws = configure(ws).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
     let mode = match ws.selected_protocol() {
         Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
@@ -101,7 +101,8 @@ pub async fn seed004_socket(
         &query.user_id,
         query.token.as_deref(),
         &headers,
-    )?;
+    )
+    .await?;
     let session = open_session(&state, claims, Mode::Seed004).await?;
     Ok(configure(ws).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
 }
@@ -252,7 +253,14 @@ async fn drive(
                     last_heard = Instant::now();
                     // Boxed: inbound frames are rare, and their handling (subscribe, replay, ack)
                     // would otherwise make every idle connection's future as large as its largest step.
-                    Box::pin(handle_inbound(socket, session, mode, message, &mut frames)).await
+                    let expires = session.claims().exp;
+                    let handled =
+                        Box::pin(handle_inbound(socket, session, state, mode, message, &mut frames)).await;
+                    // A refreshed token moves the expiry; nothing else does.
+                    if session.claims().exp != expires {
+                        expiry.as_mut().reset(Instant::now() + session.claims().time_left());
+                    }
+                    handled
                 }
             },
             _ = heartbeat.tick() => {
@@ -275,6 +283,7 @@ async fn drive(
 async fn handle_inbound(
     socket: &mut WebSocket,
     session: &mut Session,
+    state: &AppState,
     mode: Mode,
     message: Message,
     frames: &mut TokenBucket,
@@ -318,7 +327,7 @@ async fn handle_inbound(
         return Err(Stop::Close(close::MESSAGE_TOO_BIG, message));
     }
     match mode {
-        Mode::V1 => handle_v1(socket, session, text.as_str()).await,
+        Mode::V1 => handle_v1(socket, session, state, text.as_str()).await,
         Mode::Seed004 => {
             let is_ping = serde_json::from_str::<serde_json::Value>(text.as_str())
                 .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"));
@@ -337,7 +346,12 @@ async fn handle_inbound(
     }
 }
 
-async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) -> Result<(), Stop> {
+async fn handle_v1(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    state: &AppState,
+    text: &str,
+) -> Result<(), Stop> {
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err(e) => {
@@ -383,6 +397,23 @@ async fn handle_v1(socket: &mut WebSocket, session: &mut Session, text: &str) ->
         }
         ClientFrame::Ack { channel, ids } => {
             record(socket, session, channel, ids, ReceiptKind::Acknowledged).await
+        }
+        ClientFrame::Refresh { token } => {
+            let refreshed = match state.auth.verify(&token).await {
+                Ok(claims) => session.refresh(claims).map_err(ApiError::from),
+                Err(e) => {
+                    Metrics::inc(&state.metrics().auth_failures_total);
+                    Err(ApiError::from(e))
+                }
+            };
+            // A refused token leaves the connection as it was: it still closes at the old expiry.
+            let frame = match refreshed {
+                Ok(()) => ServerFrame::Refreshed {
+                    expires_at: session.claims().exp,
+                },
+                Err(e) => error_frame(e.code, e.message, None),
+            };
+            send_frame(socket, session, &frame).await
         }
     }
 }

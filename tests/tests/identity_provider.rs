@@ -1,0 +1,256 @@
+//! Tokens from the hospital's identity provider: RS256 and ES256 tokens checked against a JWKS that
+//! a local HTTP server in the test publishes, the ways a forged token tries to pass refused with
+//! `{code, message}`, and a connection that presents a new token before `exp` outliving the first.
+//! The RSA key is a fixture (`tests/fixtures/identity-provider-rsa.pem` and its public half
+//! `….pub.pem`, made with `openssl genpkey` for these tests only: RSA keys take long to make in a
+//! debug build); the EC keys are made here.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+use wardline_tests::client::V1Client;
+use wardline_tests::{Relay, unix_now};
+
+const RSA_PEM: &str = include_str!("../fixtures/identity-provider-rsa.pem");
+const RSA_PUBLIC_PEM: &str = include_str!("../fixtures/identity-provider-rsa.pub.pem");
+
+/// Serves one JWKS over plain HTTP and counts how often it was fetched.
+struct JwksServer {
+    url: String,
+    fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl JwksServer {
+    async fn start(set: &JwkSet) -> anyhow::Result<JwksServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!(
+            "http://127.0.0.1:{}/.well-known/jwks.json",
+            listener.local_addr()?.port()
+        );
+        let body = serde_json::to_string(set)?;
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(JwksServer { url, fetches, task })
+    }
+}
+
+/// A signing key of the identity provider and its public half as a JWK named `kid`.
+fn key(pem: &str, alg: Algorithm, kid: &str) -> (EncodingKey, Jwk) {
+    let encoding = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ec_pem(pem.as_bytes()),
+    }
+    .unwrap();
+    let mut jwk = Jwk::from_encoding_key(&encoding, alg).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    (encoding, jwk)
+}
+
+fn ec_pem() -> String {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem()
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, sub: &str, ttl_s: u64) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let claims = json!({"sub": sub, "role": "doctor", "exp": unix_now() + ttl_s});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `GET /v1/me` with the token: the status and body.
+async fn me(relay: &Relay, token: &str) -> (u16, Value) {
+    relay.get("/v1/me", Some(token)).await
+}
+
+#[tokio::test]
+async fn identity_provider_tokens_are_checked_against_its_published_keys() {
+    let (rsa, rsa_jwk) = key(RSA_PEM, Algorithm::RS256, "rsa-2026");
+    let (ec, ec_jwk) = key(&ec_pem(), Algorithm::ES256, "ec-2026");
+    let jwks = JwksServer::start(&JwkSet {
+        keys: vec![rsa_jwk, ec_jwk],
+    })
+    .await
+    .unwrap();
+    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks.url])
+        .await
+        .unwrap();
+
+    // RS256 and ES256 from the provider are accepted.
+    let (status, body) = me(
+        &relay,
+        &sign(Algorithm::RS256, Some("rsa-2026"), &rsa, "d1", 600),
+    )
+    .await;
+    assert_eq!((status, &body["user"]), (200, &json!("d1")), "{body}");
+    let (status, body) = me(
+        &relay,
+        &sign(Algorithm::ES256, Some("ec-2026"), &ec, "d2", 600),
+    )
+    .await;
+    assert_eq!((status, &body["user"]), (200, &json!("d2")), "{body}");
+
+    let refused = |(status, body): (u16, Value), why: &str| {
+        assert_eq!(status, 401, "{why}: {body}");
+        assert_eq!(
+            body["code"],
+            u64::from(ErrorCode::TokenInvalid.code()),
+            "{why}: {body}"
+        );
+        assert!(body["message"].is_string(), "{why}: {body}");
+        body["message"].as_str().unwrap().to_owned()
+    };
+    // Another key under a known kid.
+    let (impostor, _) = key(&ec_pem(), Algorithm::ES256, "ec-2026");
+    refused(
+        me(
+            &relay,
+            &sign(Algorithm::ES256, Some("ec-2026"), &impostor, "d1", 600),
+        )
+        .await,
+        "another key with the same kid",
+    );
+    // alg none, naming a real kid.
+    let header = base64url(br#"{"alg":"none","kid":"rsa-2026"}"#);
+    let claims = base64url(
+        json!({"sub": "d1", "role": "doctor", "exp": unix_now() + 600})
+            .to_string()
+            .as_bytes(),
+    );
+    refused(me(&relay, &format!("{header}.{claims}.")).await, "alg none");
+    // HS256 "signed" with the provider's public key as the secret.
+    let hs_with_public = sign(
+        Algorithm::HS256,
+        Some("rsa-2026"),
+        &EncodingKey::from_secret(RSA_PUBLIC_PEM.as_bytes()),
+        "d1",
+        600,
+    );
+    refused(
+        me(&relay, &hs_with_public).await,
+        "HS256 with the public key",
+    );
+    // A kid the provider never published.
+    let message = refused(
+        me(
+            &relay,
+            &sign(Algorithm::RS256, Some("rsa-1999"), &rsa, "d1", 600),
+        )
+        .await,
+        "unknown kid",
+    );
+    assert!(message.contains("unknown key id"), "{message}");
+    // The key set was fetched once: an unknown kid refetches at most once a minute.
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    // The shared secret still signs service tokens.
+    assert_eq!(
+        relay
+            .publish(
+                "doctor:d1:notifications",
+                &json!({"type": "system_notification", "content": "hello"})
+            )
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_connection_given_a_new_token_outlives_the_first_tokens_expiry() {
+    let (rsa, rsa_jwk) = key(RSA_PEM, Algorithm::RS256, "rsa-2026");
+    let jwks = JwksServer::start(&JwkSet {
+        keys: vec![rsa_jwk],
+    })
+    .await
+    .unwrap();
+    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks.url])
+        .await
+        .unwrap();
+    let short = sign(Algorithm::RS256, Some("rsa-2026"), &rsa, "d1", 3);
+    let mut refreshed = V1Client::connect(&relay.ws_url(""), "d1", &short)
+        .await
+        .unwrap();
+    let mut left_alone = V1Client::connect(&relay.ws_url(""), "d1", &short)
+        .await
+        .unwrap();
+
+    // A token of another user is refused and changes nothing.
+    let other = sign(Algorithm::RS256, Some("rsa-2026"), &rsa, "d2", 600);
+    refreshed
+        .send(&ClientFrame::Refresh { token: other })
+        .await
+        .unwrap();
+    match refreshed.frame().await.unwrap() {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::WrongUser),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let long = sign(Algorithm::RS256, Some("rsa-2026"), &rsa, "d1", 600);
+    refreshed
+        .send(&ClientFrame::Refresh { token: long })
+        .await
+        .unwrap();
+    match refreshed.frame().await.unwrap() {
+        ServerFrame::Refreshed { expires_at } => assert!(expires_at > unix_now() + 500),
+        other => panic!("expected refreshed, got {other:?}"),
+    }
+
+    // The first token's exp passes: the connection left alone is closed, the refreshed one is not.
+    let (code, _) = tokio::time::timeout(Duration::from_secs(10), left_alone.until_closed())
+        .await
+        .expect("closed at exp")
+        .unwrap();
+    assert_eq!(code, Some(close::TOKEN_EXPIRED));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    refreshed.send(&ClientFrame::Ping).await.unwrap();
+    assert_eq!(refreshed.frame().await.unwrap(), ServerFrame::Pong);
+}
+
+#[tokio::test]
+async fn a_public_key_file_checks_tokens_without_a_key_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("idp.pub.pem");
+    std::fs::write(&public, RSA_PUBLIC_PEM).unwrap();
+    let relay = Relay::embedded(&["--jwt-public-key", public.to_str().unwrap()])
+        .await
+        .unwrap();
+    let (rsa, _) = key(RSA_PEM, Algorithm::RS256, "unused");
+    let (status, body) = me(&relay, &sign(Algorithm::RS256, None, &rsa, "p1", 600)).await;
+    assert_eq!((status, &body["user"]), (200, &json!("p1")), "{body}");
+    let (ec, _) = key(&ec_pem(), Algorithm::ES256, "unused");
+    let (status, body) = me(&relay, &sign(Algorithm::ES256, None, &ec, "p1", 600)).await;
+    assert_eq!(status, 401, "an ES256 token against an RSA key: {body}");
+}
