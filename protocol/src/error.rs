@@ -31,6 +31,8 @@ pub enum ErrorCode {
     ChannelForbidden,
     /// The token's role may not do this.
     RoleForbidden,
+    /// A browser page from an origin the relay does not allow (`--allowed-origins`).
+    OriginForbidden,
     /// Nothing is at that path.
     NotFound,
     /// A frame or body larger than the limit.
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::WrongUser => 40301,
             ErrorCode::ChannelForbidden => 40302,
             ErrorCode::RoleForbidden => 40303,
+            ErrorCode::OriginForbidden => 40304,
             ErrorCode::NotFound => 40401,
             ErrorCode::TooLarge => 41301,
             ErrorCode::RateLimited => 42901,
@@ -77,7 +80,7 @@ impl ErrorCode {
         (self.code() / 100) as u16
     }
 
-    const ALL: [ErrorCode; 18] = [
+    const ALL: [ErrorCode; 19] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
@@ -89,6 +92,7 @@ impl ErrorCode {
         ErrorCode::WrongUser,
         ErrorCode::ChannelForbidden,
         ErrorCode::RoleForbidden,
+        ErrorCode::OriginForbidden,
         ErrorCode::NotFound,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,

@@ -5,6 +5,7 @@
 use crate::client_addr::Cidr;
 use crate::tls::TlsFiles;
 use anyhow::{Context, bail};
+use axum::http::HeaderValue;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ pub struct ServeArgs {
     /// Forwarded / X-Forwarded-For name the client; from any other peer those headers are ignored.
     #[arg(long, env = "WARDLINE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<Cidr>>,
+    /// Origins whose web pages may use the relay (comma-separated: https://portal.example); any
+    /// origin when unset (auth is by bearer token, never a cookie).
+    #[arg(long, env = "WARDLINE_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::origins::parse_origin)]
+    pub allowed_origins: Option<Vec<HeaderValue>>,
     /// Redis URL (redis://host:port/db), or Redis Sentinel's
     /// (redis+sentinel://[:password@]host:port[,host:port…]/<master>[/<db>]); without one the relay
     /// runs on its embedded broker.
@@ -111,6 +116,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
     data_dir: Option<PathBuf>,
@@ -174,6 +180,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Peers whose forwarded-for headers are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Origins whose pages may use the relay; `None`: any.
+    pub allowed_origins: Option<Vec<HeaderValue>>,
     /// Redis URL; `None` runs the embedded broker.
     pub redis_url: Option<Sensitive<String>>,
     /// Token verification.
@@ -266,6 +274,19 @@ impl Config {
                 .collect::<anyhow::Result<_>>()
                 .context("trusted_proxies in the config file")?,
         };
+        let allowed_origins = match args.allowed_origins {
+            Some(list) => Some(list),
+            None => file
+                .allowed_origins
+                .map(|list| {
+                    list.iter()
+                        .map(|origin| crate::origins::parse_origin(origin))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(anyhow::Error::msg)
+                        .context("allowed_origins in the config file")
+                })
+                .transpose()?,
+        };
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(256);
         if queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
@@ -277,6 +298,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8851))),
             tls,
             trusted_proxies,
+            allowed_origins,
             redis_url: args
                 .redis_url
                 .or(file.redis_url)

@@ -15,6 +15,7 @@
 //! - [`http`]: publishing, stats, receipts, health and metrics;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
 //! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
+//! - [`origins`]: CORS, and which browser origins may use the relay;
 //! - [`client_addr`]: the client's address through trusted proxies;
 //! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
 //!
@@ -31,6 +32,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod origins;
 pub mod queue;
 pub mod ratelimit;
 pub mod session;
@@ -100,6 +102,11 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(http::health::readyz))
         .route("/metrics", get(http::health::metrics))
         .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origins::refuse_other_origins,
+        ))
+        .layer(origins::cors(state.config.allowed_origins.as_deref()))
         .with_state(state)
 }
 
