@@ -80,7 +80,8 @@ impl ErrorCode {
         (self.code() / 100) as u16
     }
 
-    const ALL: [ErrorCode; 19] = [
+    /// Every code.
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,

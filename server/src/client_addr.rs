@@ -157,11 +157,9 @@ impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ConnectInfo(peer) = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .copied()
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "no peer address"))?;
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("no peer address: {e}")))?;
         Ok(ClientAddr(client_ip(
             peer.ip(),
             &parts.headers,

@@ -106,6 +106,10 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             origins::refuse_other_origins,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::funnel,
+        ))
         .layer(origins::cors(state.config.allowed_origins.as_deref()))
         .with_state(state)
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use wardline_protocol::ErrorCode;
 
 /// The ways a client can be connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub struct Metrics {
     pub gaps_total: AtomicU64,
     /// TLS handshakes that failed or timed out (a device that does not trust the certificate).
     pub tls_handshake_failures_total: AtomicU64,
+    /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
+    errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
 impl Metrics {
@@ -83,6 +86,13 @@ impl Metrics {
     /// Open connections of every transport.
     pub fn connections_open(&self) -> i64 {
         Transport::ALL.iter().map(|t| self.connections(*t)).sum()
+    }
+
+    /// Counts an HTTP error answer.
+    pub fn count_error(&self, code: ErrorCode) {
+        if let Some(index) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[index].fetch_add(1, Relaxed);
+        }
     }
 
     /// Adds one to a counter.
@@ -126,6 +136,17 @@ impl Metrics {
         ];
         for (name, value) in counters {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE wardline_errors_total counter");
+        for (code, count) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let count = count.load(Relaxed);
+            if count > 0 {
+                let _ = writeln!(
+                    out,
+                    "wardline_errors_total{{code=\"{}\"}} {count}",
+                    code.code()
+                );
+            }
         }
         let _ = writeln!(
             out,

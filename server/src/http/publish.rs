@@ -4,6 +4,7 @@
 
 use crate::AppState;
 use crate::broker::Publish;
+use crate::error::ApiError;
 use crate::http::{authenticate, json_body};
 use crate::metrics::Metrics;
 use axum::Json;
@@ -49,8 +50,15 @@ impl IntoResponse for Failed {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({"status": "failed", "channel": self.channel, "reason": self.reason, "code": self.code});
-        (status, Json(body)).into_response()
+        // The HealthHub notification effect's failed result (status, channel, reason), with the
+        // relay's `{code, message}` beside it.
+        let body = json!({"status": "failed", "channel": self.channel, "reason": self.reason, "code": self.code, "message": self.reason});
+        let mut response = (status, Json(body)).into_response();
+        // The error funnel counts and logs it.
+        response
+            .extensions_mut()
+            .insert(ApiError::new(self.code, self.reason));
+        response
     }
 }
 
@@ -60,7 +68,6 @@ pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: By
         Ok(response) => response,
         Err(failed) => {
             Metrics::inc(&state.metrics().publish_failures_total);
-            tracing::warn!(channel = %failed.channel, code = failed.code.code(), reason = %failed.reason, "publish failed");
             failed.into_response()
         }
     }
