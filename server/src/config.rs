@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8851; port 0 picks a free port).
     #[arg(long, env = "WARDLINE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address of the metrics listener (Prometheus `/metrics`; default 127.0.0.1:9851, never the
+    /// public one).
+    #[arg(long, env = "WARDLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS certificate chain (PEM, leaf first): serve https:// and wss:// (with --tls-key). Re-read
     /// on SIGHUP.
     #[arg(long, env = "WARDLINE_TLS_CERT")]
@@ -113,6 +117,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
@@ -176,6 +181,8 @@ pub struct JwtConfig {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the metrics listener.
+    pub metrics_listen: SocketAddr,
     /// Certificate and key to serve https:// and wss:// with; plain http:// without.
     pub tls: Option<TlsFiles>,
     /// Peers whose forwarded-for headers are believed.
@@ -296,6 +303,10 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8851))),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9851))),
             tls,
             trusted_proxies,
             allowed_origins,
@@ -355,6 +366,7 @@ impl Config {
     pub fn for_tests(data_dir: &Path, secret: &str) -> Config {
         Config::load(ServeArgs {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             jwt_secret: Some(secret.to_owned()),
             data_dir: Some(data_dir.to_owned()),
             ..ServeArgs::default()

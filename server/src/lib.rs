@@ -12,7 +12,7 @@
 //!   every transport;
 //! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
 //!   seed 004) and SSE;
-//! - [`http`]: publishing, stats, receipts, health and metrics;
+//! - [`http`]: publishing, stats, receipts, health, and metrics on their own listener;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
 //! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`origins`]: CORS, and which browser origins may use the relay;
@@ -100,7 +100,6 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
-        .route("/metrics", get(http::health::metrics))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -111,6 +110,15 @@ pub fn app(state: AppState) -> Router {
             error::funnel,
         ))
         .layer(origins::cors(state.config.allowed_origins.as_deref()))
+        .with_state(state)
+}
+
+/// The metrics listener's routes: `/metrics` alone. Served apart from [`app`] (`--metrics-listen`,
+/// loopback by default) so that counters of users and errors are not on the public port.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(http::health::metrics))
+        .fallback(http::not_found)
         .with_state(state)
 }
 
@@ -131,14 +139,21 @@ impl Relay {
             max_len: config.history_max_len,
         };
         let (live_tx, live_rx) = mpsc::channel(4096);
+        let metrics = Arc::new(Metrics::default());
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(
-                RedisBroker::connect(url.expose(), retention, config.recorder, live_tx).await?,
+                RedisBroker::connect(
+                    url.expose(),
+                    retention,
+                    config.recorder,
+                    live_tx,
+                    metrics.redis_round_trip.clone(),
+                )
+                .await?,
             ),
             None => Arc::new(EmbeddedBroker::open(&config.data_dir, retention, live_tx)?),
         };
         tracing::info!(broker = broker.kind(), data_dir = %config.data_dir.display(), "broker ready");
-        let metrics = Arc::new(Metrics::default());
         let hub = Hub::start(broker, metrics, live_rx);
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
@@ -161,6 +176,16 @@ impl Relay {
     /// The certificate served, when the relay serves TLS ([`Certificates::reload`] on SIGHUP).
     pub fn certificates(&self) -> Option<Arc<Certificates>> {
         self.certificates.clone()
+    }
+
+    /// Serves [`metrics_app`] on `listener` until the process ends.
+    pub fn serve_metrics(&self, listener: TcpListener) {
+        let router = metrics_app(self.state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
     }
 
     /// `https` when the relay serves TLS, else `http`.

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -66,8 +66,10 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("WARDLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: not into a journal, a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -124,12 +126,26 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
             let address = listener.local_addr()?;
+            let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the metrics listener {} (--metrics-listen)",
+                        config.metrics_listen
+                    )
+                })?;
+            let metrics_address = metrics_listener.local_addr()?;
             let relay = wardline_relay::Relay::build(config).await?;
+            relay.serve_metrics(metrics_listener);
             #[cfg(unix)]
             if let Some(certificates) = relay.certificates() {
                 reload_on_hangup(certificates)?;
             }
-            println!("listening on {}://{address}", relay.scheme());
+            // One write: whoever reads only the first line may close the pipe after it.
+            print!(
+                "listening on {}://{address}\nmetrics on http://{metrics_address}/metrics\n",
+                relay.scheme()
+            );
             std::io::stdout().flush()?;
             relay.serve(listener, shutdown_signal()).await
         }

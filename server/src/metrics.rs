@@ -1,4 +1,5 @@
-//! Counters for `/metrics` (Prometheus text format) and `/v1/stats`.
+//! The relay's counters and histograms, for `/metrics` (Prometheus text format, served on the
+//! metrics listener, `--metrics-listen`, not the public one) and `/v1/stats`.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -65,16 +66,110 @@ pub struct Metrics {
     pub tls_handshake_failures_total: AtomicU64,
     /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Seconds from a notification's publish (its id's time) to its frame handed to a socket.
+    pub delivery_latency: Histogram<12>,
+    /// Notifications replayed per channel resumed.
+    pub replay_size: Histogram<9>,
+    /// Seconds a Redis command took, sent to answered.
+    pub redis_round_trip: Arc<Histogram<12>>,
+}
+
+/// Bucket bounds, in seconds, for latencies.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Bucket bounds for counts of notifications.
+const COUNT_BOUNDS: [f64; 9] = [
+    0.0,
+    1.0,
+    10.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    50_000.0,
+    100_000.0,
+    1_000_000.0,
+];
+
+/// A Prometheus histogram of `N` buckets (plus `+Inf`), lock-free.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    /// The sum of observations, in millionths.
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn with_bounds(bounds: [f64; N]) -> Histogram<N> {
+        Histogram {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        let value = value.max(0.0);
+        if let Some(i) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add((value * 1e6).round() as u64, Relaxed);
+    }
+
+    /// How many observations there were.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+impl Default for Histogram<12> {
+    fn default() -> Self {
+        Histogram::with_bounds(LATENCY_BOUNDS)
+    }
+}
+
+impl Default for Histogram<9> {
+    fn default() -> Self {
+        Histogram::with_bounds(COUNT_BOUNDS)
+    }
 }
 
 impl Metrics {
     /// Counts a connection opening; the guard counts it closing.
-    pub fn connection_opened(self: &Arc<Self>, transport: Transport) -> ConnectionGuard {
+    pub fn connection_opened(
+        self: &Arc<Self>,
+        transport: Transport,
+        user: &str,
+    ) -> ConnectionGuard {
         self.connections[transport as usize].fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
         ConnectionGuard {
             metrics: self.clone(),
             transport,
+            user: user.to_owned(),
+            opened: std::time::Instant::now(),
+            close_code: None,
         }
     }
 
@@ -86,6 +181,13 @@ impl Metrics {
     /// Open connections of every transport.
     pub fn connections_open(&self) -> i64 {
         Transport::ALL.iter().map(|t| self.connections(*t)).sum()
+    }
+
+    /// Records a live notification's frame handed to a socket (the latency from its publish).
+    pub fn delivered(&self, published_ms: u64) {
+        let now = crate::broker::now_ms();
+        self.delivery_latency
+            .observe(now.saturating_sub(published_ms) as f64 / 1000.0);
     }
 
     /// Counts an HTTP error answer.
@@ -100,10 +202,13 @@ impl Metrics {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, each metric with its HELP line.
     pub fn render(&self, broker_kind: &str, broker_up: bool, channels: usize) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE wardline_connections gauge");
+        let _ = writeln!(
+            out,
+            "# HELP wardline_connections Open connections, by transport.\n# TYPE wardline_connections gauge"
+        );
         for transport in Transport::ALL {
             let _ = writeln!(
                 out,
@@ -113,31 +218,73 @@ impl Metrics {
             );
         }
         let counters = [
-            ("wardline_connections_total", &self.connections_total),
-            ("wardline_published_total", &self.published_total),
+            (
+                "wardline_connections_total",
+                "Connections accepted since start.",
+                &self.connections_total,
+            ),
+            (
+                "wardline_published_total",
+                "Notifications published through the HTTP API.",
+                &self.published_total,
+            ),
             (
                 "wardline_publish_failures_total",
+                "Publishes refused or failed.",
                 &self.publish_failures_total,
             ),
-            ("wardline_deliveries_total", &self.deliveries_total),
-            ("wardline_replayed_total", &self.replayed_total),
+            (
+                "wardline_deliveries_total",
+                "Notifications handed to connections live.",
+                &self.deliveries_total,
+            ),
+            (
+                "wardline_replayed_total",
+                "Notifications replayed from history on resume.",
+                &self.replayed_total,
+            ),
             (
                 "wardline_slow_consumer_closes_total",
+                "Connections closed because they stopped reading.",
                 &self.slow_consumer_closes_total,
             ),
-            ("wardline_flood_closes_total", &self.flood_closes_total),
-            ("wardline_auth_failures_total", &self.auth_failures_total),
-            ("wardline_rate_limited_total", &self.rate_limited_total),
-            ("wardline_gaps_total", &self.gaps_total),
+            (
+                "wardline_flood_closes_total",
+                "Connections closed for sending too many frames.",
+                &self.flood_closes_total,
+            ),
+            (
+                "wardline_auth_failures_total",
+                "Requests and frames refused for their token.",
+                &self.auth_failures_total,
+            ),
+            (
+                "wardline_rate_limited_total",
+                "Connections refused by the per-address rate limit.",
+                &self.rate_limited_total,
+            ),
+            (
+                "wardline_gaps_total",
+                "Resumes that found history missing.",
+                &self.gaps_total,
+            ),
             (
                 "wardline_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
                 &self.tls_handshake_failures_total,
             ),
         ];
-        for (name, value) in counters {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
         }
-        let _ = writeln!(out, "# TYPE wardline_errors_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP wardline_errors_total HTTP error answers, by error code.\n# TYPE wardline_errors_total counter"
+        );
         for (code, count) in ErrorCode::ALL.iter().zip(&self.errors) {
             let count = count.load(Relaxed);
             if count > 0 {
@@ -148,13 +295,28 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# TYPE wardline_channels gauge\nwardline_channels {channels}"
+        self.delivery_latency.render(
+            &mut out,
+            "wardline_delivery_latency_seconds",
+            "From publish (the notification id's time) to the frame handed to a socket.",
+        );
+        self.replay_size.render(
+            &mut out,
+            "wardline_replay_size",
+            "Notifications replayed per channel resumed.",
+        );
+        self.redis_round_trip.render(
+            &mut out,
+            "wardline_redis_round_trip_seconds",
+            "Redis commands, sent to answered.",
         );
         let _ = writeln!(
             out,
-            "# TYPE wardline_broker_up gauge\nwardline_broker_up{{broker=\"{broker_kind}\"}} {}",
+            "# HELP wardline_channels Channels with at least one connection on this node.\n# TYPE wardline_channels gauge\nwardline_channels {channels}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wardline_broker_up Whether the broker answers.\n# TYPE wardline_broker_up gauge\nwardline_broker_up{{broker=\"{broker_kind}\"}} {}",
             u8::from(broker_up)
         );
         out
@@ -162,13 +324,36 @@ impl Metrics {
 }
 
 /// Counts a connection closing when dropped.
+/// Also writes the connection's access-log line then: user, transport, close code, duration (never
+/// the token).
 pub struct ConnectionGuard {
     metrics: Arc<Metrics>,
     transport: Transport,
+    user: String,
+    opened: std::time::Instant,
+    close_code: Option<u16>,
+}
+
+impl ConnectionGuard {
+    /// The relay closes the connection with `code` (without one, the client left).
+    pub fn closed_with(&mut self, code: u16) {
+        self.close_code = Some(code);
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.metrics.connections[self.transport as usize].fetch_sub(1, Relaxed);
+        let seconds = self.opened.elapsed().as_secs_f64();
+        match self.close_code {
+            Some(code) => tracing::info!(
+                user = %self.user, transport = self.transport.as_str(), code,
+                seconds = format!("{seconds:.1}"), "connection closed by the relay"
+            ),
+            None => tracing::info!(
+                user = %self.user, transport = self.transport.as_str(),
+                seconds = format!("{seconds:.1}"), "connection closed by the client"
+            ),
+        }
     }
 }

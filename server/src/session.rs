@@ -195,6 +195,7 @@ impl Session {
         metrics
             .replayed_total
             .fetch_add(replay.len() as u64, Relaxed);
+        metrics.replay_size.observe(replay.len() as f64);
         if gap {
             metrics.gaps_total.fetch_add(1, Relaxed);
         }

@@ -12,10 +12,11 @@ use std::time::Duration;
 use tower::ServiceExt;
 use wardline_protocol::{ErrorCode, Role};
 use wardline_relay::config::Config;
-use wardline_relay::{Relay, app};
+use wardline_relay::{Relay, app, metrics_app};
 
 struct Harness {
     router: Router,
+    metrics: Router,
     service_token: String,
     _dir: tempfile::TempDir,
 }
@@ -31,6 +32,7 @@ async fn harness(tune: impl FnOnce(&mut Config)) -> Harness {
         .mint("backend", Role::Service, &[], Duration::from_secs(600));
     let peer: SocketAddr = "192.0.2.10:40000".parse().unwrap();
     Harness {
+        metrics: metrics_app(state.clone()),
         router: app(state).layer(MockConnectInfo(peer)),
         service_token,
         _dir: dir,
@@ -135,8 +137,18 @@ async fn every_rejection_is_code_and_message_and_counted() {
     assert_eq!(error_of(&body).0, ErrorCode::UnknownChannel.code());
 
     // Counted by code.
-    let (_, _, metrics) = send(
+    let (status, _, _) = send(
         &h.router,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "metrics are not on the public port"
+    );
+    let (_, _, metrics) = send(
+        &h.metrics,
         Request::get("/metrics").body(Body::empty()).unwrap(),
     )
     .await;

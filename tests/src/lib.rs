@@ -220,6 +220,8 @@ pub struct Relay {
     child: Child,
     /// `http://127.0.0.1:<port>` (`https://` when it serves TLS).
     pub base: String,
+    /// `http://127.0.0.1:<port>/metrics`, on the metrics listener.
+    pub metrics_url: String,
     /// The HTTP client `publish` and `get` use (trusting the relay's CA when it serves TLS).
     http: reqwest::Client,
     /// `127.0.0.1:<port>`.
@@ -280,9 +282,16 @@ impl Relay {
         } else {
             &["--listen", "127.0.0.1:0"][..]
         };
+        // Many relays run at once in tests: each its own metrics port.
+        let metrics_listen = if extra.contains(&"--metrics-listen") {
+            &[][..]
+        } else {
+            &["--metrics-listen", "127.0.0.1:0"][..]
+        };
         command
             .arg("serve")
             .args(listen)
+            .args(metrics_listen)
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("WARDLINE_JWT_SECRET");
@@ -328,7 +337,13 @@ impl Relay {
             .strip_prefix("listening on ")
             .and_then(|url| url.split_once("://"))
             .with_context(|| format!("unexpected first line {line:?}"))?;
+        let metrics_url = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .context("the relay did not report its metrics address in time")??
+            .and_then(|line| line.strip_prefix("metrics on ").map(str::to_owned))
+            .context("no metrics address")?;
         Ok(Relay {
+            metrics_url,
             child,
             base: format!("{scheme}://{address}"),
             http: reqwest::Client::new(),
@@ -368,6 +383,16 @@ impl Relay {
             "ws"
         };
         format!("{scheme}://{}{path}", self.address)
+    }
+
+    /// The relay's Prometheus text, from its metrics listener.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .expect("the metrics listener answers")
+            .text()
+            .await
+            .unwrap_or_default()
     }
 
     /// Sends a signal (`HUP`, `STOP`, …) to the relay process.

@@ -641,3 +641,37 @@ async fn a_multi_line_payload_from_plain_publish_reaches_sse_and_websocket_intac
     assert_eq!(after.message, json!({"type": "after"}));
     Ok(())
 }
+
+/// The metrics listener (not the public port) shows what operators watch: publish → socket
+/// latency, replay sizes and Redis round trips as histograms, each metric with its HELP line.
+#[tokio::test]
+async fn operators_see_latency_replay_and_redis_histograms_on_the_metrics_listener()
+-> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(BrokerKind::Redis, &[]).await?;
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    client.notifications(1).await?;
+    let (status, _) = relay.get("/metrics", None).await;
+    assert_eq!(status, 404, "not on the public port");
+    let metrics = relay.metrics().await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("wardline_delivery_latency_seconds_count") >= 1.0);
+    assert!(value("wardline_delivery_latency_seconds_bucket{le=\"+Inf\"}") >= 1.0);
+    assert!(value("wardline_replay_size_count") >= 1.0);
+    assert!(value("wardline_redis_round_trip_seconds_count") >= 1.0);
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP line"
+        );
+    }
+    Ok(())
+}

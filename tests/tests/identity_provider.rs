@@ -237,6 +237,23 @@ async fn a_connection_given_a_new_token_outlives_the_first_tokens_expiry() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     refreshed.send(&ClientFrame::Ping).await.unwrap();
     assert_eq!(refreshed.frame().await.unwrap(), ServerFrame::Pong);
+    // The access log has the closed connection's line: user, transport, code; never the token.
+    let deadline = tokio::time::Instant::now() + wardline_tests::WAIT;
+    while !relay.log().contains("connection closed by the relay")
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed by the relay"))
+        .unwrap_or_else(|| panic!("no access-log line: {log}"));
+    assert!(
+        line.contains("user=d1") && line.contains("ws_v1") && line.contains("code=4001"),
+        "{line}"
+    );
+    assert!(!log.contains(&short), "a token in the log");
 }
 
 #[tokio::test]

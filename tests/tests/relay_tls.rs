@@ -37,9 +37,7 @@ async fn presented(relay: &Relay, ca: &PrivateCa) -> anyhow::Result<Vec<u8>> {
 
 /// A value of the relay's `/metrics`.
 async fn metric(relay: &Relay, line_start: &str) -> u64 {
-    let (status, body) = relay.get("/metrics", None).await;
-    assert_eq!(status, 200);
-    let text = body.as_str().unwrap_or_default().to_owned();
+    let text = relay.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix(line_start))
         .and_then(|value| value.trim().parse().ok())

@@ -181,12 +181,9 @@ async fn a_slow_consumer_is_cut_off_and_loses_nothing(kind: BrokerKind) -> anyho
         "{close_code:?}"
     );
     assert!(slow_got.len() < COUNT, "it was cut off before the end");
-    let (_, metrics) = relay.get("/metrics", None).await;
+    let metrics = relay.metrics().await;
     assert!(
-        metrics
-            .as_str()
-            .unwrap()
-            .contains("wardline_slow_consumer_closes_total 1"),
+        metrics.contains("wardline_slow_consumer_closes_total 1"),
         "{metrics}"
     );
 

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (the broker answers) and `/metrics` (Prometheus).
+//! `/healthz` (the process answers), `/readyz` (the broker answers) and `/metrics` (Prometheus, on
+//! the metrics listener).
 
 use crate::AppState;
 use crate::broker::BrokerHealth;

@@ -105,7 +105,9 @@ pub async fn user_events(
         Some(text) => parse_position(text, &channels)?,
         None => BTreeMap::new(),
     };
-    let guard = state.metrics().connection_opened(Transport::Sse);
+    let guard = state
+        .metrics()
+        .connection_opened(Transport::Sse, &claims.sub);
     let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
     let mut resumed = Vec::with_capacity(channels.len());
     for channel in &channels {
@@ -148,7 +150,7 @@ pub async fn user_events(
         shutdown: state.shutdown.clone(),
         metrics: state.metrics().clone(),
         finished: false,
-        _guard: guard,
+        guard,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next_chunk));
     let mut response = body.into_response();
@@ -192,7 +194,7 @@ struct SseStream {
     shutdown: tokio::sync::watch::Receiver<bool>,
     metrics: std::sync::Arc<Metrics>,
     finished: bool,
-    _guard: ConnectionGuard,
+    guard: ConnectionGuard,
 }
 
 impl SseStream {
@@ -206,10 +208,12 @@ impl SseStream {
         let chunk = tokio::select! {
             _ = crate::stopping(&mut self.shutdown) => {
                 self.finished = true;
+                self.guard.closed_with(close::GOING_AWAY);
                 error_event(ErrorCode::ShuttingDown, "relay shutting down: reconnect and resume".into(), close::GOING_AWAY)
             }
             _ = &mut self.expiry => {
                 self.finished = true;
+                self.guard.closed_with(close::TOKEN_EXPIRED);
                 error_event(ErrorCode::TokenExpired, "token expired: sign in again".into(), close::TOKEN_EXPIRED)
             }
             _ = self.heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
@@ -218,15 +222,18 @@ impl SseStream {
                     let positions: BTreeMap<Channel, Cursor> = self.session.positions().iter().cloned().collect();
                     let id = format!("id: {}\n", format_position(&positions));
                     self.pending.push_back(delivery.sse_data());
+                    self.metrics.delivered(delivery.message.id.ms);
                     Bytes::from(id)
                 }
                 SessionEvent::SlowConsumer => {
                     self.finished = true;
+                    self.guard.closed_with(close::SLOW_CONSUMER);
                     Metrics::inc(&self.metrics.slow_consumer_closes_total);
                     error_event(ErrorCode::Flood, "slow consumer: resume from your last id".into(), close::SLOW_CONSUMER)
                 }
                 SessionEvent::BrokerDown(reason) => {
                     self.finished = true;
+                    self.guard.closed_with(close::TRY_AGAIN_LATER);
                     error_event(ErrorCode::BrokerUnavailable, format!("broker unavailable: {reason}"), close::TRY_AGAIN_LATER)
                 }
             },

@@ -126,9 +126,12 @@ async fn open_session(state: &AppState, claims: Claims, mode: Mode) -> Result<Se
 }
 
 async fn run(mut socket: WebSocket, state: AppState, mut session: Session, mode: Mode) {
-    let _open = state.metrics().connection_opened(mode.transport());
+    let mut open = state
+        .metrics()
+        .connection_opened(mode.transport(), &session.claims().sub);
     let stop = drive(&mut socket, &mut session, &state, mode).await;
     if let Stop::Close(code, reason) = stop {
+        open.closed_with(code);
         tracing::debug!(user = %session.claims().sub, code, %reason, "closing WebSocket");
         let frame = CloseFrame {
             code,
@@ -240,7 +243,9 @@ async fn drive(
             event = session.next_event() => match event {
                 SessionEvent::Notification(delivery) => {
                     let frame = encode(mode, &delivery, &user);
-                    send(socket, session, Message::Text(frame)).await
+                    let sent = send(socket, session, Message::Text(frame)).await;
+                    state.metrics().delivered(delivery.message.id.ms);
+                    sent
                 }
                 SessionEvent::SlowConsumer => Err(slow_consumer()),
                 SessionEvent::BrokerDown(reason) => {

@@ -26,6 +26,7 @@ use super::{
     Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
     Retention, StoredMessage,
 };
+use crate::metrics::Histogram;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -135,15 +136,62 @@ enum PubSubCommand {
 
 /// The node's command connection (it reconnects by itself), replaced when the master moves.
 #[derive(Clone)]
-struct Commands(Arc<RwLock<ConnectionManager>>);
+struct Commands {
+    manager: Arc<RwLock<ConnectionManager>>,
+    round_trip: Arc<Histogram<12>>,
+}
 
 impl Commands {
-    fn get(&self) -> ConnectionManager {
-        self.0.read().expect("commands lock").clone()
+    fn get(&self) -> TimedConnection {
+        TimedConnection {
+            inner: self.manager.read().expect("commands lock").clone(),
+            round_trip: self.round_trip.clone(),
+        }
     }
 
     fn replace(&self, manager: ConnectionManager) {
-        *self.0.write().expect("commands lock") = manager;
+        *self.manager.write().expect("commands lock") = manager;
+    }
+}
+
+/// The command connection, each request's round trip recorded.
+struct TimedConnection {
+    inner: ConnectionManager,
+    round_trip: Arc<Histogram<12>>,
+}
+
+impl redis::aio::ConnectionLike for TimedConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.req_packed_command(cmd).await;
+            self.round_trip.observe(started.elapsed().as_secs_f64());
+            answer
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            self.round_trip.observe(started.elapsed().as_secs_f64());
+            answer
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
     }
 }
 
@@ -187,19 +235,24 @@ struct Shared {
 
 impl RedisBroker {
     /// Connects to Redis and starts this node's pub/sub connection and, if `recorder`, its bid for
-    /// the recorder lease. Fails if Redis cannot be reached now.
+    /// the recorder lease; command round trips go into `round_trip`. Fails if Redis cannot be
+    /// reached now.
     pub async fn connect(
         url: &str,
         retention: Retention,
         recorder: bool,
         live: LiveSender,
+        round_trip: Arc<Histogram<12>>,
     ) -> Result<RedisBroker, BrokerError> {
         let target = Arc::new(RedisTarget::parse(url).map_err(BrokerError::Unavailable)?);
         let client = timeout(REDIS_TIMEOUT * 2, target.client())
             .await
             .map_err(|_| unavailable("timed out finding the Redis master"))?
             .map_err(unavailable)?;
-        let commands = Commands(Arc::new(RwLock::new(connection_manager(&client).await?)));
+        let commands = Commands {
+            manager: Arc::new(RwLock::new(connection_manager(&client).await?)),
+            round_trip,
+        };
         let node_id = format!("{:016x}", rand::random::<u64>());
         let shared = Shared {
             commands: commands.clone(),
@@ -693,7 +746,7 @@ impl Broker for RedisBroker {
 
 /// The newest id trimmed from a channel's stream, if any was.
 async fn trimmed_through(
-    conn: &mut ConnectionManager,
+    conn: &mut TimedConnection,
     channel: &Channel,
 ) -> Result<Option<Cursor>, BrokerError> {
     let text: Option<String> = conn.get(trimmed_key(channel)).await.map_err(unavailable)?;
