@@ -141,12 +141,20 @@ async fn main() -> anyhow::Result<()> {
             if let Some(certificates) = relay.certificates() {
                 reload_on_hangup(certificates)?;
             }
-            // One write: whoever reads only the first line may close the pipe after it.
-            print!(
+            // One write, and not fatal: a supervisor that reads only the first line may close the
+            // pipe after it (`print!` would write line by line, and panic on the closed pipe).
+            let banner = format!(
                 "listening on {}://{address}\nmetrics on http://{metrics_address}/metrics\n",
                 relay.scheme()
             );
-            std::io::stdout().flush()?;
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(banner.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                tracing::debug!(error = %e, "the listening addresses could not be printed");
+            }
+            drop(stdout);
             relay.serve(listener, shutdown_signal()).await
         }
         Command::Token(args) => {
