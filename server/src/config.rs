@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// runs on its embedded broker.
     #[arg(long, env = "WARDLINE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The certificate authority (PEM) a rediss:// server's certificate is checked with, instead of
+    /// the OS's.
+    #[arg(long, env = "WARDLINE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// HS256 secret tokens are signed with (default: generated once into the data dir).
     #[arg(long, env = "WARDLINE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -123,6 +127,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     jwt_secret: Option<String>,
     data_dir: Option<PathBuf>,
     jwt_issuer: Option<String>,
@@ -191,6 +196,8 @@ pub struct Config {
     pub allowed_origins: Option<Vec<HeaderValue>>,
     /// Redis URL; `None` runs the embedded broker.
     pub redis_url: Option<Sensitive<String>>,
+    /// The authority a rediss:// server is checked with, instead of the OS's.
+    pub redis_ca_file: Option<PathBuf>,
     /// Token verification.
     pub jwt: JwtConfig,
     /// Data directory.
@@ -315,6 +322,7 @@ impl Config {
                 .or(file.redis_url)
                 .or_else(redis_url_from_legacy_env)
                 .map(Sensitive::new),
+            redis_ca_file: args.redis_ca_file.or(file.redis_ca_file),
             jwt: JwtConfig {
                 secret: Sensitive::new(secret),
                 issuer: args.jwt_issuer.or(file.jwt_issuer),

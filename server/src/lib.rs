@@ -48,6 +48,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::IpRateLimiter;
 use crate::tls::{Certificates, TlsListener};
+use anyhow::Context;
 use axum::Router;
 use axum::serve::ListenerExt;
 use std::future::Future;
@@ -140,10 +141,19 @@ impl Relay {
         };
         let (live_tx, live_rx) = mpsc::channel(4096);
         let metrics = Arc::new(Metrics::default());
+        let redis_ca = config
+            .redis_ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .with_context(|| format!("reading the Redis CA certificate {}", path.display()))
+            })
+            .transpose()?;
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(
                 RedisBroker::connect(
                     url.expose(),
+                    redis_ca.as_deref(),
                     retention,
                     config.recorder,
                     live_tx,

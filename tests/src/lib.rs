@@ -143,6 +143,36 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// Starts one that also speaks TLS on another port, with the certificate and key in these PEM
+    /// files (clients are not asked for certificates); returns it and that port.
+    pub async fn start_tls(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> anyhow::Result<(RedisServer, u16)> {
+        let tls_port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            role: vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
+        server.spawn().await?;
+        Ok((server, tls_port))
+    }
+
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)

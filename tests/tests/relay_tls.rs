@@ -1,6 +1,7 @@
 //! The relay serving TLS itself (`--tls-cert`, `--tls-key`): https:// and wss:// with a
 //! certificate from the hospital's own CA made by the test, a device without that CA refused, and a
-//! renewed certificate taken on SIGHUP while connections stay open. Real relay, real `wardline`.
+//! renewed certificate taken on SIGHUP while connections stay open; and the relay's own link to
+//! Redis over TLS (`rediss://`). Real relay, real `wardline`, real `redis-server`.
 
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
@@ -130,4 +131,63 @@ async fn the_relay_serves_https_and_wss_and_takes_a_renewed_certificate_on_sighu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(presented(&relay, &ca).await.unwrap(), renewed.der.to_vec());
+}
+
+#[tokio::test]
+async fn the_relay_reaches_redis_over_tls_with_a_private_ca() {
+    use redis::AsyncCommands;
+    let ca = PrivateCa::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path()).unwrap();
+    let issued = ca.issue("redis").unwrap();
+    let (cert, key) = (
+        dir.path().join("redis.pem"),
+        dir.path().join("redis-key.pem"),
+    );
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let (redis, tls_port) = wardline_tests::RedisServer::start_tls(&cert, &key, &ca_file)
+        .await
+        .unwrap();
+    let url = format!("rediss://localhost:{tls_port}/0");
+
+    // Without the CA, the relay refuses to start and says why.
+    let refused = Relay::launch(dir.path(), Some(&url), &[], true, None).await;
+    let why = format!(
+        "{:#}",
+        refused.err().expect("started without trusting Redis")
+    );
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+
+    // With it: history goes to that Redis, over TLS, and notifications arrive.
+    let relay = Relay::launch(
+        dir.path(),
+        Some(&url),
+        &["--redis-ca-file", ca_file.to_str().unwrap()],
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut client = wardline_tests::client::V1Client::connect(&relay.ws_url(""), "d1", &doctor)
+        .await
+        .unwrap();
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await.unwrap();
+    assert_eq!(
+        relay
+            .publish(DOCTOR_CHANNEL, &critical_lab_result(1))
+            .await
+            .0,
+        200
+    );
+    let got = client.notifications(1).await.unwrap();
+    assert_eq!(got[0].message["result_id"], "r1");
+    let stored: usize = redis
+        .connection()
+        .await
+        .xlen(format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "stored in the Redis reached over TLS");
 }

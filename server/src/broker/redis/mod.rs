@@ -235,16 +235,18 @@ struct Shared {
 
 impl RedisBroker {
     /// Connects to Redis and starts this node's pub/sub connection and, if `recorder`, its bid for
-    /// the recorder lease; command round trips go into `round_trip`. Fails if Redis cannot be
+    /// the recorder lease; `ca` (PEM) is the authority a `rediss://` server is checked with;
+    /// command round trips go into `round_trip`. Fails if Redis cannot be
     /// reached now.
     pub async fn connect(
         url: &str,
+        ca: Option<&[u8]>,
         retention: Retention,
         recorder: bool,
         live: LiveSender,
         round_trip: Arc<Histogram<12>>,
     ) -> Result<RedisBroker, BrokerError> {
-        let target = Arc::new(RedisTarget::parse(url).map_err(BrokerError::Unavailable)?);
+        let target = Arc::new(RedisTarget::parse(url, ca).map_err(BrokerError::Unavailable)?);
         let client = timeout(REDIS_TIMEOUT * 2, target.client())
             .await
             .map_err(|_| unavailable("timed out finding the Redis master"))?
