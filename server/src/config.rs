@@ -489,4 +489,28 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("16 bytes"));
     }
+
+    #[test]
+    fn every_setting_in_the_sample_config_is_one_the_relay_knows() {
+        let sample = include_str!("../../deploy/relay.toml");
+        // Each commented `# key = value` line, taken in; a key given twice (examples of one
+        // setting) is taken once.
+        let mut seen = std::collections::HashSet::new();
+        let mut text = String::new();
+        for line in sample.lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && seen.insert(key) {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        assert!(
+            file.tls_cert.is_some() && file.jwt_jwks_url.is_some() && file.log_format.is_some()
+        );
+        assert_eq!(seen.len(), 26, "every setting, once: {seen:?}");
+    }
 }

@@ -3,11 +3,13 @@
 //! - `demo`: the relay on its embedded broker, a demo publisher and a terminal view of what a
 //!   subscriber receives;
 //! - `test`: installs what the tests need, then formatting, lints and every test;
-//! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`.
+//! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`;
+//! - `package [--debug]`: Debian packages of the relay and the CLI, into `<target dir>/dist/`.
 
 mod bench;
 mod demo;
 mod deps;
+mod package;
 mod test;
 
 use std::process::ExitCode;
@@ -18,9 +20,10 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("package") => package::run_package(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [--smoke] | cargo xtask test | cargo xtask bench relay"
+                "usage: cargo xtask demo [--smoke] | test | bench relay|client|app | package [--debug]"
             );
             return ExitCode::from(2);
         }

@@ -55,6 +55,8 @@ pub fn run_all() -> Result<(), String> {
     ]))?;
     // The end-to-end tests start the real binaries: build them first.
     run_command(cargo().args(["build", "--workspace", "--bins"]))?;
+    // The packages' layout is checked by a test (tests/tests/package.rs), on the debug binaries.
+    crate::package::run_package(&["--debug".to_owned()])?;
     crate::demo::run(&["--smoke".to_owned()])?;
     run_tests()
 }
