@@ -25,6 +25,8 @@ pub fn run_all() -> Result<(), String> {
     ])?;
     ensure_apt(TAURI_PACKAGES)?;
     ensure_apt(&[("chromium", "chromium")])?;
+    // The packages' test: dpkg-deb builds and reads them, systemd-analyze verifies the unit.
+    ensure_apt(&[("dpkg-deb", "dpkg"), ("systemd-analyze", "systemd")])?;
     // WebDriver for the app's end-to-end test (it drives WebKitWebDriver from webkit2gtk-driver).
     if !crate::deps::have("tauri-driver") {
         run_command(cargo().args(["install", "tauri-driver", "--locked"]))?;
