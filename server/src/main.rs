@@ -27,6 +27,21 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a token signed with the secret `serve` would use.
     Token(TokenArgs),
+    /// Copy the embedded broker's history to FILE while the relay runs (Redis: see its own
+    /// persistence, RDB/AOF).
+    Backup(BackupArgs),
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// Where the copy goes (must not exist; created mode 0600).
+    file: PathBuf,
+    /// The relay's data directory.
+    #[arg(long, env = "WARDLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The relay's config file (for its data_dir).
+    #[arg(long, env = "WARDLINE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +171,22 @@ async fn main() -> anyhow::Result<()> {
             }
             drop(stdout);
             relay.serve(listener, shutdown_signal()).await
+        }
+        Command::Backup(args) => {
+            let config = Config::load(ServeArgs {
+                data_dir: args.data_dir,
+                config: args.config,
+                // Only the data dir is used: no secret is read or generated.
+                jwt_secret: Some("backup-needs-no-secret".into()),
+                ..ServeArgs::default()
+            })?;
+            let bytes = wardline_relay::broker::embedded::backup(&config.data_dir, &args.file)?;
+            println!(
+                "history of {} copied to {} ({bytes} bytes)",
+                config.data_dir.display(),
+                args.file.display()
+            );
+            Ok(())
         }
         Command::Token(args) => {
             let config = Config::load(ServeArgs {

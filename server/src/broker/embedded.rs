@@ -117,6 +117,39 @@ fn storage(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
 }
 
+/// Copies the embedded broker's history in `data_dir` into `to`, consistent as of one moment,
+/// while a relay keeps running on it (SQLite's `VACUUM INTO` through a read-only connection: it
+/// neither blocks nor is blocked by the relay's writes). `to` must not exist; it is created
+/// readable by its owner only (it holds patient details). Returns its size in bytes.
+/// To restore: stop the relay, put the copy in the data dir as `history.sqlite3` (removing any
+/// `history.sqlite3-wal` and `-shm` beside it), start the relay.
+pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = data_dir.join("history.sqlite3");
+    anyhow::ensure!(
+        from.exists(),
+        "no history at {} (is this the relay's data dir?)",
+        from.display()
+    );
+    let conn = Connection::open_with_flags(&from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", from.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Created empty and private first, so the copy is never readable by others, even for a moment.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    let target = to.to_str().context("a backup path that is not UTF-8")?;
+    if let Err(e) = conn.execute("VACUUM INTO ?1", [target]) {
+        let _ = std::fs::remove_file(to);
+        return Err(e).with_context(|| format!("copying {} into {}", from.display(), to.display()));
+    }
+    Ok(std::fs::metadata(to)?.len())
+}
+
 impl EmbeddedBroker {
     /// Opens (or creates) `history.sqlite3` in `data_dir`.
     pub fn open(
