@@ -1,7 +1,8 @@
 //! `wardline-loadgen`: the load generator of `cargo xtask bench relay`.
 //!
-//! - `wardline-loadgen connect --relay ADDR --secret S --count N --offset O --first-ip K --ips M --prefix P`
-//!   opens N `wardline.v1` WebSockets as doctors `P-O … P-(O+N-1)`, each bound to a source address
+//! - `wardline-loadgen connect --relay ADDR --secret S --count N --offset O --first-ip K --ips M --prefix P [--ca FILE]`
+//!   opens N `wardline.v1` WebSockets (wss://, trusting the PEM certificate FILE, with `--ca`) as
+//!   doctors `P-O … P-(O+N-1)`, each bound to a source address
 //!   127.0.0.K … 127.0.0.(K+M-1), subscribed to its own channel and `system:alerts`; prints
 //!   `ready N`; then records the latency of every notification whose payload carries `sent_us`
 //!   (microseconds since the Unix epoch, set by the publisher on this same machine). On a stdin line
@@ -70,23 +71,76 @@ fn token(secret: &str, sub: &str) -> String {
     .expect("signing")
 }
 
-async fn one_connection(
+/// Where and how one load-generating connection connects.
+struct Connection {
     relay: SocketAddr,
     source: Ipv4Addr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A TLS connector trusting the PEM certificate(s) in `path`.
+fn tls_connector(path: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {path}"))? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn one_connection(
+    connection: Connection,
     user: String,
     secret: Arc<String>,
     recorded: Arc<Mutex<Recorded>>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((source, 0)))?;
-    let stream = socket.connect(relay).await?;
-    let mut request =
-        format!("ws://{relay}/ws/{user}?token={}", token(&secret, &user)).into_client_request()?;
+    socket.bind(SocketAddr::from((connection.source, 0)))?;
+    let stream = socket.connect(connection.relay).await?;
+    let port = connection.relay.port();
+    let scheme = if connection.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let mut request = format!(
+        "{scheme}://localhost:{port}/ws/{user}?token={}",
+        token(&secret, &user)
+    )
+    .into_client_request()?;
     request
         .headers_mut()
         .insert("sec-websocket-protocol", "wardline.v1".parse()?);
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    match connection.tls {
+        Some(tls) => {
+            let stream = tls.connect("localhost".try_into()?, stream).await?;
+            let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+            receive(ws, &user, recorded, ready).await
+        }
+        None => {
+            let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+            receive(ws, &user, recorded, ready).await
+        }
+    }
+}
+
+/// Subscribes, reports ready once both channels resumed, then records what arrives.
+async fn receive<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    user: &str,
+    recorded: Arc<Mutex<Recorded>>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let subscribe = json!({"op": "subscribe", "channels": [
         {"channel": format!("doctor:{user}:notifications")}, {"channel": "system:alerts"}]});
     ws.send(Message::Text(subscribe.to_string().into())).await?;
@@ -137,20 +191,26 @@ async fn connect(args: &[String]) -> anyhow::Result<()> {
     let ips: u8 = flag(&flags, "ips")?;
     let prefix: String = flag(&flags, "prefix")?;
     let offset: usize = flag(&flags, "offset")?;
+    let tls = match flags.get("ca") {
+        Some(path) => Some(tls_connector(path)?),
+        None => None,
+    };
     let recorded = Arc::new(Mutex::new(Recorded::default()));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(count.max(1));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     for i in 0..count {
         let source = Ipv4Addr::new(127, 0, 0, first_ip + (i % ips as usize) as u8);
-        let (secret, recorded, ready, failures) = (
+        let (secret, recorded, ready, failures, tls) = (
             secret.clone(),
             recorded.clone(),
             ready_tx.clone(),
             failures.clone(),
+            tls.clone(),
         );
         let user = format!("{prefix}-{}", offset + i);
         tokio::spawn(async move {
-            if let Err(e) = one_connection(relay, source, user, secret, recorded, ready).await {
+            let connection = Connection { relay, source, tls };
+            if let Err(e) = one_connection(connection, user, secret, recorded, ready).await {
                 failures.lock().unwrap().push(e.to_string());
             }
         });
