@@ -30,29 +30,6 @@ impl Drop for Relay {
     }
 }
 
-/// Builds the relay and the receiver; returns the relay's path (the receiver is next to it).
-fn build_binaries() -> Result<std::path::PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "wardline-relay",
-            "-p",
-            "wardline-client",
-        ])
-        .status()
-        .map_err(|e| format!("building the relay: {e}"))?;
-    if !status.success() {
-        return Err("building the relay failed".into());
-    }
-    // xtask runs from <target>/debug/xtask; the relay was built next to it.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    Ok(exe.with_file_name("wardline-relay"))
-}
-
 fn mint(
     relay: &std::path::Path,
     data_dir: &std::path::Path,
@@ -258,7 +235,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "unexpected argument {other:?}: `cargo xtask demo [--smoke]`"
         ));
     }
-    let relay_path = build_binaries()?;
+    let relay_path = crate::deps::build_relay_and_cli(false)?.join("wardline-relay");
     let data_dir = if smoke {
         std::env::temp_dir().join(format!("wardline-demo-{}", std::process::id()))
     } else {

@@ -11,6 +11,36 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_owned()
 }
 
+/// Builds the relay and the receiver's CLI (release or debug); returns the directory they are in,
+/// next to xtask's own binary (`<target dir>/debug`) or beside it (`<target dir>/release`).
+pub fn build_relay_and_cli(release: bool) -> Result<std::path::PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "wardline-relay",
+        "-p",
+        "wardline-client",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir()?.join(profile))
+}
+
+/// The cargo target directory: xtask runs from `<target dir>/debug/xtask`.
+pub fn target_dir() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_owned)
+        .ok_or_else(|| format!("{} has no target dir", exe.display()))
+}
+
 /// Whether a program is on the PATH.
 pub fn have(program: &str) -> bool {
     Command::new("sh")

@@ -42,22 +42,8 @@ pub fn run_package(args: &[String]) -> Result<(), String> {
         [flag] if flag == "--debug" => true,
         _ => return Err("usage: cargo xtask package [--debug]".into()),
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "wardline-relay",
-        "-p",
-        "wardline-client",
-    ]);
-    if !debug {
-        build.arg("--release");
-    }
-    run(&mut build)?;
-    let target = target_dir()?;
-    let binaries = target.join(if debug { "debug" } else { "release" });
+    let binaries = crate::deps::build_relay_and_cli(!debug)?;
+    let target = crate::deps::target_dir()?;
     let dist = target.join("dist");
     std::fs::create_dir_all(&dist).map_err(|e| e.to_string())?;
     let version = env!("CARGO_PKG_VERSION");
@@ -103,14 +89,6 @@ pub fn run_package(args: &[String]) -> Result<(), String> {
     let cli_deb = cli.build(&dist.join(format!("wardline_{version}_{arch}.deb")))?;
     println!("{}\n{}", relay_deb.display(), cli_deb.display());
     Ok(())
-}
-
-/// The cargo target directory (`CARGO_TARGET_DIR` or `target/`).
-fn target_dir() -> Result<PathBuf, String> {
-    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("target"),
-    })
 }
 
 fn architecture() -> Result<String, String> {
