@@ -164,9 +164,7 @@ fn build_release() -> Result<PathBuf, String> {
         "-p",
         "wardline-bench",
     ]))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let target = exe.parent().and_then(Path::parent).ok_or("no target dir")?;
-    Ok(target.join("release"))
+    Ok(crate::deps::target_dir()?.join("release"))
 }
 
 /// Entry point of `cargo xtask bench <what>`.
