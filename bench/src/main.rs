@@ -80,18 +80,9 @@ struct Connection {
 
 /// A TLS connector trusting the PEM certificate(s) in `path`.
 fn tls_connector(path: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {path}"))? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    let pem = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let config = wardline_tests::proxy::client_config_trusting(&pem)?;
+    Ok(tokio_rustls::TlsConnector::from(config))
 }
 
 async fn one_connection(

@@ -8,6 +8,7 @@ pub mod client;
 pub mod desktop;
 pub mod proxy;
 pub mod receiver;
+pub mod static_server;
 pub mod tray;
 pub mod webdriver;
 
@@ -425,6 +426,18 @@ impl Relay {
             .unwrap_or_default()
     }
 
+    /// The value of one sample of the relay's metrics (`name` with its labels, as written:
+    /// `wardline_replay_size_count`, `wardline_errors_total{code="40005"}`); `None` if absent.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Sends a signal (`HUP`, `STOP`, …) to the relay process.
     pub fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self.child.id().context("already exited")?;
@@ -442,11 +455,7 @@ impl Relay {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub async fn terminate(mut self) -> anyhow::Result<bool> {
-        let pid = self.child.id().context("already exited")?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
+        self.signal("TERM")?;
         let exit = tokio::time::timeout(WAIT, self.child.wait()).await??;
         Ok(exit.success())
     }

@@ -5,7 +5,7 @@
 //!   (a dead NAT mapping, Wi-Fi roaming, a relay host that lost power): no FIN, no RST, and new
 //!   connections are accepted and never answered;
 //! - [`TlsProxy`]: terminates TLS with a certificate from a private CA made by the test, in front
-//!   of a plain relay (what nginx does in production).
+//!   of a plain relay (what nginx does in production); [`client_config_trusting`] is the other end.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -257,6 +257,23 @@ fn issue(
     let key = rcgen::KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert, key))
+}
+
+/// A TLS client configuration that trusts only the PEM certificate(s) `pem` (a private CA, or a
+/// self-signed server certificate).
+pub fn client_config_trusting(pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A TLS-terminating proxy in front of a plain relay.

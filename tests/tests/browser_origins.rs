@@ -4,8 +4,7 @@
 //! origin, all three fail in the browser; naming the page's origin, all three work.
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use wardline_tests::static_server::StaticServer;
 use wardline_tests::{Relay, token};
 
 /// The page: reads the relay and token from its query, tries the three, reports each.
@@ -29,26 +28,6 @@ socket.onmessage = (e) => { settle("websocket", { ok: true, op: JSON.parse(e.dat
 socket.onerror = () => settle("websocket", { ok: false });
 socket.onclose = () => settle("websocket", { ok: false });
 </script>"#;
-
-/// Serves [`PAGE`] on 127.0.0.1 (its own origin); returns `http://127.0.0.1:<port>`.
-async fn serve_page() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let origin = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{PAGE}",
-                    PAGE.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    Ok((origin, task))
-}
 
 /// What the page on `origin` reported about `relay`.
 async fn from_the_page(origin: &str, relay: &Relay) -> Value {
@@ -74,10 +53,14 @@ async fn from_the_page(origin: &str, relay: &Relay) -> Value {
 
 #[tokio::test]
 async fn pages_on_other_origins_use_the_relay_unless_the_origin_is_not_allowed() {
-    let (origin, _page) = serve_page().await.unwrap();
+    // The page, served on an origin of its own.
+    let page = StaticServer::start("text/html; charset=utf-8", PAGE.to_owned())
+        .await
+        .unwrap();
+    let origin = page.origin.as_str();
 
     let open = Relay::embedded(&[]).await.unwrap();
-    let results = from_the_page(&origin, &open).await;
+    let results = from_the_page(origin, &open).await;
     assert_eq!(
         results,
         json!({
@@ -91,7 +74,7 @@ async fn pages_on_other_origins_use_the_relay_unless_the_origin_is_not_allowed()
     let elsewhere = Relay::embedded(&["--allowed-origins", "https://portal.hospital.example"])
         .await
         .unwrap();
-    let results = from_the_page(&origin, &elsewhere).await;
+    let results = from_the_page(origin, &elsewhere).await;
     for name in ["fetch", "eventsource", "websocket"] {
         assert_eq!(
             results[name]["ok"],
@@ -111,7 +94,7 @@ async fn pages_on_other_origins_use_the_relay_unless_the_origin_is_not_allowed()
     ])
     .await
     .unwrap();
-    let results = from_the_page(&origin, &listed).await;
+    let results = from_the_page(origin, &listed).await;
     for name in ["fetch", "eventsource", "websocket"] {
         assert_eq!(
             results[name]["ok"],

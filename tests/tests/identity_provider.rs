@@ -8,58 +8,22 @@
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame, close};
 use wardline_tests::client::V1Client;
+use wardline_tests::static_server::StaticServer;
 use wardline_tests::{Relay, unix_now};
 
 const RSA_PEM: &str = include_str!("../fixtures/identity-provider-rsa.pem");
 const RSA_PUBLIC_PEM: &str = include_str!("../fixtures/identity-provider-rsa.pub.pem");
 
-/// Serves one JWKS over plain HTTP and counts how often it was fetched.
-struct JwksServer {
-    url: String,
-    fetches: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl JwksServer {
-    async fn start(set: &JwkSet) -> anyhow::Result<JwksServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!(
-            "http://127.0.0.1:{}/.well-known/jwks.json",
-            listener.local_addr()?.port()
-        );
-        let body = serde_json::to_string(set)?;
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let counter = fetches.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 4096];
-                    let _ = stream.read(&mut request).await;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(JwksServer { url, fetches, task })
-    }
+/// Serves one JWKS over plain HTTP (and counts how often it was fetched); returns it and its URL.
+async fn serve_jwks(set: &JwkSet) -> (StaticServer, String) {
+    let server = StaticServer::start("application/json", serde_json::to_string(set).unwrap())
+        .await
+        .unwrap();
+    let url = format!("{}/.well-known/jwks.json", server.origin);
+    (server, url)
 }
 
 /// A signing key of the identity provider and its public half as a JWK named `kid`.
@@ -101,12 +65,11 @@ async fn me(relay: &Relay, token: &str) -> (u16, Value) {
 async fn identity_provider_tokens_are_checked_against_its_published_keys() {
     let (rsa, rsa_jwk) = key(RSA_PEM, Algorithm::RS256, "rsa-2026");
     let (ec, ec_jwk) = key(&ec_pem(), Algorithm::ES256, "ec-2026");
-    let jwks = JwksServer::start(&JwkSet {
+    let (jwks, jwks_url) = serve_jwks(&JwkSet {
         keys: vec![rsa_jwk, ec_jwk],
     })
-    .await
-    .unwrap();
-    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks.url])
+    .await;
+    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks_url])
         .await
         .unwrap();
 
@@ -175,7 +138,7 @@ async fn identity_provider_tokens_are_checked_against_its_published_keys() {
     );
     assert!(message.contains("unknown key id"), "{message}");
     // The key set was fetched once: an unknown kid refetches at most once a minute.
-    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(jwks.requests(), 1);
     // The shared secret still signs service tokens.
     assert_eq!(
         relay
@@ -192,12 +155,11 @@ async fn identity_provider_tokens_are_checked_against_its_published_keys() {
 #[tokio::test]
 async fn a_connection_given_a_new_token_outlives_the_first_tokens_expiry() {
     let (rsa, rsa_jwk) = key(RSA_PEM, Algorithm::RS256, "rsa-2026");
-    let jwks = JwksServer::start(&JwkSet {
+    let (_jwks, jwks_url) = serve_jwks(&JwkSet {
         keys: vec![rsa_jwk],
     })
-    .await
-    .unwrap();
-    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks.url])
+    .await;
+    let relay = Relay::embedded(&["--jwt-jwks-url", &jwks_url])
         .await
         .unwrap();
     let short = sign(Algorithm::RS256, Some("rsa-2026"), &rsa, "d1", 3);

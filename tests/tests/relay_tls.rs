@@ -3,11 +3,9 @@
 //! renewed certificate taken on SIGHUP while connections stay open; and the relay's own link to
 //! Redis over TLS (`rediss://`). Real relay, real `wardline`, real `redis-server`.
 
-use rustls::pki_types::pem::PemObject;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use wardline_tests::proxy::PrivateCa;
+use wardline_tests::proxy::{PrivateCa, client_config_trusting};
 use wardline_tests::receiver::{Listener, inbox_path};
 use wardline_tests::{Relay, WAIT, critical_lab_result, token};
 
@@ -15,17 +13,9 @@ const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
 /// The certificate the relay presents to a new handshake (as a client trusting `ca` sees it).
 async fn presented(relay: &Relay, ca: &PrivateCa) -> anyhow::Result<Vec<u8>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = client_config_trusting(ca.ca_pem().as_bytes())?;
     let tcp = TcpStream::connect(&relay.address).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect("localhost".try_into()?, tcp)
         .await?;
     let (_, connection) = tls.get_ref();
@@ -36,13 +26,12 @@ async fn presented(relay: &Relay, ca: &PrivateCa) -> anyhow::Result<Vec<u8>> {
     Ok(leaf.to_vec())
 }
 
-/// A value of the relay's `/metrics`.
-async fn metric(relay: &Relay, line_start: &str) -> u64 {
-    let text = relay.metrics().await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(line_start))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start:?} in {text}"))
+/// A value of the relay's metrics (it must be there).
+async fn metric(relay: &Relay, name: &str) -> u64 {
+    relay
+        .metric(name)
+        .await
+        .unwrap_or_else(|| panic!("no {name} in the relay's metrics")) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +50,7 @@ async fn the_relay_serves_https_and_wss_and_takes_a_renewed_certificate_on_sighu
     let (code, said) = untrusted.exit().await.unwrap();
     assert_eq!(code, 4, "{said}");
     assert!(said.contains("cannot be trusted"), "{said}");
-    assert!(metric(&relay, "wardline_tls_handshake_failures_total ").await >= 1);
+    assert!(metric(&relay, "wardline_tls_handshake_failures_total").await >= 1);
 
     // With it: wss:// to the relay itself, notifications arrive.
     let mut listener = Listener::spawn_with(
@@ -91,7 +80,7 @@ async fn the_relay_serves_https_and_wss_and_takes_a_renewed_certificate_on_sighu
         "r1"
     );
     assert_eq!(presented(&relay, &ca).await.unwrap(), first.der.to_vec());
-    let sessions_before = metric(&relay, "wardline_connections_total ").await;
+    let sessions_before = metric(&relay, "wardline_connections_total").await;
 
     // Renewed: new files, SIGHUP. New handshakes get the new certificate...
     let renewed = ca.issue("Wardline relay (renewed)").unwrap();
@@ -113,7 +102,7 @@ async fn the_relay_serves_https_and_wss_and_takes_a_renewed_certificate_on_sighu
         "r2"
     );
     assert_eq!(
-        metric(&relay, "wardline_connections_total ").await,
+        metric(&relay, "wardline_connections_total").await,
         sessions_before,
         "the listener did not reconnect"
     );
