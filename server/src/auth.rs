@@ -100,8 +100,10 @@ impl Authenticator {
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("unreadable token header: {e}")))?;
-        let (key, validation) = match header.alg {
-            Algorithm::HS256 => (self.decoding.clone(), self.validation.clone()),
+        let decoded = match header.alg {
+            Algorithm::HS256 => {
+                jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+            }
             Algorithm::HS384 | Algorithm::HS512 => {
                 return Err(AuthError::Invalid(
                     "shared-secret tokens must be HS256".into(),
@@ -111,17 +113,14 @@ impl Authenticator {
                 let key = self.public_keys.find(alg, header.kid.as_deref()).await?;
                 let mut validation = self.validation.clone();
                 validation.algorithms = vec![alg];
-                (key, validation)
+                jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             }
         };
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                    _ => AuthError::Invalid(e.to_string()),
-                }
-            })?;
+        let data = decoded.map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
