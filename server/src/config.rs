@@ -226,6 +226,29 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl FileConfig {
+    /// The file's settings; none without a file.
+    fn read(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+}
+
+/// The data directory as `serve` resolves it (the flag or environment, then the file, then the
+/// default), without resolving anything else (no secret is read or generated).
+pub fn data_dir(data_dir: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    Ok(match data_dir {
+        Some(dir) => dir,
+        None => FileConfig::read(config)?
+            .data_dir
+            .unwrap_or_else(default_data_dir),
+    })
+}
+
 /// Where the relay keeps its data when no directory is configured.
 pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
@@ -251,15 +274,7 @@ fn redis_url_from_legacy_env() -> Option<String> {
 impl Config {
     /// Resolves flags and environment (already in `args`), then the file, then defaults.
     pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let file = FileConfig::read(args.config.as_deref())?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)

@@ -173,17 +173,11 @@ async fn main() -> anyhow::Result<()> {
             relay.serve(listener, shutdown_signal()).await
         }
         Command::Backup(args) => {
-            let config = Config::load(ServeArgs {
-                data_dir: args.data_dir,
-                config: args.config,
-                // Only the data dir is used: no secret is read or generated.
-                jwt_secret: Some("backup-needs-no-secret".into()),
-                ..ServeArgs::default()
-            })?;
-            let bytes = wardline_relay::broker::embedded::backup(&config.data_dir, &args.file)?;
+            let data_dir = wardline_relay::config::data_dir(args.data_dir, args.config.as_deref())?;
+            let bytes = wardline_relay::broker::embedded::backup(&data_dir, &args.file)?;
             println!(
                 "history of {} copied to {} ({bytes} bytes)",
-                config.data_dir.display(),
+                data_dir.display(),
                 args.file.display()
             );
             Ok(())
