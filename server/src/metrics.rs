@@ -67,56 +67,74 @@ pub struct Metrics {
     /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
     errors: [AtomicU64; ErrorCode::ALL.len()],
     /// Seconds from a notification's publish (its id's time) to its frame handed to a socket.
-    pub delivery_latency: Histogram<12>,
+    pub delivery_latency: Histogram<Seconds>,
     /// Notifications replayed per channel resumed.
-    pub replay_size: Histogram<9>,
+    pub replay_size: Histogram<Notifications>,
     /// Seconds a Redis command took, sent to answered.
-    pub redis_round_trip: Arc<Histogram<12>>,
+    pub redis_round_trip: Arc<Histogram<Seconds>>,
 }
 
-/// Bucket bounds, in seconds, for latencies.
-const LATENCY_BOUNDS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+/// What a histogram measures: its bucket bounds.
+pub trait Buckets {
+    /// The upper bounds of the buckets, ascending (`+Inf` follows).
+    const BOUNDS: &'static [f64];
+}
 
-/// Bucket bounds for counts of notifications.
-const COUNT_BOUNDS: [f64; 9] = [
-    0.0,
-    1.0,
-    10.0,
-    100.0,
-    1_000.0,
-    10_000.0,
-    50_000.0,
-    100_000.0,
-    1_000_000.0,
-];
-
-/// A Prometheus histogram of `N` buckets (plus `+Inf`), lock-free.
+/// Latencies, in seconds.
 #[derive(Debug)]
-pub struct Histogram<const N: usize> {
-    bounds: [f64; N],
+pub struct Seconds;
+
+impl Buckets for Seconds {
+    const BOUNDS: &'static [f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ];
+}
+
+/// Numbers of notifications.
+#[derive(Debug)]
+pub struct Notifications;
+
+impl Buckets for Notifications {
+    const BOUNDS: &'static [f64] = &[
+        0.0,
+        1.0,
+        10.0,
+        100.0,
+        1_000.0,
+        10_000.0,
+        50_000.0,
+        100_000.0,
+        1_000_000.0,
+    ];
+}
+
+/// A Prometheus histogram with the buckets of `B` (plus `+Inf`), lock-free.
+#[derive(Debug)]
+pub struct Histogram<B: Buckets> {
     /// Observations at or below each bound (not cumulative; summed when rendered).
-    buckets: [AtomicU64; N],
+    buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     /// The sum of observations, in millionths.
     sum_micros: AtomicU64,
+    unit: std::marker::PhantomData<B>,
 }
 
-impl<const N: usize> Histogram<N> {
-    fn with_bounds(bounds: [f64; N]) -> Histogram<N> {
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
         Histogram {
-            bounds,
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: B::BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
+            unit: std::marker::PhantomData,
         }
     }
+}
 
+impl<B: Buckets> Histogram<B> {
     /// Records one observation.
     pub fn observe(&self, value: f64) {
         let value = value.max(0.0);
-        if let Some(i) = self.bounds.iter().position(|bound| value <= *bound) {
+        if let Some(i) = B::BOUNDS.iter().position(|bound| value <= *bound) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
@@ -132,7 +150,7 @@ impl<const N: usize> Histogram<N> {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+        for (bound, bucket) in B::BOUNDS.iter().zip(self.buckets.iter()) {
             cumulative += bucket.load(Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
@@ -140,18 +158,6 @@ impl<const N: usize> Histogram<N> {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-impl Default for Histogram<12> {
-    fn default() -> Self {
-        Histogram::with_bounds(LATENCY_BOUNDS)
-    }
-}
-
-impl Default for Histogram<9> {
-    fn default() -> Self {
-        Histogram::with_bounds(COUNT_BOUNDS)
     }
 }
 

@@ -26,7 +26,7 @@ use super::{
     Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
     Retention, StoredMessage,
 };
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, Seconds};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -138,7 +138,7 @@ enum PubSubCommand {
 #[derive(Clone)]
 struct Commands {
     manager: Arc<RwLock<ConnectionManager>>,
-    round_trip: Arc<Histogram<12>>,
+    round_trip: Arc<Histogram<Seconds>>,
 }
 
 impl Commands {
@@ -157,7 +157,7 @@ impl Commands {
 /// The command connection, each request's round trip recorded.
 struct TimedConnection {
     inner: ConnectionManager,
-    round_trip: Arc<Histogram<12>>,
+    round_trip: Arc<Histogram<Seconds>>,
 }
 
 impl redis::aio::ConnectionLike for TimedConnection {
@@ -244,7 +244,7 @@ impl RedisBroker {
         retention: Retention,
         recorder: bool,
         live: LiveSender,
-        round_trip: Arc<Histogram<12>>,
+        round_trip: Arc<Histogram<Seconds>>,
     ) -> Result<RedisBroker, BrokerError> {
         let target = Arc::new(RedisTarget::parse(url, ca).map_err(BrokerError::Unavailable)?);
         let client = timeout(REDIS_TIMEOUT * 2, target.client())
