@@ -73,11 +73,6 @@ impl PublicKeys {
         Ok(PublicKeys { file, jwks })
     }
 
-    /// Whether any public key is configured.
-    pub fn any(&self) -> bool {
-        self.file.is_some() || self.jwks.is_some()
-    }
-
     /// The key a token signed with `alg` and naming `kid` is to be checked with.
     pub async fn find(&self, alg: Algorithm, kid: Option<&str>) -> Result<DecodingKey, AuthError> {
         let wrong_algorithm =
