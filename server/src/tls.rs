@@ -5,7 +5,9 @@
 //!   keep theirs. A reload that fails keeps the certificate in use and says why.
 //! - [`TlsListener`]: accepts TCP and runs each TLS handshake in its own task, at most
 //!   [`HANDSHAKE_TIMEOUT`] long and [`MAX_HANDSHAKES`] at once, so that a client that connects and
-//!   says nothing never holds up the next one. Handshakes that fail are counted
+//!   says nothing never holds up the next one. Beyond that many, connections wait in the kernel's
+//!   accept queue for a free slot (a reconnect stampede after a restart gets in, in turn, rather
+//!   than being reset). Handshakes that fail are counted
 //!   (`wardline_tls_handshake_failures_total`): a device that does not trust the certificate shows
 //!   there.
 
@@ -29,7 +31,7 @@ use tokio_rustls::server::TlsStream;
 /// Longest a client may take from TCP connect to a finished TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in progress at once; connections beyond are closed at once.
+/// Handshakes in progress at once; connections beyond wait to be accepted.
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// The PEM files a certificate is read from.
@@ -121,6 +123,15 @@ impl TlsListener {
         config: Arc<ServerConfig>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<TlsListener> {
+        TlsListener::with_handshake_limit(tcp, config, metrics, MAX_HANDSHAKES)
+    }
+
+    fn with_handshake_limit(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        metrics: Arc<Metrics>,
+        max_handshakes: usize,
+    ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (ready_tx, ready) = mpsc::channel(64);
         tokio::spawn(accept_loop(
@@ -128,6 +139,7 @@ impl TlsListener {
             TlsAcceptor::from(config),
             metrics,
             ready_tx,
+            Arc::new(Semaphore::new(max_handshakes)),
         ));
         Ok(TlsListener { local, ready })
     }
@@ -138,9 +150,15 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     metrics: Arc<Metrics>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    handshakes: Arc<Semaphore>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
+        // A free handshake slot before the next accept: the connections beyond wait in the
+        // kernel's accept queue.
+        let permit = tokio::select! {
+            () = ready.closed() => return,
+            permit = handshakes.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
         let accepted = tokio::select! {
             () = ready.closed() => return,
             accepted = tcp.accept() => accepted,
@@ -153,11 +171,6 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            metrics.tls_handshake_failures_total.fetch_add(1, Relaxed);
-            tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
-            continue;
         };
         let (acceptor, metrics, ready) = (acceptor.clone(), metrics.clone(), ready.clone());
         tokio::spawn(async move {
@@ -193,5 +206,69 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::time::{sleep, timeout};
+    use tokio_rustls::TlsConnector;
+
+    #[tokio::test]
+    async fn connections_beyond_the_handshake_limit_wait_for_a_free_slot() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::with_handshake_limit(
+            tcp,
+            Arc::new(server),
+            Arc::new(Metrics::default()),
+            1,
+        )
+        .unwrap();
+
+        // A client that connects and says nothing holds the one handshake slot.
+        let silent = TcpStream::connect(address).await.unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(client));
+        let handshake = tokio::spawn(async move {
+            let tcp = TcpStream::connect(address).await?;
+            connector
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+        });
+        sleep(Duration::from_millis(300)).await;
+        assert!(
+            !handshake.is_finished(),
+            "the second client was turned away instead of waiting: {:?}",
+            handshake.await
+        );
+
+        // The silent client leaves: the waiting one is accepted and its handshake completes.
+        drop(silent);
+        let (_, peer) = timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the waiting client was accepted");
+        let tls = handshake.await.unwrap().expect("its handshake completed");
+        assert_eq!(tls.get_ref().0.local_addr().unwrap(), peer);
     }
 }
