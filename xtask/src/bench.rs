@@ -12,9 +12,9 @@
 //!    channels from 50 Redis clients, end to end (first publish → last receipt, every message
 //!    recorded to history and delivered), against `redis-benchmark` PUBLISH with 50 clients in the same run.
 //!
+//! All three twice, plain and over TLS (a private CA and a certificate made for the run), side by side.
 //! WebSocket heartbeats are set to 1 h so that idle pings do not count as broadcast CPU.
 
-use crate::demo::http_post;
 use crate::deps::{ensure_apt, workspace_root};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -103,11 +103,13 @@ impl Loadgen {
     fn spawn(
         bin: &Path,
         relay: &str,
+        ca: Option<&Path>,
         count: usize,
         offset: usize,
         first_ip: usize,
     ) -> Result<Loadgen, String> {
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args([
                 "connect", "--relay", relay, "--secret", SECRET, "--prefix", "bench",
             ])
@@ -117,7 +119,11 @@ impl Loadgen {
                 "--offset",
                 &offset.to_string(),
             ])
-            .args(["--first-ip", &first_ip.to_string(), "--ips", "40"])
+            .args(["--first-ip", &first_ip.to_string(), "--ips", "40"]);
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -177,18 +183,305 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// How the load generators and the publisher reach the relay: plain `ws://`/`http://`, or
+/// `wss://`/`https://` with a certificate from a private CA made for the run.
+enum Transport {
+    Plain,
+    Tls(Certificate),
+}
+
+/// A server certificate for `localhost` and 127.0.0.1, and the private CA that signed it.
+struct Certificate {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Transport {
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Tls(_) => "TLS",
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls(_) => "https",
+        }
+    }
+}
+
+/// Makes a private CA and a server certificate it signs (ECDSA P-256, as a hospital's internal CA
+/// issues today), with `openssl`.
+fn make_certificate(dir: &Path) -> Result<Certificate, String> {
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca-key.pem");
+    let cert = dir.join("relay.pem");
+    let key = dir.join("relay-key.pem");
+    let csr = dir.join("relay.csr");
+    let extensions = dir.join("relay.ext");
+    std::fs::write(
+        &extensions,
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    crate::deps::run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Wardline benchmark CA",
+            ])
+            .args(ec)
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca)
+            .stderr(Stdio::null()),
+    )?;
+    crate::deps::run(
+        Command::new("openssl")
+            .args(["req", "-subj", "/CN=localhost"])
+            .args(ec)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .stderr(Stdio::null()),
+    )?;
+    crate::deps::run(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-extfile")
+            .arg(&extensions)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null()),
+    )?;
+    Ok(Certificate { ca, cert, key })
+}
+
+/// `POST /v1/publish` with curl (over TLS trusting the run's CA), so that both runs publish alike.
+fn publish(transport: &Transport, address: &str, token: &str, body: &Value) -> Result<(), String> {
+    let mut curl = Command::new("curl");
+    curl.args(["--silent", "--show-error", "--fail-with-body"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["--data-binary", &body.to_string()])
+        .arg(format!("{}://{address}/v1/publish", transport.scheme()));
+    if let Transport::Tls(certificate) = transport {
+        curl.arg("--cacert").arg(&certificate.ca);
+    }
+    let output = curl.output().map_err(|e| format!("curl: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "publishing failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// What one run measured.
+struct Measurement {
+    rss_before: u64,
+    rss_after: u64,
+    per_connection_kib: f64,
+    open_s: f64,
+    cpu_broadcast_ms: f64,
+    phase_s: f64,
+    /// Broadcast latencies in µs, sorted.
+    latencies: Vec<u64>,
+    unicast_received: u64,
+    unicast_s: f64,
+    unicast_rps: f64,
+    redis_rps: f64,
+    publish_line: String,
+}
+
+impl Measurement {
+    fn latency_ms(&self, p: f64) -> f64 {
+        percentile(&self.latencies, p) as f64 / 1000.0
+    }
+
+    fn max_latency_ms(&self) -> f64 {
+        self.latencies.last().copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    fn ratio(&self) -> f64 {
+        self.unicast_rps / self.redis_rps
+    }
+}
+
+/// The scale of a run.
+struct Scale {
+    connections: usize,
+    broadcasts: usize,
+    messages: usize,
+    processes: usize,
+}
+
 fn relay() -> Result<(), String> {
-    let connections = env_or("WARDLINE_BENCH_CONNECTIONS", 10_000);
-    let broadcasts = env_or("WARDLINE_BENCH_BROADCASTS", 20);
-    let messages = env_or("WARDLINE_BENCH_MESSAGES", 100_000);
-    let processes = 4;
+    let scale = Scale {
+        connections: env_or("WARDLINE_BENCH_CONNECTIONS", 10_000),
+        broadcasts: env_or("WARDLINE_BENCH_BROADCASTS", 20),
+        messages: env_or("WARDLINE_BENCH_MESSAGES", 100_000),
+        processes: 4,
+    };
     ensure_apt(&[
         ("redis-server", "redis-server"),
         ("redis-benchmark", "redis-tools"),
+        ("curl", "curl"),
+        ("openssl", "openssl"),
     ])?;
     let release = build_release()?;
     let work = std::env::temp_dir().join(format!("wardline-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let plain = measure(&release, &work.join("plain"), &Transport::Plain, &scale)?;
+    let tls_dir = work.join("tls");
+    std::fs::create_dir_all(&tls_dir).map_err(|e| e.to_string())?;
+    let tls = Transport::Tls(make_certificate(&tls_dir)?);
+    let tls = measure(&release, &tls_dir, &tls, &scale)?;
+
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    let kernel = String::from_utf8_lossy(
+        &Command::new("uname")
+            .arg("-r")
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let date = utc_now_text()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let Scale {
+        connections,
+        broadcasts,
+        messages,
+        processes,
+    } = scale;
+    let expected = connections * broadcasts;
+    let tls_extra_kib = tls.per_connection_kib - plain.per_connection_kib;
+    let tls_cpu_ratio = tls.cpu_broadcast_ms / plain.cpu_broadcast_ms;
+    let latency = |m: &Measurement| {
+        format!(
+            "{:.1} / {:.1} / {:.1} ms ({} of {expected})",
+            m.latency_ms(0.50),
+            m.latency_ms(0.99),
+            m.max_latency_ms(),
+            m.latencies.len()
+        )
+    };
+    let latency_met =
+        |m: &Measurement| m.latency_ms(0.99) <= 120.0 && m.latencies.len() == expected;
+    let unicast = |m: &Measurement| {
+        format!(
+            "{:.0} msg/s ({} of {messages} in {:.2} s)",
+            m.unicast_rps, m.unicast_received, m.unicast_s
+        )
+    };
+    let table = format!(
+        "# Relay benchmark\n\n\
+         Measured by `cargo xtask bench relay` on {date}: {cores} cores, Linux {kernel}, release build, relay on \
+         Redis (one node, recorder on), {connections} `wardline.v1` connections from {processes} load \
+         generator processes (sources 127.0.0.2–{last_ip}), each subscribed to its own doctor channel and \
+         `system:alerts`. The load generators, Redis and the relay share the same cores, so latencies \
+         are upper bounds. Heartbeats were set to 1 h during the run. Two runs, each with a fresh relay \
+         and Redis: plain (`ws://`, `http://`) and TLS (`wss://`, `https://`; `--tls-cert`/`--tls-key` \
+         with an ECDSA P-256 certificate from a private CA made for the run, TLS 1.3). Broadcasts are \
+         published with `curl` in both runs, so the TLS run's CPU includes the publisher's handshakes.\n\n\
+         | measure | plain | TLS | target | |\n|---|---|---|---|---|\n\
+         | idle memory per WebSocket connection ({connections} connections) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
+         | TLS − plain, per idle connection | | {tls_extra_kib:+.2} KiB | ≤ 1 KiB | {} |\n\
+         | relay CPU time per broadcast to {connections} connections | {:.1} ms | {:.1} ms | ≤ 100 ms (plain) | {} |\n\
+         | TLS ÷ plain, CPU per broadcast | | {tls_cpu_ratio:.3} | ≤ 1.10 | {} |\n\
+         | broadcast delivery latency p50 / p99 / max | {} | {} | p99 ≤ 120 ms | {} / {} |\n\
+         | unicast end-to-end throughput (plain PUBLISH → recorded → delivered, 50 publishers) | {} | {} | | |\n\
+         | `redis-benchmark -c 50` PUBLISH, same run | {:.0} msg/s | {:.0} msg/s | | |\n\
+         | unicast throughput ÷ redis-benchmark PUBLISH | {:.2} | {:.2} | ≥ 0.8 | {} / {} |\n\n\
+         Details, plain: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
+         broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
+         Details, TLS: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
+         broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n",
+        plain.per_connection_kib,
+        tls.per_connection_kib,
+        met(plain.per_connection_kib <= 6.0),
+        met(tls_extra_kib <= 1.0),
+        plain.cpu_broadcast_ms,
+        tls.cpu_broadcast_ms,
+        met(plain.cpu_broadcast_ms <= 100.0),
+        met(tls_cpu_ratio <= 1.10),
+        latency(&plain),
+        latency(&tls),
+        met(latency_met(&plain)),
+        met(latency_met(&tls)),
+        unicast(&plain),
+        unicast(&tls),
+        plain.redis_rps,
+        tls.redis_rps,
+        plain.ratio(),
+        tls.ratio(),
+        met(plain.ratio() >= 0.8),
+        met(tls.ratio() >= 0.8),
+        plain.rss_before,
+        plain.rss_after,
+        plain.open_s,
+        plain.phase_s,
+        plain.publish_line,
+        tls.rss_before,
+        tls.rss_after,
+        tls.open_s,
+        tls.phase_s,
+        tls.publish_line,
+        last_ip = 2 + processes * 40 - 1,
+    );
+    let out = workspace_root().join("bench/results/relay.md");
+    std::fs::create_dir_all(out.parent().expect("parent")).map_err(|e| e.to_string())?;
+    std::fs::write(&out, &table).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{table}");
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// One run: a fresh Redis and relay over `transport`, the three phases, everything stopped at the end.
+fn measure(
+    release: &Path,
+    work: &Path,
+    transport: &Transport,
+    scale: &Scale,
+) -> Result<Measurement, String> {
+    let &Scale {
+        connections,
+        broadcasts,
+        messages,
+        processes,
+    } = scale;
+    eprintln!("bench: {} run", transport.name());
+    std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
     let ticks_per_s: u64 = String::from_utf8_lossy(
         &Command::new("getconf")
             .arg("CLK_TCK")
@@ -232,7 +525,8 @@ fn relay() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let mut relay_child = Command::new(release.join("wardline-relay"))
+    let mut relay_command = Command::new(release.join("wardline-relay"));
+    relay_command
         .args([
             "serve",
             "--listen",
@@ -249,11 +543,25 @@ fn relay() -> Result<(), String> {
             "1000000",
             "--heartbeat",
             "1h",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
-        .arg(&work)
+        .arg(work)
         .env("WARDLINE_LOG", "warn")
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    let ca = match transport {
+        Transport::Plain => None,
+        Transport::Tls(certificate) => {
+            relay_command
+                .arg("--tls-cert")
+                .arg(&certificate.cert)
+                .arg("--tls-key")
+                .arg(&certificate.key);
+            Some(certificate.ca.as_path())
+        }
+    };
+    let mut relay_child = relay_command
         .spawn()
         .map_err(|e| format!("starting the relay: {e}"))?;
     let mut relay_out = BufReader::new(relay_child.stdout.take().expect("piped"));
@@ -263,19 +571,19 @@ fn relay() -> Result<(), String> {
     relay_out.read_line(&mut line).map_err(|e| e.to_string())?;
     let relay_addr = line
         .trim()
-        .strip_prefix("listening on http://")
+        .strip_prefix(&format!("listening on {}://", transport.scheme()))
         .ok_or_else(|| format!("relay said {line:?}"))?
         .to_owned();
     let loadgen_bin = release.join("wardline-loadgen");
-    let admin = token_via_relay(&release, &work)?;
+    let admin = token_via_relay(release, work)?;
 
     // Warm-up: one round of connections and publishes, so that allocator arenas and the channel map exist.
     {
-        let mut warm = Loadgen::spawn(&loadgen_bin, &relay_addr, 200, connections, 200)?;
+        let mut warm = Loadgen::spawn(&loadgen_bin, &relay_addr, ca, 200, connections, 200)?;
         warm.expect_line("ready")?;
-        http_post(
+        publish(
+            transport,
             &relay_addr,
-            "/v1/publish",
             &admin,
             &json!({"channel": "system:alerts", "message": {"type": "warmup"}}),
         )?;
@@ -292,6 +600,7 @@ fn relay() -> Result<(), String> {
         loadgens.push(Loadgen::spawn(
             &loadgen_bin,
             &relay_addr,
+            ca,
             share,
             offset,
             2 + k * 40,
@@ -312,9 +621,9 @@ fn relay() -> Result<(), String> {
     let phase = Instant::now();
     for n in 0..broadcasts {
         let message = json!({"type": "system_notification", "content": format!("broadcast {n}"), "sent_us": now_us()});
-        http_post(
+        publish(
+            transport,
             &relay_addr,
-            "/v1/publish",
             &admin,
             &json!({"channel": "system:alerts", "message": message}),
         )?;
@@ -336,10 +645,10 @@ fn relay() -> Result<(), String> {
         );
     }
     latencies.sort_unstable();
-    let expected = connections * broadcasts;
     eprintln!(
-        "bench: broadcast {cpu_broadcast_ms:.1} ms CPU each, {} of {expected} received",
-        latencies.len()
+        "bench: broadcast {cpu_broadcast_ms:.1} ms CPU each, {} of {} received",
+        latencies.len(),
+        connections * broadcasts
     );
 
     // Raw Redis PUBLISH, as redis-benchmark measures it, with a payload of the same size.
@@ -390,7 +699,7 @@ fn relay() -> Result<(), String> {
     }
     let publish_line = String::from_utf8_lossy(&publisher.stdout).trim().to_owned();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let (received, last_us) = loop {
+    let (unicast_received, last_us) = loop {
         let (mut received, mut last_us) = (0, 0);
         for (k, loadgen) in loadgens.iter_mut().enumerate() {
             let report = loadgen.report(&work.join(format!("unicast-{k}.json")))?;
@@ -403,61 +712,24 @@ fn relay() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(500));
     };
     let unicast_s = last_us.saturating_sub(start_us) as f64 / 1e6;
-    let unicast_rps = received as f64 / unicast_s;
-    let ratio = unicast_rps / redis_rps;
+    let unicast_rps = unicast_received as f64 / unicast_s;
     eprintln!(
-        "bench: unicast {received}/{messages} in {unicast_s:.2} s = {unicast_rps:.0}/s; redis-benchmark {redis_rps:.0}/s"
+        "bench: unicast {unicast_received}/{messages} in {unicast_s:.2} s = {unicast_rps:.0}/s; redis-benchmark {redis_rps:.0}/s"
     );
-    drop(loadgens);
-
-    let met = |ok: bool| if ok { "met" } else { "**not met**" };
-    let p50 = percentile(&latencies, 0.50) as f64 / 1000.0;
-    let p99 = percentile(&latencies, 0.99) as f64 / 1000.0;
-    let max = latencies.last().copied().unwrap_or(0) as f64 / 1000.0;
-    let kernel = String::from_utf8_lossy(
-        &Command::new("uname")
-            .arg("-r")
-            .output()
-            .map_err(|e| e.to_string())?
-            .stdout,
-    )
-    .trim()
-    .to_owned();
-    let date = utc_now_text()?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let table = format!(
-        "# Relay benchmark\n\n\
-         Measured by `cargo xtask bench relay` on {date}: {cores} cores, Linux {kernel}, release build, relay on \
-         Redis (one node, recorder on), {connections} `wardline.v1` connections from {processes} load \
-         generator processes (sources 127.0.0.2–{last_ip}), each subscribed to its own doctor channel and \
-         `system:alerts`. The load generators, Redis and the relay share the same cores, so latencies \
-         are upper bounds. Heartbeats were set to 1 h during the run.\n\n\
-         | measure | result | target | |\n|---|---|---|---|\n\
-         | idle memory per WebSocket connection ({connections} connections) | {per_connection_kib:.2} KiB | ≤ 6 KiB | {} |\n\
-         | relay CPU time per broadcast to {connections} connections | {cpu_broadcast_ms:.1} ms | ≤ 100 ms | {} |\n\
-         | broadcast delivery latency p50 / p99 / max ({} deliveries of {expected}) | {p50:.1} / {p99:.1} / {max:.1} ms | p99 ≤ 120 ms | {} |\n\
-         | unicast end-to-end throughput (plain PUBLISH → recorded → delivered, 50 publishers) | {unicast_rps:.0} msg/s ({received} of {messages} in {unicast_s:.2} s) | | |\n\
-         | `redis-benchmark -c 50` PUBLISH, same run | {redis_rps:.0} msg/s | | |\n\
-         | unicast throughput ÷ redis-benchmark PUBLISH | {ratio:.2} | ≥ 0.8 | {} |\n\n\
-         Details: relay RSS {rss_before} KiB after warm-up, {rss_after} KiB with the connections open \
-         (opened in {open_s:.1} s); broadcast phase {broadcasts} publishes 500 ms apart over {phase_s:.1} s; \
-         publisher: `{publish_line}`.\n",
-        met(per_connection_kib <= 6.0),
-        met(cpu_broadcast_ms <= 100.0),
-        latencies.len(),
-        met(p99 <= 120.0 && latencies.len() == expected),
-        met(ratio >= 0.8),
-        last_ip = 2 + processes * 40 - 1,
-    );
-    let out = workspace_root().join("bench/results/relay.md");
-    std::fs::create_dir_all(out.parent().expect("parent")).map_err(|e| e.to_string())?;
-    std::fs::write(&out, &table).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&work);
-    println!("{table}");
-    println!("written to {}", out.display());
-    Ok(())
+    Ok(Measurement {
+        rss_before,
+        rss_after,
+        per_connection_kib,
+        open_s,
+        cpu_broadcast_ms,
+        phase_s,
+        latencies,
+        unicast_received,
+        unicast_s,
+        unicast_rps,
+        redis_rps,
+        publish_line,
+    })
 }
 
 fn token_via_relay(release: &Path, data_dir: &Path) -> Result<String, String> {
