@@ -41,5 +41,7 @@ mod ws;
 pub use events::{ConnectionState, Event};
 pub use inbox::{Filter, Inbox, InboxError, Row};
 pub use inbox_handle::InboxHandle;
-pub use subscription::{Acknowledger, Ended, Options, Subscription, SubscriptionError};
+pub use subscription::{
+    Acknowledger, Ended, Options, Subscription, SubscriptionError, TokenHandle,
+};
 pub use tls::Trust;

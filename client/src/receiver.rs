@@ -8,7 +8,7 @@ use crate::config::{self, Settings};
 use crate::events::{ConnectionState, Event};
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
 use crate::inbox_handle::InboxHandle;
-use crate::subscription::{Acknowledger, Options, Subscription};
+use crate::subscription::{Acknowledger, Options, Subscription, TokenHandle};
 use crate::tls::Trust;
 use crate::{http, secrets};
 use std::path::{Path, PathBuf};
@@ -94,6 +94,7 @@ pub struct Status {
 struct Running {
     server: String,
     user: String,
+    token: TokenHandle,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -163,7 +164,7 @@ impl Receiver {
     }
 
     /// Checks the token with the relay, keeps it in the OS keychain, remembers server and user, and
-    /// starts the subscription.
+    /// starts the subscription (see [`Receiver::start`]).
     pub async fn sign_in(
         &self,
         server: &str,
@@ -207,8 +208,20 @@ impl Receiver {
     }
 
     /// Starts the subscription (stopping any earlier one). Acknowledgements stored while none ran
-    /// are sent when it connects.
+    /// are sent when it connects. When it already runs for this user at this relay, it takes the
+    /// new token instead: presented on the open connection, which then outlives the old token,
+    /// with no reconnect and nothing missed (`alerts` stay as they were).
     pub fn start(&self, server: &str, user: &str, token: Sensitive<String>, alerts: Alerts) {
+        {
+            let running = self.running.lock().expect("receiver lock");
+            if let Some(running) = running
+                .as_ref()
+                .filter(|r| r.server == server && r.user == user && !r.task.is_finished())
+            {
+                running.token.replace(token);
+                return;
+            }
+        }
         self.stop();
         let options = Options {
             server: server.to_owned(),
@@ -219,6 +232,7 @@ impl Receiver {
         };
         let mut subscription = Subscription::new(options, self.inbox.clone())
             .with_acknowledger(self.acknowledger.clone());
+        let token = subscription.token_handle();
         let alerter: Option<Arc<dyn Alerter>> = match alerts {
             Alerts::Off => None,
             Alerts::Custom(alerter) => Some(alerter),
@@ -265,6 +279,7 @@ impl Receiver {
         *self.running.lock().expect("receiver lock") = Some(Running {
             server: server.to_owned(),
             user: user.to_owned(),
+            token,
             stop,
             task,
         });

@@ -136,7 +136,7 @@ impl Subscription {
         let channels: Vec<Channel> = match crate::http::whoami(
             self.options.trust.http(),
             &http,
-            &self.options.token,
+            &self.token(),
         )
         .await
         {
@@ -163,7 +163,7 @@ impl Subscription {
         let client = self.options.trust.http();
         let request = client
             .get(format!("{http}/sse/{}", self.options.user))
-            .bearer_auth(self.options.token.expose())
+            .bearer_auth(self.token().expose())
             .header("accept", "text/event-stream")
             .header("last-event-id", position.join(";"));
         let response = match tokio::time::timeout(HANDSHAKE_TIMEOUT, request.send()).await {
@@ -288,7 +288,7 @@ impl Subscription {
             let sent = crate::http::send_receipts(
                 self.options.trust.http(),
                 http,
-                &self.options.token,
+                &self.token(),
                 kind,
                 &channel,
                 &ids,

@@ -11,7 +11,9 @@
 //!   stayed up 30 s; a slow-consumer (4008) or shutting-down (1001) close reconnects within 0–5 s
 //!   (what each close code and refusal means is decided in `wardline_protocol::Reconnect`).
 //! - A refused or expired token stops it: retrying cannot help, the person must sign in again. So
-//!   does a relay certificate that cannot be trusted ([`crate::tls`]).
+//!   does a relay certificate that cannot be trusted ([`crate::tls`]). A newer token of the same
+//!   user ([`TokenHandle`]) is presented on the open WebSocket (`refresh`), which then outlives
+//!   the old token's expiry; every later connection uses it.
 //! - Acknowledgements are stored in the inbox first ([`Acknowledger`]) and sent from there.
 //! - A gap the relay reports is stored and announced, never hidden.
 
@@ -25,7 +27,7 @@ use rand::Rng;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use wardline_protocol::{Channel, Cursor, Notification, Reconnect, Sensitive, ServerFrame};
 
 /// Where and as whom to subscribe.
@@ -35,7 +37,7 @@ pub struct Options {
     pub server: String,
     /// The user (the token's subject).
     pub user: String,
-    /// The token.
+    /// The token to start with ([`Subscription::token_handle`] replaces it).
     pub token: Sensitive<String>,
     /// How often to ping; silence for two of the relay's heartbeats means a dead connection.
     pub heartbeat: Duration,
@@ -152,10 +154,26 @@ impl Acknowledger {
 /// The relay connection of one user.
 pub struct Subscription {
     pub(crate) options: Options,
+    /// The token in use: `options.token` until a newer one replaces it.
+    token: watch::Sender<Sensitive<String>>,
     inbox: InboxHandle,
     events: broadcast::Sender<Event>,
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     pub(crate) acknowledger: Acknowledger,
+}
+
+/// Gives a running [`Subscription`] a newer token of the same user: an open WebSocket presents it
+/// to the relay at once, so the connection lives on past the old token's expiry without
+/// reconnecting; every later connection (and Server-Sent Events, which cannot take a new token
+/// mid-stream) uses it.
+#[derive(Clone)]
+pub struct TokenHandle(watch::Sender<Sensitive<String>>);
+
+impl TokenHandle {
+    /// Replaces the token in use.
+    pub fn replace(&self, token: Sensitive<String>) {
+        self.0.send_replace(token);
+    }
 }
 
 /// A connection that stayed up this long resets the backoff.
@@ -194,13 +212,30 @@ impl Subscription {
     pub fn new(options: Options, inbox: InboxHandle) -> Subscription {
         let (events, _) = broadcast::channel(1024);
         let acknowledger = Acknowledger::new(inbox.clone(), events.clone());
+        let (token, _) = watch::channel(options.token.clone());
         Subscription {
             options,
+            token,
             inbox,
             events,
             alerter: None,
             acknowledger,
         }
+    }
+
+    /// Hands this subscription newer tokens while it runs.
+    pub fn token_handle(&self) -> TokenHandle {
+        TokenHandle(self.token.clone())
+    }
+
+    /// The token in use.
+    pub(crate) fn token(&self) -> Sensitive<String> {
+        self.token.borrow().clone()
+    }
+
+    /// Tokens that replace the one in use from now on.
+    pub(crate) fn new_tokens(&self) -> watch::Receiver<Sensitive<String>> {
+        self.token.subscribe()
     }
 
     /// Raises OS alerts for what is stored, under `settings` as they are when it is stored.
@@ -465,7 +500,10 @@ impl Subscription {
                 tracing::warn!(code = code.code(), %message, ?channel, "the relay refused a request");
             }
             ServerFrame::Refreshed { expires_at } => {
-                tracing::debug!(expires_at, "the relay took the new token");
+                tracing::info!(
+                    expires_at,
+                    "the relay took the new token for this connection"
+                );
             }
             ServerFrame::Pong | ServerFrame::Welcome { .. } | ServerFrame::Notification(_) => {}
         }

@@ -49,7 +49,7 @@ impl Subscription {
             "sec-websocket-protocol",
             SUBPROTOCOL_V1.parse().expect("valid header"),
         );
-        let bearer = format!("Bearer {}", self.options.token.expose());
+        let bearer = format!("Bearer {}", self.token().expose());
         headers.insert("authorization", bearer.parse().map_err(|_| bad_server())?);
         // IPv6 literals come bracketed in URLs, bare to the resolver.
         let address = host
@@ -160,6 +160,7 @@ impl Subscription {
         // The relay pings every `heartbeat` and answers ours: its silence for two heartbeats is a
         // dead link. Only frames from the relay push this deadline back.
         let mut silence = Silence::new(silence_limit(heartbeat.min(ping_every)));
+        let mut new_tokens = self.new_tokens();
         loop {
             tokio::select! {
                 incoming = next_frame(&mut socket) => {
@@ -202,6 +203,12 @@ impl Subscription {
                         if send(&mut socket, &receipt(ReceiptKind::Acknowledged, &channel, &ids)).await.is_err() {
                             return Ok(retry("connection lost while sending an acknowledgement"));
                         }
+                    }
+                }
+                Ok(()) = new_tokens.changed() => {
+                    let token = new_tokens.borrow_and_update().expose().clone();
+                    if send(&mut socket, &ClientFrame::Refresh { token }).await.is_err() {
+                        return Ok(retry("connection lost while presenting a new token"));
                     }
                 }
                 _ = ping.tick() => {

@@ -1,4 +1,5 @@
-//! Running the real `wardline` binary: a listener in the background, one-shot commands.
+//! Running the receiver: the real `wardline` binary (a listener in the background, one-shot
+//! commands), and waiting for the in-process receiver's events.
 
 use crate::{WAIT, binary};
 use anyhow::{Context, bail};
@@ -210,4 +211,23 @@ pub async fn list(server: &str, user: &str, token: &str, db: &Path) -> anyhow::R
 /// A fresh inbox path in a temporary directory.
 pub fn inbox_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("inbox.sqlite3")
+}
+
+/// Waits (at most [`WAIT`]) for the first of the receiver's events that `wanted` accepts.
+pub async fn wait_for_event(
+    events: &mut tokio::sync::broadcast::Receiver<wardline_client::Event>,
+    wanted: impl Fn(&wardline_client::Event) -> bool,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => panic!("the receiver's events ended"),
+            }
+        }
+    })
+    .await
+    .expect("the event came");
 }

@@ -4,30 +4,14 @@
 //! the real `wardline` binary.
 
 use std::time::Duration;
-use tokio::sync::broadcast;
 use wardline_client::alert::AlertAction;
 use wardline_client::receiver::{Alerts, Receiver};
 use wardline_client::{Event, Filter, Trust};
 use wardline_protocol::{Channel, Cursor, Sensitive};
-use wardline_tests::receiver::{Listener, inbox_path, run};
-use wardline_tests::{Relay, WAIT, critical_lab_result, free_port, token};
+use wardline_tests::receiver::{Listener, inbox_path, run, wait_for_event};
+use wardline_tests::{Relay, critical_lab_result, free_port, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
-
-/// Waits for the first event `wanted` accepts.
-async fn wait_for(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Event) -> bool) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Ok(event) if wanted(&event) => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => panic!("the receiver's events ended"),
-            }
-        }
-    })
-    .await
-    .expect("the event came");
-}
 
 async fn publish_critical(relay: &Relay, n: usize) -> String {
     let (status, body) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(n)).await;
@@ -69,16 +53,16 @@ async fn acknowledgements_after_the_subscription_stopped_and_while_the_relay_is_
     // stops, "sign in again".
     let short = Sensitive::new(token("d1", "doctor", &[], 4));
     receiver.start(&base, "d1", short, Alerts::Off);
-    wait_for(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+    wait_for_event(&mut events, |e| matches!(e, Event::Connected { .. })).await;
     let first = publish_critical(&relay, 1).await;
     let second = publish_critical(&relay, 2).await;
     for _ in 0..2 {
-        wait_for(&mut events, |e| {
+        wait_for_event(&mut events, |e| {
             matches!(e, Event::NotificationStored { .. })
         })
         .await;
     }
-    wait_for(&mut events, |e| matches!(e, Event::SignInRequired { .. })).await;
+    wait_for_event(&mut events, |e| matches!(e, Event::SignInRequired { .. })).await;
 
     // The alert's "Acknowledge" after the subscription stopped: stored at once.
     let channel = Channel::parse(DOCTOR_CHANNEL).unwrap();
@@ -93,7 +77,7 @@ async fn acknowledgements_after_the_subscription_stopped_and_while_the_relay_is_
     drop(relay);
     let long = Sensitive::new(token("d1", "doctor", &[], 3600));
     receiver.start(&base, "d1", long, Alerts::Off);
-    wait_for(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
+    wait_for_event(&mut events, |e| matches!(e, Event::Reconnecting { .. })).await;
     receiver
         .acknowledge(vec![format!("{DOCTOR_CHANNEL}/{second}")])
         .await
