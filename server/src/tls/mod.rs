@@ -12,9 +12,11 @@
 //!   that fail are counted (`wardline_tls_handshake_failures_total`): a device that does not trust
 //!   the certificate shows there.
 //! - [`TlsStream`] (`stream.rs`): the relay's side of one connection, holding no buffer while the
-//!   connection is idle; `lean_keys.rs`: TLS 1.3 record keys kept as their 32 bytes. With them an
-//!   idle TLS WebSocket costs 1.85 KiB more than a plain one, down from 6.5 KiB with rustls's
-//!   buffered connection (`bench/results/relay.md`).
+//!   connection is idle; `lean_keys.rs`: TLS 1.3 record keys kept as their 32 bytes. With them, and
+//!   a smaller WebSocket read buffer over TLS, an idle TLS WebSocket costs 1.2–1.5 KiB more than a
+//!   plain one (three runs of `cargo xtask bench relay`), down from 6.5 KiB with rustls's buffered
+//!   connection. Most of what is left is rustls's own: the connection (1,088 bytes) and its
+//!   handshake deframer's span list (640 bytes, kept after the handshake).
 
 use crate::metrics::Metrics;
 use anyhow::Context;

@@ -59,10 +59,22 @@ pub struct Seed004Query {
     token: Option<String>,
 }
 
-// A small read buffer is what keeps an idle connection at a few KiB: tungstenite zero-fills the
-// whole buffer before every read, so a large buffer costs its size per connection and CPU per read.
-fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.read_buffer_size(1024)
+/// Bytes tungstenite reads at a time. A small read buffer is what keeps an idle connection at a
+/// few KiB: tungstenite keeps it for the connection's life and zero-fills it before every read, so
+/// a large one costs its size per connection and CPU per read.
+const READ_BUFFER: usize = 1024;
+
+/// The same over TLS: there the reads come out of the TLS stream's decrypted data rather than
+/// from the socket, so a smaller buffer costs no system calls.
+const READ_BUFFER_OVER_TLS: usize = 256;
+
+fn configure(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let read_buffer = if state.config.tls.is_some() {
+        READ_BUFFER_OVER_TLS
+    } else {
+        READ_BUFFER
+    };
+    ws.read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
@@ -78,7 +90,7 @@ pub async fn user_socket(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
-    let ws = configure(ws).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
+    let ws = configure(ws, &state).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
     let mode = match ws.selected_protocol() {
         Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
         _ => Mode::Raw,
@@ -104,7 +116,7 @@ pub async fn seed004_socket(
     )
     .await?;
     let session = open_session(&state, claims, Mode::Seed004).await?;
-    Ok(configure(ws).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
+    Ok(configure(ws, &state).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
 }
 
 /// Why the connection loop ended.
