@@ -43,6 +43,7 @@ pub enum ChannelError {
 
 /// The role a token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A clinician: reads `doctor:{sub}:notifications` and `system:alerts`.

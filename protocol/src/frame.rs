@@ -93,6 +93,7 @@ impl ClientFrame {
 
 /// What a receipt says about a notification and one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ReceiptKind {
     /// The recipient's device stored it.

@@ -12,6 +12,17 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wardline_protocol::ErrorCode;
 
+/// The body of every error answer: `{"code": 40102, "message": "…"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The stable code (see the protocol's error codes); its first three digits are the HTTP status.
+    #[schema(example = 40102)]
+    code: u32,
+    /// What went wrong, for people.
+    #[schema(example = "bad signature")]
+    message: String,
+}
+
 /// An error answered over HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -38,7 +49,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"code": self.code, "message": self.message});
+        let body = ErrorBody {
+            code: self.code.code(),
+            message: self.message.clone(),
+        };
         let mut response = (self.status(), Json(body)).into_response();
         // For the funnel: this response is already `{code, message}`, with this code and message.
         response.extensions_mut().insert(self.clone());

@@ -13,6 +13,7 @@
 //! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
 //!   seed 004) and SSE;
 //! - [`http`]: publishing, stats, receipts, health, and metrics on their own listener;
+//! - [`openapi`]: `GET /v1/openapi.json`, generated from the handlers;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
 //! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`origins`]: CORS, and which browser origins may use the relay;
@@ -32,6 +33,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub mod origins;
 pub mod queue;
 pub mod ratelimit;
@@ -99,6 +101,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/receipts",
             get(http::receipts::receipts).post(http::receipts::record_receipts),
         )
+        .route("/v1/openapi.json", get(openapi::openapi))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .fallback(http::not_found)

@@ -184,3 +184,120 @@ async fn too_many_connections_answer_429_with_retry_after() {
     assert_eq!(headers.get(header::RETRY_AFTER).unwrap(), "1");
     assert_eq!(error_of(&body).0, ErrorCode::RateLimited.code());
 }
+
+/// The property names of a schema in the description.
+fn schema_properties(document: &Value, name: &str) -> Vec<String> {
+    let mut names: Vec<String> = document["components"]["schemas"][name]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no schema {name}"))
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+fn keys_of(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn the_api_description_covers_every_route_and_says_what_the_handlers_answer() {
+    let h = harness(|_| {}).await;
+    let (status, headers, body) = send(
+        &h.router,
+        Request::get("/v1/openapi.json")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let document: Value = serde_json::from_str(&body).unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/readyz",
+            "/sse/{user_id}",
+            "/v1/me",
+            "/v1/openapi.json",
+            "/v1/publish",
+            "/v1/receipts",
+            "/v1/stats",
+            "/v1/ws/notifications",
+            "/v1/ws/test-notification",
+            "/ws/{user_id}",
+        ]
+    );
+    let publish = &document["paths"]["/v1/publish"]["post"];
+    assert_eq!(
+        publish["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PublishRequest"
+    );
+    let mut required: Vec<&str> = document["components"]["schemas"]["PublishRequest"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["channel", "message"]);
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+
+    // What the handlers answer has the described fields, no more and no fewer.
+    let bearer = format!("Bearer {}", h.service_token);
+    let (status, _, body) = send(
+        &h.router,
+        Request::post("/v1/publish")
+            .header(header::AUTHORIZATION, &bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"channel":"system:alerts","message":{"type":"system_notification"}}"#,
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let published: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        keys_of(&published),
+        schema_properties(&document, "Published")
+    );
+    let (status, _, body) = send(
+        &h.router,
+        Request::post("/v1/publish")
+            .header(header::AUTHORIZATION, &bearer)
+            .body(Body::from(r#"{"channel":"nowhere","message":{}}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let failed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        keys_of(&failed),
+        schema_properties(&document, "PublishFailed")
+    );
+    let (_, _, body) = send(
+        &h.router,
+        Request::get("/v1/me").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(keys_of(&error), schema_properties(&document, "ErrorBody"));
+    let (_, _, body) = send(
+        &h.router,
+        Request::get("/v1/stats")
+            .header(header::AUTHORIZATION, &bearer)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(keys_of(&stats), schema_properties(&document, "Stats"));
+}

@@ -75,7 +75,7 @@ pub struct HistoryPage {
 }
 
 /// One recipient's receipt for a notification.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Receipt {
     /// The recipient.
     pub user: String,

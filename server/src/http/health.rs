@@ -8,16 +8,34 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde_json::{Value, json};
+use serde::Serialize;
 use wardline_protocol::ErrorCode;
 
+/// The relay is ready.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// `redis` or `embedded`.
+    #[schema(example = "redis")]
+    pub broker: &'static str,
+}
+
 /// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: the broker is connected and answers a ping.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for devices and publishers", body = Ready),
+        (status = 503, description = "The broker is unavailable, or the relay is shutting down", body = crate::error::ErrorBody),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let broker = state.hub.broker();
     if let BrokerHealth::Down(reason) = &*broker.health().borrow() {
         return Err(ApiError::new(
@@ -32,7 +50,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         ));
     }
     broker.ping().await?;
-    Ok(Json(json!({"status": "ready", "broker": broker.kind()})))
+    Ok(Json(Ready {
+        status: "ready",
+        broker: broker.kind(),
+    }))
 }
 
 /// Prometheus metrics.

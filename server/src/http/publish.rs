@@ -12,19 +12,23 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use std::time::Duration;
-use wardline_protocol::{Channel, ChannelKind, ErrorCode, MAX_INBOUND_FRAME_BYTES, Priority};
+use wardline_protocol::{
+    Channel, ChannelKind, Cursor, ErrorCode, MAX_INBOUND_FRAME_BYTES, Priority,
+};
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// The channel.
+    #[schema(example = "doctor:dr-smith:notifications")]
     pub channel: String,
     /// The payload: a JSON object, stored and delivered byte for byte as sent.
+    #[schema(value_type = Object, example = json!({"type": "critical_lab_result", "result_id": "lab-1", "test_type": "BMP"}))]
     pub message: Box<RawValue>,
     /// The recipient (must match a `doctor:`/`patient:` channel's id).
     #[serde(default)]
@@ -40,6 +44,40 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// A stored notification: the HealthHub notification effect's published result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    /// Always `published`.
+    #[schema(example = "published")]
+    pub status: &'static str,
+    /// The channel, as named in the request.
+    pub channel: String,
+    /// The notification's id: its position in the channel's history.
+    #[schema(value_type = String, example = "1764500000000-0")]
+    pub message_id: Cursor,
+    /// How many relay nodes had a device of the channel connected.
+    pub recipients_count: u64,
+    /// The idempotency key was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A publish that failed: the effect's failed result, with the relay's `{code, message}` beside it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishFailed {
+    /// Always `failed`.
+    #[schema(example = "failed")]
+    pub status: &'static str,
+    /// The channel, as named in the request (empty when the request could not be read).
+    pub channel: String,
+    /// Why.
+    pub reason: String,
+    /// The stable error code.
+    #[schema(example = 40301)]
+    pub code: u32,
+    /// Why, as in every error answer.
+    pub message: String,
+}
+
 struct Failed {
     channel: String,
     code: ErrorCode,
@@ -52,7 +90,13 @@ impl IntoResponse for Failed {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // The HealthHub notification effect's failed result (status, channel, reason), with the
         // relay's `{code, message}` beside it.
-        let body = json!({"status": "failed", "channel": self.channel, "reason": self.reason, "code": self.code, "message": self.reason});
+        let body = PublishFailed {
+            status: "failed",
+            channel: self.channel,
+            reason: self.reason.clone(),
+            code: self.code.code(),
+            message: self.reason.clone(),
+        };
         let mut response = (status, Json(body)).into_response();
         // The error funnel counts and logs it.
         response
@@ -63,6 +107,14 @@ impl IntoResponse for Failed {
 }
 
 /// Stores and fans out one notification.
+#[utoipa::path(post, path = "/v1/publish", tag = "publishing",
+    security(("bearer" = [])),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Stored, and delivered to the devices connected now", body = Published),
+        (status = "4XX", description = "Refused: the token, the role, the channel or the body", body = PublishFailed),
+        (status = 503, description = "The broker is unavailable: nothing was stored", body = PublishFailed),
+    ))]
 pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match try_publish(&state, &headers, &body).await {
         Ok(response) => response,
@@ -145,12 +197,12 @@ async fn try_publish(
         .await
         .map_err(|e| fail(name, e.code(), e.to_string()))?;
     Metrics::inc(&state.metrics().published_total);
-    let body = json!({
-        "status": "published",
-        "channel": name,
-        "message_id": published.id,
-        "recipients_count": published.live_relays,
-        "duplicate": published.duplicate,
-    });
+    let body = Published {
+        status: "published",
+        channel: name.to_owned(),
+        message_id: published.id,
+        recipients_count: published.live_relays,
+        duplicate: published.duplicate,
+    };
     Ok((StatusCode::OK, Json(body)).into_response())
 }

@@ -2,21 +2,52 @@
 //! acknowledged them (`acknowledged`); publishers (service) and administrators read them back.
 
 use crate::AppState;
+use crate::broker::Receipt;
 use crate::error::ApiError;
 use crate::http::{authenticate, json_body, require_stats_reader};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use wardline_protocol::{Channel, Cursor, CursorError, ErrorCode, ReceiptKind};
 
 /// Query of `GET /v1/receipts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ReceiptsQuery {
+    /// The notification's channel.
     channel: String,
+    /// The notification's id (`message_id` of its publish).
     id: String,
+}
+
+/// The receipts of one notification.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Receipts {
+    /// The channel.
+    #[schema(value_type = String)]
+    pub channel: Channel,
+    /// The notification's id.
+    #[schema(value_type = String)]
+    pub id: Cursor,
+    /// Who received or acknowledged it, and when.
+    pub receipts: Vec<Receipt>,
+}
+
+/// Receipts recorded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Recorded {
+    /// Always `recorded`.
+    #[schema(example = "recorded")]
+    pub status: &'static str,
+    /// What they say.
+    pub kind: ReceiptKind,
+    /// The channel.
+    #[schema(value_type = String)]
+    pub channel: Channel,
+    /// The ids recorded.
+    #[schema(value_type = Vec<String>)]
+    pub ids: Vec<Cursor>,
 }
 
 fn parse_channel(name: &str) -> Result<Channel, ApiError> {
@@ -30,37 +61,56 @@ fn parse_id(id: &str) -> Result<Cursor, ApiError> {
 
 /// `GET /v1/receipts?channel=…&id=…` (admin, service): who received and acknowledged a
 /// notification, and when.
+#[utoipa::path(get, path = "/v1/receipts", tag = "receipts",
+    security(("bearer" = [])),
+    params(ReceiptsQuery),
+    responses(
+        (status = 200, description = "The notification's receipts", body = Receipts),
+        (status = "4XX", description = "Refused: the token, the role, the channel or the id", body = crate::error::ErrorBody),
+    ))]
 pub async fn receipts(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<ReceiptsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Receipts>, ApiError> {
     require_stats_reader(&authenticate(&state, None, &headers).await?)?;
     let channel = parse_channel(&query.channel)?;
     let id = parse_id(&query.id)?;
     let receipts = state.hub.broker().receipts(&channel, id).await?;
-    Ok(Json(
-        json!({"channel": channel, "id": id, "receipts": receipts}),
-    ))
+    Ok(Json(Receipts {
+        channel,
+        id,
+        receipts,
+    }))
 }
 
 /// Body of `POST /v1/receipts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordReceipts {
+    /// The channel the notifications are on (one the token reads).
     channel: String,
+    /// Their ids.
     ids: Vec<String>,
+    /// What happened to them.
     kind: ReceiptKind,
 }
 
 /// `POST /v1/receipts` `{channel, ids, kind}` with the recipient's own token: the same as the
 /// `received` and `ack` ops of `wardline.v1`, for a client that is not connected (the CLI's
 /// `wardline ack`, an app acknowledging from a notification).
+#[utoipa::path(post, path = "/v1/receipts", tag = "receipts",
+    security(("bearer" = [])),
+    request_body = RecordReceipts,
+    responses(
+        (status = 200, description = "Recorded", body = Recorded),
+        (status = "4XX", description = "Refused: the token, the channel or an id", body = crate::error::ErrorBody),
+    ))]
 pub async fn record_receipts(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Recorded>, ApiError> {
     let claims = authenticate(&state, None, &headers).await?;
     let request: RecordReceipts = json_body(&body)?;
     let channel = parse_channel(&request.channel)?;
@@ -80,7 +130,10 @@ pub async fn record_receipts(
         .broker()
         .record_receipts(&channel, &ids, &claims.sub, request.kind)
         .await?;
-    Ok(Json(
-        json!({"status": "recorded", "kind": request.kind, "channel": channel, "ids": ids}),
-    ))
+    Ok(Json(Recorded {
+        status: "recorded",
+        kind: request.kind,
+        channel,
+        ids,
+    }))
 }

@@ -27,8 +27,9 @@ use tokio::time::{Instant, Interval, Sleep};
 use wardline_protocol::{Channel, Cursor, ErrorCode, ServerFrame, close};
 
 /// Query of `/sse/{user_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct SseQuery {
+    /// The token, for clients that cannot set `Authorization` (a browser's `EventSource`).
     token: Option<String>,
     /// Resume position: an SSE id, or one cursor for every channel.
     since: Option<String>,
@@ -88,6 +89,14 @@ fn error_event(code: ErrorCode, message: String, close_code: u16) -> Bytes {
 }
 
 /// `GET /sse/{user_id}`.
+#[utoipa::path(get, path = "/sse/{user_id}", tag = "devices",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The token's user"), SseQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Where to resume: the last event's id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `notification`, `resumed`, `error` and heartbeat comments", content_type = "text/event-stream", body = String),
+        (status = "4XX", description = "Refused: the token, the user or a channel", body = crate::error::ErrorBody),
+    ))]
 pub async fn user_events(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,

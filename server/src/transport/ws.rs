@@ -47,15 +47,18 @@ impl Mode {
 }
 
 /// Query of `/ws/{user_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TokenQuery {
+    /// The token, for clients that cannot set `Authorization` (a browser's `WebSocket`).
     token: Option<String>,
 }
 
 /// Query of `/v1/ws/notifications`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct Seed004Query {
+    /// The token's user.
     user_id: String,
+    /// The token, for clients that cannot set `Authorization`.
     token: Option<String>,
 }
 
@@ -81,6 +84,14 @@ fn configure(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
 }
 
 /// `GET /ws/{user_id}`.
+#[utoipa::path(get, path = "/ws/{user_id}", tag = "devices",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "The token's user"), TokenQuery,
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`wardline.v1` for envelopes, resume and acknowledgements; none (or `wardline.raw`) for the published JSON as is")),
+    responses(
+        (status = 101, description = "A WebSocket: `wardline.v1` frames, or each notification's JSON as published"),
+        (status = "4XX", description = "Refused: the token, the user or not an upgrade", body = crate::error::ErrorBody),
+    ))]
 pub async fn user_socket(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -99,7 +110,15 @@ pub async fn user_socket(
     Ok(ws.on_upgrade(move |socket| run(socket, state, session, mode)))
 }
 
-/// `GET /v1/ws/notifications?user_id=…` (seed 004; a token is required, unlike the seed).
+/// `GET /v1/ws/notifications?user_id=…` (the Diagnoxix notification service's WebSocket; a token
+/// is required, unlike there).
+#[utoipa::path(get, path = "/v1/ws/notifications", tag = "devices",
+    security(("bearer" = [])),
+    params(Seed004Query),
+    responses(
+        (status = 101, description = "A WebSocket with the Diagnoxix service's frames; `{\"type\":\"ping\"}` is answered with a pong"),
+        (status = "4XX", description = "Refused: the token, the user or not an upgrade", body = crate::error::ErrorBody),
+    ))]
 pub async fn seed004_socket(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
