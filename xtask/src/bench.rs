@@ -303,10 +303,14 @@ fn publish(transport: &Transport, address: &str, token: &str, body: &Value) -> R
 }
 
 /// What one run measured.
+#[derive(Default)]
 struct Measurement {
     rss_before: u64,
     rss_after: u64,
+    /// The median of [`MEMORY_SAMPLES`] relays' (see `memory_samples`).
     per_connection_kib: f64,
+    /// Per idle connection, from each relay started, sorted.
+    memory_samples: Vec<f64>,
     open_s: f64,
     cpu_broadcast_ms: f64,
     phase_s: f64,
@@ -333,6 +337,36 @@ impl Measurement {
     }
 }
 
+/// Relays started per transport to measure idle memory: one relay's figure moves by up to 1 KiB
+/// per connection from run to run (where the allocator's arenas land), so the table gives the
+/// median and every sample.
+const MEMORY_SAMPLES: usize = 3;
+
+/// [`measure`] once in full, and [`MEMORY_SAMPLES`] − 1 more times for idle memory alone.
+fn measure_sampled(
+    release: &Path,
+    work: &Path,
+    transport: &Transport,
+    scale: &Scale,
+) -> Result<Measurement, String> {
+    let mut full = measure(release, &work.join("run-0"), transport, scale, false)?;
+    let mut samples = vec![full.per_connection_kib];
+    for k in 1..MEMORY_SAMPLES {
+        let run = measure(
+            release,
+            &work.join(format!("run-{k}")),
+            transport,
+            scale,
+            true,
+        )?;
+        samples.push(run.per_connection_kib);
+    }
+    samples.sort_by(f64::total_cmp);
+    full.per_connection_kib = samples[samples.len() / 2];
+    full.memory_samples = samples;
+    Ok(full)
+}
+
 /// The scale of a run.
 struct Scale {
     connections: usize,
@@ -357,11 +391,11 @@ fn relay() -> Result<(), String> {
     let release = build_release()?;
     let work = std::env::temp_dir().join(format!("wardline-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let plain = measure(&release, &work.join("plain"), &Transport::Plain, &scale)?;
+    let plain = measure_sampled(&release, &work.join("plain"), &Transport::Plain, &scale)?;
     let tls_dir = work.join("tls");
     std::fs::create_dir_all(&tls_dir).map_err(|e| e.to_string())?;
     let tls = Transport::Tls(make_certificate(&tls_dir)?);
-    let tls = measure(&release, &tls_dir, &tls, &scale)?;
+    let tls = measure_sampled(&release, &tls_dir, &tls, &scale)?;
 
     let met = |ok: bool| if ok { "met" } else { "**not met**" };
     let kernel = String::from_utf8_lossy(
@@ -386,6 +420,13 @@ fn relay() -> Result<(), String> {
     let expected = connections * broadcasts;
     let tls_extra_kib = tls.per_connection_kib - plain.per_connection_kib;
     let tls_cpu_ratio = tls.cpu_broadcast_ms / plain.cpu_broadcast_ms;
+    let samples = |m: &Measurement| {
+        m.memory_samples
+            .iter()
+            .map(|kib| format!("{kib:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let latency = |m: &Measurement| {
         format!(
             "{:.1} / {:.1} / {:.1} ms ({} of {expected})",
@@ -409,12 +450,12 @@ fn relay() -> Result<(), String> {
          Redis (one node, recorder on), {connections} `wardline.v1` connections from {processes} load \
          generator processes (sources 127.0.0.2–{last_ip}), each subscribed to its own doctor channel and \
          `system:alerts`. The load generators, Redis and the relay share the same cores, so latencies \
-         are upper bounds. Heartbeats were set to 1 h during the run. Two runs, each with a fresh relay \
-         and Redis: plain (`ws://`, `http://`) and TLS (`wss://`, `https://`; `--tls-cert`/`--tls-key` \
+         are upper bounds. Heartbeats were set to 1 h during the run. For each transport a fresh relay and Redis \
+         per run: one run of every phase, and {} more for idle memory alone. Plain (`ws://`, `http://`) and TLS (`wss://`, `https://`; `--tls-cert`/`--tls-key` \
          with an ECDSA P-256 certificate from a private CA made for the run, TLS 1.3). Broadcasts are \
          published with `curl` in both runs, so the TLS run's CPU includes the publisher's handshakes.\n\n\
          | measure | plain | TLS | target | |\n|---|---|---|---|---|\n\
-         | idle memory per WebSocket connection ({connections} connections) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
+         | idle memory per WebSocket connection ({connections} connections; median of {MEMORY_SAMPLES} relays) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
          | TLS − plain, per idle connection | | {tls_extra_kib:+.2} KiB | ≤ 1 KiB | {} |\n\
          | relay CPU time per broadcast to {connections} connections | {:.1} ms | {:.1} ms | ≤ 100 ms (plain) | {} |\n\
          | TLS ÷ plain, CPU per broadcast | | {tls_cpu_ratio:.3} | ≤ 1.10 | {} |\n\
@@ -422,10 +463,12 @@ fn relay() -> Result<(), String> {
          | unicast end-to-end throughput (plain PUBLISH → recorded → delivered, 50 publishers) | {} | {} | | |\n\
          | `redis-benchmark -c 50` PUBLISH, same run | {:.0} msg/s | {:.0} msg/s | | |\n\
          | unicast throughput ÷ redis-benchmark PUBLISH | {:.2} | {:.2} | ≥ 0.8 | {} / {} |\n\n\
+         Idle memory per connection, each relay: plain {}; TLS {} KiB.\n\n\
          Details, plain: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
          broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
          Details, TLS: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
          broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n",
+        MEMORY_SAMPLES - 1,
         plain.per_connection_kib,
         tls.per_connection_kib,
         met(plain.per_connection_kib <= 6.0),
@@ -446,6 +489,8 @@ fn relay() -> Result<(), String> {
         tls.ratio(),
         met(plain.ratio() >= 0.8),
         met(tls.ratio() >= 0.8),
+        samples(&plain),
+        samples(&tls),
         plain.rss_before,
         plain.rss_after,
         plain.open_s,
@@ -467,12 +512,14 @@ fn relay() -> Result<(), String> {
     Ok(())
 }
 
-/// One run: a fresh Redis and relay over `transport`, the three phases, everything stopped at the end.
+/// One run: a fresh Redis and relay over `transport`, the three phases (or idle memory alone),
+/// everything stopped at the end.
 fn measure(
     release: &Path,
     work: &Path,
     transport: &Transport,
     scale: &Scale,
+    memory_only: bool,
 ) -> Result<Measurement, String> {
     let &Scale {
         connections,
@@ -616,6 +663,15 @@ fn measure(
     eprintln!(
         "bench: {connections} connections in {open_s:.1} s, {per_connection_kib:.2} KiB each"
     );
+    if memory_only {
+        return Ok(Measurement {
+            rss_before,
+            rss_after,
+            per_connection_kib,
+            open_s,
+            ..Measurement::default()
+        });
+    }
 
     let cpu_before = cpu_ms(relay_pid, ticks_per_s)?;
     let phase = Instant::now();
@@ -720,6 +776,7 @@ fn measure(
         rss_before,
         rss_after,
         per_connection_kib,
+        memory_samples: Vec::new(),
         open_s,
         cpu_broadcast_ms,
         phase_s,

@@ -12,11 +12,9 @@
 //!   that fail are counted (`wardline_tls_handshake_failures_total`): a device that does not trust
 //!   the certificate shows there.
 //! - [`TlsStream`] (`stream.rs`): the relay's side of one connection, holding no buffer while the
-//!   connection is idle; `lean_keys.rs`: TLS 1.3 record keys kept as their 32 bytes. With them, and
-//!   a smaller WebSocket read buffer over TLS, an idle TLS WebSocket costs 1.2–1.5 KiB more than a
-//!   plain one (three runs of `cargo xtask bench relay`), down from 6.5 KiB with rustls's buffered
-//!   connection. Most of what is left is rustls's own: the connection (1,088 bytes) and its
-//!   handshake deframer's span list (640 bytes, kept after the handshake).
+//!   connection is idle; once a TLS 1.3 handshake is done, rustls's connection object is dropped
+//!   and `records.rs` protects the records (RFC 8446's record layer over ring, keys from rustls).
+//!   Measured per idle WebSocket against a plain one: `bench/results/relay.md`.
 
 use crate::metrics::Metrics;
 use anyhow::Context;
@@ -33,7 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
-mod lean_keys;
+mod records;
 mod stream;
 pub use stream::TlsStream;
 
@@ -66,7 +64,7 @@ pub struct Certificates {
 impl Certificates {
     /// Reads the certificate and key; an error says which file and what is wrong with it.
     pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<Certificates>> {
-        let provider = Arc::new(lean_keys::provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = read(files, &provider)?;
         Ok(Arc::new(Certificates {
             files: files.clone(),
@@ -92,7 +90,8 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.ignore_client_order = lean_keys::PREFER_SERVER_ORDER;
+        // Established TLS 1.3 connections leave rustls for [`records`].
+        config.enable_secret_extraction = true;
         Ok(Arc::new(config))
     }
 }
@@ -239,12 +238,13 @@ mod tests {
         let cert = certified.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![cert.clone()], key.into())
             .unwrap();
+        server.enable_secret_extraction = true;
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = tcp.local_addr().unwrap();
         let mut listener = TlsListener::with_handshake_limit(
