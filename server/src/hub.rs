@@ -10,10 +10,14 @@ use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::queue::DeliveryQueue;
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use wardline_protocol::Channel;
+
+/// Locks ordering channels' broker subscriptions; channels share one when their hashes meet.
+const MEMBERSHIP_STRIPES: usize = 256;
 
 /// One connection's place in the hub: its queue.
 #[derive(Debug)]
@@ -27,9 +31,11 @@ pub struct Subscriber {
 pub struct Hub {
     broker: Arc<dyn Broker>,
     channels: RwLock<HashMap<Channel, Vec<Arc<Subscriber>>>>,
-    // Serializes broker (un)subscriptions so that a channel's last leave and next join cannot
-    // interleave into "unsubscribed while someone listens".
-    membership: tokio::sync::Mutex<()>,
+    // Serializes a channel's broker (un)subscriptions so that its last leave and next join cannot
+    // interleave into "unsubscribed while someone listens". Striped by channel: joins of different
+    // channels wait for Redis side by side (a reconnect stampede's subscriptions are then batched by
+    // the broker), not one round trip after another.
+    membership: Box<[tokio::sync::Mutex<()>]>,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
 }
@@ -44,7 +50,9 @@ impl Hub {
         let hub = Arc::new(Hub {
             broker,
             channels: RwLock::new(HashMap::new()),
-            membership: tokio::sync::Mutex::new(()),
+            membership: (0..MEMBERSHIP_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             metrics,
             next_id: AtomicU64::new(1),
         });
@@ -88,7 +96,7 @@ impl Hub {
         channel: &Channel,
         subscriber: &Arc<Subscriber>,
     ) -> Result<(), BrokerError> {
-        let _membership = self.membership.lock().await;
+        let _membership = self.membership(channel).lock().await;
         let known = self
             .channels
             .read()
@@ -129,8 +137,8 @@ impl Hub {
         };
         let hub = self.clone();
         runtime.spawn(async move {
-            let _membership = hub.membership.lock().await;
             for channel in emptied {
+                let _membership = hub.membership(&channel).lock().await;
                 let still_empty = !hub
                     .channels
                     .read()
@@ -141,6 +149,13 @@ impl Hub {
                 }
             }
         });
+    }
+
+    /// The lock that orders `channel`'s broker subscriptions.
+    fn membership(&self, channel: &Channel) -> &tokio::sync::Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        channel.as_str().hash(&mut hasher);
+        &self.membership[hasher.finish() as usize % self.membership.len()]
     }
 
     fn dispatch(&self, delivery: Arc<Delivery>) {

@@ -154,16 +154,10 @@ impl Session {
         if !self.claims.can_read(&channel) {
             return Err(SessionError::Forbidden(channel));
         }
-        let start = match since {
-            Some(text) => text.parse()?,
-            // Read before joining: whatever is published after this read is replayed below.
-            None => self
-                .hub
-                .broker()
-                .last_id(&channel)
-                .await?
-                .unwrap_or_default(),
+        let Some(since) = since else {
+            return self.subscribe_from_end(channel).await;
         };
+        let start = since.parse()?;
         self.join(&channel).await?;
         let position = self.position_mut(&channel);
         *position = (*position).max(start);
@@ -204,6 +198,29 @@ impl Session {
             start: Some(start),
             replay,
             gap,
+        })
+    }
+
+    /// Joins first, then reads the channel's newest id: whatever is published after the join
+    /// arrives live, and whatever is at or before that id was published before the subscription took
+    /// effect. One broker read, no replay (a reconnect stampede of fresh subscribers costs Redis one
+    /// round trip each).
+    async fn subscribe_from_end(&mut self, channel: Channel) -> Result<Resumed, SessionError> {
+        self.join(&channel).await?;
+        let start = self
+            .hub
+            .broker()
+            .last_id(&channel)
+            .await?
+            .unwrap_or_default();
+        let position = self.position_mut(&channel);
+        *position = (*position).max(start);
+        self.hub.metrics().replay_size.observe(0.0);
+        Ok(Resumed {
+            channel,
+            start: Some(start),
+            replay: Vec::new(),
+            gap: false,
         })
     }
 

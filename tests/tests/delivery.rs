@@ -257,6 +257,94 @@ async fn two_relays_on_one_redis_deliver_across_and_record_once() {
     );
 }
 
+/// After a relay restart every device subscribes again at once, faster than Redis answers (here
+/// Redis is paused for 1.2 s while they arrive). That stampede costs a few batched SUBSCRIBEs and
+/// one read per channel (no replay read for subscriptions without a cursor), so the one command
+/// connection's queue stays short enough that no subscription times out; each subscription still
+/// starts at the channel's end and receives what is published next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_stampede_costs_redis_few_round_trips() {
+    const DEVICES: usize = 1000;
+    let redis = RedisServer::start().await.unwrap();
+    let relay = Relay::on_redis(&redis, &[]).await.unwrap();
+    let base = relay.ws_url("");
+    let mut clients = futures_util::future::try_join_all((0..DEVICES).map(|n| {
+        let base = base.clone();
+        async move {
+            let user = format!("d{n}");
+            V1Client::connect(&base, &user, &token(&user, "doctor", &[], 600)).await
+        }
+    }))
+    .await
+    .unwrap();
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1200)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let outcomes = futures_util::future::try_join_all(clients.iter_mut().enumerate().map(
+        |(n, client)| async move {
+            let channel = format!("doctor:d{n}:notifications");
+            client.subscribe(&[(channel.as_str(), None)]).await
+        },
+    ))
+    .await
+    .unwrap();
+    for (_, frames) in &outcomes {
+        assert!(
+            matches!(frames[..], [ServerFrame::Resumed { gap: false, .. }]),
+            "every device subscribed: {frames:?}"
+        );
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    };
+    let subscribes = calls("subscribe");
+    assert!(
+        (1..=DEVICES as u64 / 10).contains(&subscribes),
+        "{DEVICES} channels joined with {subscribes} SUBSCRIBEs"
+    );
+    assert_eq!(calls("xrange"), 0, "no replay read without a cursor");
+    assert_eq!(
+        calls("xrevrange"),
+        DEVICES as u64,
+        "one read of each channel's end"
+    );
+
+    let last = DEVICES - 1;
+    let (status, reply) = relay
+        .publish(
+            &format!("doctor:d{last}:notifications"),
+            &critical_lab_result(1),
+        )
+        .await;
+    assert_eq!(
+        (status, &reply["recipients_count"]),
+        (200, &json!(1)),
+        "{reply}"
+    );
+    let got = clients[last].notifications(1).await.unwrap();
+    assert_eq!(got[0].message, critical_lab_result(1));
+}
+
 /// Receipts (stored on the device, acknowledged by a person) are recorded per recipient, over the
 /// WebSocket or over HTTP, and the publisher can read them.
 async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {

@@ -46,6 +46,10 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE_RENEW: Duration = Duration::from_secs(1);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Subscriptions waiting for the pub/sub connection go to Redis as one SUBSCRIBE of up to this many
+/// channels: a reconnect stampede of 10,000 devices costs a few round trips, not 10,000.
+const SUBSCRIBE_BATCH: usize = 1024;
+
 /// Stores, trims, then fans out. KEYS: stream, idempotency key (or the stream again), lease (or the
 /// stream again), trimmed-through key. ARGV: payload, priority, ttl ms ('' for none), max len, max age
 /// ms, live channel, idempotency ttl s, fencing node ('' for none), '1' when an idempotency key is given.
@@ -457,7 +461,27 @@ async fn run_pubsub(
                 }
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if let Err(e) = apply(&mut sink, command, &mut channels, &mut recording).await {
+                    // Subscriptions already waiting behind this one go to Redis in one SUBSCRIBE.
+                    let mut subscribing = Vec::new();
+                    let mut other = None;
+                    let mut next = Some(command);
+                    while let Some(command) = next.take() {
+                        match command {
+                            PubSubCommand::Subscribe(channel, reply) => {
+                                subscribing.push((channel, reply));
+                                if subscribing.len() < SUBSCRIBE_BATCH {
+                                    next = commands.try_recv().ok();
+                                }
+                            }
+                            command => other = Some(command),
+                        }
+                    }
+                    if let Err(e) = subscribe(&mut sink, subscribing, &mut channels).await {
+                        break e;
+                    }
+                    if let Some(command) = other
+                        && let Err(e) = apply(&mut sink, command, &mut channels, &mut recording).await
+                    {
                         break e;
                     }
                 }
@@ -475,6 +499,35 @@ async fn run_pubsub(
     }
 }
 
+/// Subscribes to every waiting channel with one SUBSCRIBE and answers each waiter; an error (the
+/// connection is then replaced) fails them all.
+async fn subscribe(
+    sink: &mut PubSubSink,
+    waiting: Vec<(String, oneshot::Sender<Result<(), BrokerError>>)>,
+    channels: &mut HashSet<String>,
+) -> Result<(), String> {
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = waiting.iter().map(|(name, _)| name.as_str()).collect();
+    let result = match timeout(REDIS_TIMEOUT, sink.subscribe(names)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("Redis did not confirm a subscription in time".to_owned()),
+    };
+    for (channel, reply) in waiting {
+        let answer = match &result {
+            Ok(()) => {
+                channels.insert(channel);
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        };
+        let _ = reply.send(answer);
+    }
+    result
+}
+
 async fn apply(
     sink: &mut PubSubSink,
     command: PubSubCommand,
@@ -483,13 +536,7 @@ async fn apply(
 ) -> Result<(), String> {
     match command {
         PubSubCommand::Subscribe(channel, reply) => {
-            let result = sink.subscribe(&channel).await;
-            let failed = result.as_ref().err().map(|e| e.to_string());
-            if result.is_ok() {
-                channels.insert(channel);
-            }
-            let _ = reply.send(result.map_err(unavailable));
-            failed.map_or(Ok(()), Err)
+            subscribe(sink, vec![(channel, reply)], channels).await
         }
         PubSubCommand::Unsubscribe(channel) => {
             channels.remove(&channel);
@@ -590,15 +637,21 @@ impl Broker for RedisBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let mut conn = self.commands.get();
         let key = stream_key(channel);
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit + 1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        // One round trip, the stream read first: a trim between the two reads can only make the
+        // page report a gap it does not have, never hide one.
+        let (entries, trimmed): (Vec<(String, Vec<(String, Vec<u8>)>)>, Option<String>) =
+            redis::pipe()
+                .cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit + 1)
+                .cmd("GET")
+                .arg(trimmed_key(channel))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
         let more = entries.len() > limit;
         let now = super::now_ms();
         let mut messages = Vec::with_capacity(entries.len().min(limit));
@@ -626,9 +679,7 @@ impl Broker for RedisBroker {
                 messages.push(message);
             }
         }
-        let gap = trimmed_through(&mut conn, channel)
-            .await?
-            .is_some_and(|t| after < t);
+        let gap = parse_cursor(trimmed.as_deref())?.is_some_and(|t| after < t);
         Ok(HistoryPage {
             messages,
             gap,
@@ -638,20 +689,22 @@ impl Broker for RedisBroker {
 
     async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
         let mut conn = self.commands.get();
-        let newest: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
-            .arg(stream_key(channel))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let newest: Option<Cursor> = newest
-            .first()
-            .map(|(id, _)| id.parse().map_err(|e| BrokerError::Storage(format!("{e}"))))
-            .transpose()?;
-        Ok(newest.max(trimmed_through(&mut conn, channel).await?))
+        // One round trip: the newest entry still in the stream and the newest one trimmed away.
+        let (newest, trimmed): (Vec<(String, Vec<(String, Vec<u8>)>)>, Option<String>) =
+            redis::pipe()
+                .cmd("XREVRANGE")
+                .arg(stream_key(channel))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("GET")
+                .arg(trimmed_key(channel))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        let newest = parse_cursor(newest.first().map(|(id, _)| id.as_str()))?;
+        Ok(newest.max(parse_cursor(trimmed.as_deref())?))
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
@@ -747,13 +800,13 @@ impl Broker for RedisBroker {
 }
 
 /// The newest id trimmed from a channel's stream, if any was.
-async fn trimmed_through(
-    conn: &mut TimedConnection,
-    channel: &Channel,
-) -> Result<Option<Cursor>, BrokerError> {
-    let text: Option<String> = conn.get(trimmed_key(channel)).await.map_err(unavailable)?;
-    text.map(|t| t.parse().map_err(|e| BrokerError::Storage(format!("{e}"))))
-        .transpose()
+/// A stream id Redis gave back, if any.
+fn parse_cursor(id: Option<&str>) -> Result<Option<Cursor>, BrokerError> {
+    id.map(|id| {
+        id.parse()
+            .map_err(|e| BrokerError::Storage(format!("{id}: {e}")))
+    })
+    .transpose()
 }
 
 #[cfg(test)]
