@@ -54,6 +54,8 @@ struct Recorded {
     unicast_received: u64,
     unicast_first_us: u64,
     unicast_last_us: u64,
+    /// Subscriptions the relay answered with "broker unavailable, retry" and that were sent again.
+    subscribe_retries: u64,
 }
 
 fn token(secret: &str, sub: &str) -> String {
@@ -166,6 +168,14 @@ where
                     recorded.unicast_last_us = received;
                 }
             }
+            // What the receiver does too: a subscription the relay could not place now is asked
+            // for again after a pause (counted and reported).
+            Some("error") if frame["code"] == 50301 && frame["channel"].is_string() => {
+                recorded.lock().unwrap().subscribe_retries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let again = json!({"op": "subscribe", "channels": [{"channel": frame["channel"]}]});
+                ws.send(Message::Text(again.to_string().into())).await?;
+            }
             Some("error") => bail!("relay error: {text}"),
             _ => {}
         }
@@ -237,6 +247,7 @@ async fn connect(args: &[String]) -> anyhow::Result<()> {
                 "unicast_received": recorded.unicast_received,
                 "unicast_first_us": recorded.unicast_first_us,
                 "unicast_last_us": recorded.unicast_last_us,
+                "subscribe_retries": recorded.subscribe_retries,
                 "failures": failures.lock().unwrap().len(),
             })
         };

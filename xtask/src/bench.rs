@@ -307,10 +307,14 @@ fn publish(transport: &Transport, address: &str, token: &str, body: &Value) -> R
 struct Measurement {
     rss_before: u64,
     rss_after: u64,
-    /// The median of [`MEMORY_SAMPLES`] relays' (see `memory_samples`).
+    /// The median of [`SAMPLES`] relays' (see `memory_samples`).
     per_connection_kib: f64,
     /// Per idle connection, from each relay started, sorted.
     memory_samples: Vec<f64>,
+    /// CPU per broadcast, from each relay started, sorted.
+    cpu_samples: Vec<f64>,
+    /// Subscriptions answered "broker unavailable" and asked for again by the load generators.
+    subscribe_retries: u64,
     open_s: f64,
     cpu_broadcast_ms: f64,
     phase_s: f64,
@@ -337,34 +341,41 @@ impl Measurement {
     }
 }
 
-/// Relays started per transport to measure idle memory: one relay's figure moves by up to 1 KiB
-/// per connection from run to run (where the allocator's arenas land), so the table gives the
-/// median and every sample.
-const MEMORY_SAMPLES: usize = 3;
+/// Relays started per transport. One relay's figures move from run to run (idle memory by up to
+/// 2 KiB per connection, where the allocator's arenas land; CPU per broadcast by up to 20 % on this
+/// shared machine), so the table gives medians and every sample.
+const SAMPLES: usize = 5;
 
-/// [`measure`] once in full, and [`MEMORY_SAMPLES`] − 1 more times for idle memory alone.
-fn measure_sampled(
+/// Both transports, [`SAMPLES`] relays each, plain and TLS alternating so that a slow stretch of
+/// the machine weighs on both: the first run of each does every phase, the others idle memory and
+/// broadcast CPU, whose medians replace the first run's.
+fn measure_alternating(
     release: &Path,
     work: &Path,
-    transport: &Transport,
+    transports: [&Transport; 2],
     scale: &Scale,
-) -> Result<Measurement, String> {
-    let mut full = measure(release, &work.join("run-0"), transport, scale, false)?;
-    let mut samples = vec![full.per_connection_kib];
-    for k in 1..MEMORY_SAMPLES {
-        let run = measure(
-            release,
-            &work.join(format!("run-{k}")),
-            transport,
-            scale,
-            true,
-        )?;
-        samples.push(run.per_connection_kib);
+) -> Result<[Measurement; 2], String> {
+    let mut runs: [Vec<Measurement>; 2] = [Vec::new(), Vec::new()];
+    for k in 0..SAMPLES {
+        for (transport, runs) in transports.iter().zip(runs.iter_mut()) {
+            let dir = work.join(transport.name()).join(format!("run-{k}"));
+            runs.push(measure(release, &dir, transport, scale, k == 0)?);
+        }
     }
-    samples.sort_by(f64::total_cmp);
-    full.per_connection_kib = samples[samples.len() / 2];
-    full.memory_samples = samples;
-    Ok(full)
+    Ok(runs.map(|runs| {
+        let mut memory: Vec<f64> = runs.iter().map(|r| r.per_connection_kib).collect();
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_broadcast_ms).collect();
+        let subscribe_retries = runs.iter().map(|r| r.subscribe_retries).sum();
+        memory.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        let mut full = runs.into_iter().next().expect("SAMPLES > 0");
+        full.per_connection_kib = memory[memory.len() / 2];
+        full.cpu_broadcast_ms = cpu[cpu.len() / 2];
+        full.memory_samples = memory;
+        full.cpu_samples = cpu;
+        full.subscribe_retries = subscribe_retries;
+        full
+    }))
 }
 
 /// The scale of a run.
@@ -391,11 +402,10 @@ fn relay() -> Result<(), String> {
     let release = build_release()?;
     let work = std::env::temp_dir().join(format!("wardline-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let plain = measure_sampled(&release, &work.join("plain"), &Transport::Plain, &scale)?;
-    let tls_dir = work.join("tls");
-    std::fs::create_dir_all(&tls_dir).map_err(|e| e.to_string())?;
-    let tls = Transport::Tls(make_certificate(&tls_dir)?);
-    let tls = measure_sampled(&release, &tls_dir, &tls, &scale)?;
+    let certificate_dir = work.join("certificate");
+    std::fs::create_dir_all(&certificate_dir).map_err(|e| e.to_string())?;
+    let tls = Transport::Tls(make_certificate(&certificate_dir)?);
+    let [plain, tls] = measure_alternating(&release, &work, [&Transport::Plain, &tls], &scale)?;
 
     let met = |ok: bool| if ok { "met" } else { "**not met**" };
     let kernel = String::from_utf8_lossy(
@@ -420,10 +430,10 @@ fn relay() -> Result<(), String> {
     let expected = connections * broadcasts;
     let tls_extra_kib = tls.per_connection_kib - plain.per_connection_kib;
     let tls_cpu_ratio = tls.cpu_broadcast_ms / plain.cpu_broadcast_ms;
-    let samples = |m: &Measurement| {
-        m.memory_samples
+    let samples = |values: &[f64]| {
+        values
             .iter()
-            .map(|kib| format!("{kib:.2}"))
+            .map(|value| format!("{value:.2}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -450,25 +460,27 @@ fn relay() -> Result<(), String> {
          Redis (one node, recorder on), {connections} `wardline.v1` connections from {processes} load \
          generator processes (sources 127.0.0.2–{last_ip}), each subscribed to its own doctor channel and \
          `system:alerts`. The load generators, Redis and the relay share the same cores, so latencies \
-         are upper bounds. Heartbeats were set to 1 h during the run. For each transport a fresh relay and Redis \
-         per run: one run of every phase, and {} more for idle memory alone. Plain (`ws://`, `http://`) and TLS (`wss://`, `https://`; `--tls-cert`/`--tls-key` \
+         are upper bounds. Heartbeats were set to 1 h during the run. For each transport {SAMPLES} runs, each on a fresh relay and Redis, \
+         plain and TLS alternating: the first of each runs every phase, the others open the connections and broadcast (idle memory and CPU \
+         per broadcast are the medians of all {SAMPLES}). Plain (`ws://`, `http://`) and TLS (`wss://`, `https://`; `--tls-cert`/`--tls-key` \
          with an ECDSA P-256 certificate from a private CA made for the run, TLS 1.3). Broadcasts are \
          published with `curl` in both runs, so the TLS run's CPU includes the publisher's handshakes.\n\n\
          | measure | plain | TLS | target | |\n|---|---|---|---|---|\n\
-         | idle memory per WebSocket connection ({connections} connections; median of {MEMORY_SAMPLES} relays) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
+         | idle memory per WebSocket connection ({connections} connections; median of {SAMPLES} relays) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
          | TLS − plain, per idle connection | | {tls_extra_kib:+.2} KiB | ≤ 1 KiB | {} |\n\
-         | relay CPU time per broadcast to {connections} connections | {:.1} ms | {:.1} ms | ≤ 100 ms (plain) | {} |\n\
+         | relay CPU time per broadcast to {connections} connections (median of {SAMPLES} relays) | {:.1} ms | {:.1} ms | ≤ 100 ms (plain) | {} |\n\
          | TLS ÷ plain, CPU per broadcast | | {tls_cpu_ratio:.3} | ≤ 1.10 | {} |\n\
-         | broadcast delivery latency p50 / p99 / max | {} | {} | p99 ≤ 120 ms | {} / {} |\n\
+         | broadcast delivery latency p50 / p99 / max (the run of every phase) | {} | {} | p99 ≤ 120 ms | {} / {} |\n\
          | unicast end-to-end throughput (plain PUBLISH → recorded → delivered, 50 publishers) | {} | {} | | |\n\
          | `redis-benchmark -c 50` PUBLISH, same run | {:.0} msg/s | {:.0} msg/s | | |\n\
          | unicast throughput ÷ redis-benchmark PUBLISH | {:.2} | {:.2} | ≥ 0.8 | {} / {} |\n\n\
-         Idle memory per connection, each relay: plain {}; TLS {} KiB.\n\n\
+         Each relay: idle memory per connection plain {}, TLS {} KiB; CPU per broadcast plain {}, TLS {} ms.\n\n\
          Details, plain: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
          broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
          Details, TLS: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
-         broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n",
-        MEMORY_SAMPLES - 1,
+         broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
+         Subscriptions the relay answered \"broker unavailable\" (50301) and the load generators asked for again \
+         a second later, over all runs: plain {}, TLS {}.\n",
         plain.per_connection_kib,
         tls.per_connection_kib,
         met(plain.per_connection_kib <= 6.0),
@@ -489,8 +501,10 @@ fn relay() -> Result<(), String> {
         tls.ratio(),
         met(plain.ratio() >= 0.8),
         met(tls.ratio() >= 0.8),
-        samples(&plain),
-        samples(&tls),
+        samples(&plain.memory_samples),
+        samples(&tls.memory_samples),
+        samples(&plain.cpu_samples),
+        samples(&tls.cpu_samples),
         plain.rss_before,
         plain.rss_after,
         plain.open_s,
@@ -501,6 +515,8 @@ fn relay() -> Result<(), String> {
         tls.open_s,
         tls.phase_s,
         tls.publish_line,
+        plain.subscribe_retries,
+        tls.subscribe_retries,
         last_ip = 2 + processes * 40 - 1,
     );
     let out = workspace_root().join("bench/results/relay.md");
@@ -512,14 +528,14 @@ fn relay() -> Result<(), String> {
     Ok(())
 }
 
-/// One run: a fresh Redis and relay over `transport`, the three phases (or idle memory alone),
+/// One run: a fresh Redis and relay over `transport`, the three phases (or the first two),
 /// everything stopped at the end.
 fn measure(
     release: &Path,
     work: &Path,
     transport: &Transport,
     scale: &Scale,
-    memory_only: bool,
+    all_phases: bool,
 ) -> Result<Measurement, String> {
     let &Scale {
         connections,
@@ -663,16 +679,6 @@ fn measure(
     eprintln!(
         "bench: {connections} connections in {open_s:.1} s, {per_connection_kib:.2} KiB each"
     );
-    if memory_only {
-        return Ok(Measurement {
-            rss_before,
-            rss_after,
-            per_connection_kib,
-            open_s,
-            ..Measurement::default()
-        });
-    }
-
     let cpu_before = cpu_ms(relay_pid, ticks_per_s)?;
     let phase = Instant::now();
     for n in 0..broadcasts {
@@ -690,8 +696,10 @@ fn measure(
         cpu_ms(relay_pid, ticks_per_s)?.saturating_sub(cpu_before) as f64 / broadcasts as f64;
     let phase_s = phase.elapsed().as_secs_f64();
     let mut latencies = Vec::new();
+    let mut subscribe_retries = 0;
     for (k, loadgen) in loadgens.iter_mut().enumerate() {
         let report = loadgen.report(&work.join(format!("broadcast-{k}.json")))?;
+        subscribe_retries += report["subscribe_retries"].as_u64().unwrap_or(0);
         latencies.extend(
             report["broadcast_latencies_us"]
                 .as_array()
@@ -706,6 +714,19 @@ fn measure(
         latencies.len(),
         connections * broadcasts
     );
+    if !all_phases {
+        return Ok(Measurement {
+            rss_before,
+            rss_after,
+            per_connection_kib,
+            open_s,
+            cpu_broadcast_ms,
+            phase_s,
+            latencies,
+            subscribe_retries,
+            ..Measurement::default()
+        });
+    }
 
     // Raw Redis PUBLISH, as redis-benchmark measures it, with a payload of the same size.
     let sample =
@@ -777,6 +798,8 @@ fn measure(
         rss_after,
         per_connection_kib,
         memory_samples: Vec::new(),
+        cpu_samples: Vec::new(),
+        subscribe_retries,
         open_s,
         cpu_broadcast_ms,
         phase_s,
