@@ -54,7 +54,7 @@ struct Recorded {
     unicast_received: u64,
     unicast_first_us: u64,
     unicast_last_us: u64,
-    /// Subscriptions the relay answered with "broker unavailable, retry" and that were sent again.
+    /// Connections made again after the relay answered a subscription "broker unavailable".
     subscribe_retries: u64,
 }
 
@@ -87,6 +87,11 @@ fn tls_connector(path: &str) -> anyhow::Result<tokio_rustls::TlsConnector> {
     Ok(tokio_rustls::TlsConnector::from(config))
 }
 
+/// The relay answered a subscription "broker unavailable" and closed with "try again later".
+struct TryAgain;
+
+/// One device: connects, subscribes and records, connecting again a second after a "try again
+/// later" (as the receiver does; counted), at most five times.
 async fn one_connection(
     connection: Connection,
     user: String,
@@ -94,6 +99,21 @@ async fn one_connection(
     recorded: Arc<Mutex<Recorded>>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let TryAgain = connect_once(&connection, &user, &secret, &recorded, &ready).await?;
+        recorded.lock().unwrap().subscribe_retries += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("the relay said 'try again later' five times")
+}
+
+async fn connect_once(
+    connection: &Connection,
+    user: &str,
+    secret: &str,
+    recorded: &Arc<Mutex<Recorded>>,
+    ready: &tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<TryAgain> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((connection.source, 0)))?;
     let stream = socket.connect(connection.relay).await?;
@@ -105,32 +125,33 @@ async fn one_connection(
     };
     let mut request = format!(
         "{scheme}://localhost:{port}/ws/{user}?token={}",
-        token(&secret, &user)
+        token(secret, user)
     )
     .into_client_request()?;
     request
         .headers_mut()
         .insert("sec-websocket-protocol", "wardline.v1".parse()?);
-    match connection.tls {
+    match &connection.tls {
         Some(tls) => {
             let stream = tls.connect("localhost".try_into()?, stream).await?;
             let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
-            receive(ws, &user, recorded, ready).await
+            receive(ws, user, recorded, ready).await
         }
         None => {
             let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
-            receive(ws, &user, recorded, ready).await
+            receive(ws, user, recorded, ready).await
         }
     }
 }
 
-/// Subscribes, reports ready once both channels resumed, then records what arrives.
+/// Subscribes, reports ready once both channels resumed, then records what arrives; returns when
+/// the relay could not place a subscription now.
 async fn receive<S>(
     mut ws: tokio_tungstenite::WebSocketStream<S>,
     user: &str,
-    recorded: Arc<Mutex<Recorded>>,
-    ready: tokio::sync::mpsc::Sender<()>,
-) -> anyhow::Result<()>
+    recorded: &Mutex<Recorded>,
+    ready: &tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<TryAgain>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -168,14 +189,7 @@ where
                     recorded.unicast_last_us = received;
                 }
             }
-            // What the receiver does too: a subscription the relay could not place now is asked
-            // for again after a pause (counted and reported).
-            Some("error") if frame["code"] == 50301 && frame["channel"].is_string() => {
-                recorded.lock().unwrap().subscribe_retries += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let again = json!({"op": "subscribe", "channels": [{"channel": frame["channel"]}]});
-                ws.send(Message::Text(again.to_string().into())).await?;
-            }
+            Some("error") if frame["code"] == 50301 => return Ok(TryAgain),
             Some("error") => bail!("relay error: {text}"),
             _ => {}
         }

@@ -313,7 +313,7 @@ struct Measurement {
     memory_samples: Vec<f64>,
     /// CPU per broadcast, from each relay started, sorted.
     cpu_samples: Vec<f64>,
-    /// Subscriptions answered "broker unavailable" and asked for again by the load generators.
+    /// Connections made again after a subscription was answered "broker unavailable".
     subscribe_retries: u64,
     open_s: f64,
     cpu_broadcast_ms: f64,
@@ -479,8 +479,8 @@ fn relay() -> Result<(), String> {
          broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
          Details, TLS: relay RSS {} KiB after warm-up, {} KiB with the connections open (opened in {:.1} s); \
          broadcast phase {broadcasts} publishes 500 ms apart over {:.1} s; publisher: `{}`.\n\n\
-         Subscriptions the relay answered \"broker unavailable\" (50301) and the load generators asked for again \
-         a second later, over all runs: plain {}, TLS {}.\n",
+         Connections the load generators made again a second after the relay answered a subscription \"broker unavailable\" \
+         (50301) and closed with 1013, as the receiver does, over all runs: plain {}, TLS {}.\n",
         plain.per_connection_kib,
         tls.per_connection_kib,
         met(plain.per_connection_kib <= 6.0),
