@@ -188,6 +188,34 @@ impl<'de> Deserialize<'de> for Channel {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever a client or a plain PUBLISH names, a channel that parses is one of the four
+        /// patterns and holds nothing that could break a log line, a Redis key or an SSE id
+        /// (`;`, `=`, `,`, whitespace, control characters).
+        #[test]
+        fn any_name_parses_to_a_known_pattern_or_is_refused(name in "\\PC{0,40}|(doctor|patient|appointment|system):[!-~]{0,12}:(notifications|updates|alerts)") {
+            if let Ok(channel) = Channel::parse(&name) {
+                proptest::prop_assert_eq!(channel.as_str(), name.as_str());
+                proptest::prop_assert!(
+                    name.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b)),
+                    "{:?}", name
+                );
+                let kind_is_known = matches!(
+                    channel.kind(),
+                    ChannelKind::Doctor(_) | ChannelKind::Patient(_) | ChannelKind::Appointment(_) | ChannelKind::SystemAlerts
+                );
+                proptest::prop_assert!(kind_is_known);
+            }
+        }
+
+        #[test]
+        fn every_valid_id_makes_channels(id in "[A-Za-z0-9._-]{1,128}") {
+            for name in [format!("doctor:{id}:notifications"), format!("patient:{id}:notifications"), format!("appointment:{id}:updates")] {
+                proptest::prop_assert_eq!(Channel::parse(&name).map(|c| c.as_str().to_owned()), Ok(name.clone()));
+            }
+        }
+    }
+
     #[test]
     fn seed_channel_names_parse_into_their_kinds() {
         let doctor = Channel::parse("doctor:abc123:notifications").unwrap();

@@ -20,12 +20,19 @@ pub struct Cursor {
 
 /// A cursor that is not `<ms>-<seq>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid cursor {0:?}: expected <milliseconds>-<sequence>, e.g. 1732370000000-0")]
+#[error(
+    "invalid cursor {0:?}: expected <milliseconds>-<sequence>, each at most {max}, e.g. 1732370000000-0",
+    max = Cursor::MAX_PART
+)]
 pub struct CursorError(pub String);
 
 impl Cursor {
     /// The position before every message.
     pub const ZERO: Cursor = Cursor { ms: 0, seq: 0 };
+
+    /// The largest milliseconds or sequence a cursor may carry: what SQLite's integers (the
+    /// embedded broker) hold. Redis never makes larger ids from real clocks.
+    pub const MAX_PART: u64 = i64::MAX as u64;
 
     /// Builds a cursor.
     pub fn new(ms: u64, seq: u64) -> Cursor {
@@ -57,9 +64,15 @@ impl FromStr for Cursor {
         if !digits(ms) || !digits(seq) {
             return Err(bad());
         }
+        let part = |s: &str| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|n| *n <= Cursor::MAX_PART)
+                .ok_or_else(bad)
+        };
         Ok(Cursor {
-            ms: ms.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
+            ms: part(ms)?,
+            seq: part(seq)?,
         })
     }
 }
@@ -93,6 +106,8 @@ mod tests {
         assert_eq!(cursor, Cursor::new(1_732_370_000_000, 7));
         assert_eq!(cursor.to_string(), "1732370000000-7");
         assert_eq!("0".parse::<Cursor>().unwrap(), Cursor::ZERO);
+        let largest = "9223372036854775807-9223372036854775807";
+        assert_eq!(largest.parse::<Cursor>().unwrap().to_string(), largest);
     }
 
     #[test]
@@ -106,8 +121,33 @@ mod tests {
             "1-2-3",
             "1.5-0",
             "99999999999999999999-0",
+            "9223372036854775808-0",
+            "0-9223372036854775808",
         ] {
             assert!(text.parse::<Cursor>().is_err(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_cursor_prints_and_parses_back(ms in 0..=Cursor::MAX_PART, seq in 0..=Cursor::MAX_PART) {
+            let cursor = Cursor::new(ms, seq);
+            proptest::prop_assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+        }
+
+        #[test]
+        fn any_text_parses_to_a_cursor_a_broker_can_hold_or_to_an_error(text in "\\PC{0,45}|[0-9]{1,20}(-[0-9]{1,20})?") {
+            if let Ok(cursor) = text.parse::<Cursor>() {
+                proptest::prop_assert!(cursor.ms <= Cursor::MAX_PART && cursor.seq <= Cursor::MAX_PART);
+                proptest::prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+            }
+        }
+
+        #[test]
+        fn order_is_time_then_sequence(a in (0..10u64, 0..10u64), b in (0..10u64, 0..10u64)) {
+            let (x, y) = (Cursor::new(a.0, a.1), Cursor::new(b.0, b.1));
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert!(x < x.next());
         }
     }
 

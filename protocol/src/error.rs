@@ -35,8 +35,12 @@ pub enum ErrorCode {
     OriginForbidden,
     /// Nothing is at that path.
     NotFound,
+    /// An `idempotency_key` already used for a different notification.
+    IdempotencyConflict,
     /// A frame or body larger than the limit.
     TooLarge,
+    /// The client did not read notifications as fast as they came: resume from the last id.
+    SlowConsumer,
     /// Too many connections from one address.
     RateLimited,
     /// Too many frames on one connection.
@@ -66,6 +70,8 @@ impl ErrorCode {
             ErrorCode::RoleForbidden => 40303,
             ErrorCode::OriginForbidden => 40304,
             ErrorCode::NotFound => 40401,
+            ErrorCode::IdempotencyConflict => 40901,
+            ErrorCode::SlowConsumer => 40801,
             ErrorCode::TooLarge => 41301,
             ErrorCode::RateLimited => 42901,
             ErrorCode::Flood => 42902,
@@ -81,7 +87,7 @@ impl ErrorCode {
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
@@ -95,6 +101,8 @@ impl ErrorCode {
         ErrorCode::RoleForbidden,
         ErrorCode::OriginForbidden,
         ErrorCode::NotFound,
+        ErrorCode::SlowConsumer,
+        ErrorCode::IdempotencyConflict,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Flood,

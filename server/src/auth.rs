@@ -59,6 +59,7 @@ pub struct Authenticator {
     validation: Validation,
     public_keys: PublicKeys,
     role_claim: String,
+    leeway_s: u64,
 }
 
 /// Seconds since the Unix epoch.
@@ -76,7 +77,8 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         // An expired token is refused at once: clinicians' devices renew tokens, and a grace period
         // would be a window in which a revoked session still reads patient data.
-        validation.leeway = 0;
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &config.issuer {
             Some(issuer) => validation.set_issuer(&[issuer]),
@@ -92,6 +94,7 @@ impl Authenticator {
             validation,
             public_keys: PublicKeys::new(config.public_key.as_deref(), config.jwks_url.as_deref())?,
             role_claim: config.role_claim.clone(),
+            leeway_s: config.leeway.as_secs(),
         })
     }
 
@@ -118,6 +121,9 @@ impl Authenticator {
         };
         let data = decoded.map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::Invalid(
+                "the token is not valid yet (its `nbf` lies in the future)".into(),
+            ),
             ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
             _ => AuthError::Invalid(e.to_string()),
         })?;
@@ -140,10 +146,30 @@ impl Authenticator {
                     self.role_claim
                 ))
             })?;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .unwrap_or_default();
+        // Checked here as well, whatever the JWT library made of them: fractions are allowed
+        // (RFC 7519's NumericDate) and read as whole seconds, never as 0.
+        let now = unix_now();
+        let exp = time_claim(&claims, "exp")?
+            .ok_or_else(|| AuthError::Invalid("`exp` is required".into()))?;
+        if exp.saturating_add(self.leeway_s) <= now {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = time_claim(&claims, "nbf")?
+            && nbf > now.saturating_add(self.leeway_s)
+        {
+            return Err(AuthError::Invalid(format!(
+                "the token is not valid yet: `nbf` is {nbf}, {}s from now",
+                nbf - now
+            )));
+        }
+        if let Some(iat) = time_claim(&claims, "iat")?
+            && iat > now.saturating_add(self.leeway_s)
+        {
+            return Err(AuthError::Invalid(format!(
+                "the token was issued in the future: `iat` is {iat}, {}s from now",
+                iat - now
+            )));
+        }
         let channels = match claims.get("channels") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(names)) => names
@@ -267,6 +293,25 @@ impl Claims {
     }
 }
 
+/// A time claim (RFC 7519's NumericDate: seconds since 1970, fractions allowed) in whole seconds;
+/// `None` when absent.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let seconds = match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && (0.0..1e15).contains(f))
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    };
+    seconds.map(Some).ok_or_else(|| {
+        AuthError::Invalid(format!("`{name}` must be seconds since 1970, not {value}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +325,7 @@ mod tests {
             role_claim: "role".into(),
             public_key: None,
             jwks_url: None,
+            leeway: Duration::ZERO,
         }
     }
 
@@ -361,6 +407,56 @@ mod tests {
             auth.verify(none).await,
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn every_time_claim_is_checked_with_the_leeway() {
+        let secret = b"unit-test-secret-0123456789";
+        let now = unix_now();
+        let token = |extra: Value| {
+            let mut claims = serde_json::json!({"sub": "d1", "role": "doctor", "exp": now + 60});
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            sign(claims, secret)
+        };
+        let strict = Authenticator::new(&config()).unwrap();
+        let lenient = Authenticator::new(&JwtConfig {
+            leeway: Duration::from_secs(30),
+            ..config()
+        })
+        .unwrap();
+        let soon = serde_json::json!({"nbf": now + 20});
+        assert!(
+            matches!(strict.verify(&token(soon.clone())).await, Err(AuthError::Invalid(m)) if m.contains("nbf"))
+        );
+        assert!(lenient.verify(&token(soon)).await.is_ok());
+        let issued_later = serde_json::json!({"iat": now + 20});
+        assert!(
+            matches!(strict.verify(&token(issued_later.clone())).await, Err(AuthError::Invalid(m)) if m.contains("iat"))
+        );
+        assert!(lenient.verify(&token(issued_later)).await.is_ok());
+        let just_expired = serde_json::json!({"exp": now - 5});
+        assert_eq!(
+            strict.verify(&token(just_expired.clone())).await,
+            Err(AuthError::Expired)
+        );
+        assert!(lenient.verify(&token(just_expired)).await.is_ok());
+        let fractional = serde_json::json!({"exp": (now + 60) as f64 + 0.75});
+        assert_eq!(
+            strict.verify(&token(fractional)).await.unwrap().exp,
+            now + 60
+        );
+        for bad in [
+            serde_json::json!({"nbf": "later"}),
+            serde_json::json!({"iat": -1}),
+        ] {
+            assert!(matches!(
+                strict.verify(&token(bad)).await,
+                Err(AuthError::Invalid(_))
+            ));
+        }
     }
 
     #[tokio::test]

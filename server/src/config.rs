@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// Name of the claim that holds the role (default `role`).
     #[arg(long, env = "WARDLINE_JWT_ROLE_CLAIM")]
     pub jwt_role_claim: Option<String>,
+    /// Clock difference allowed when checking a token's `exp`, `nbf` and `iat` (default 0s: an
+    /// expired token is refused at once; give e.g. 30s when the identity provider's clock may run
+    /// ahead of the relay's).
+    #[arg(long, env = "WARDLINE_JWT_LEEWAY", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Option<Duration>,
     /// How long history is kept (default 7d).
     #[arg(long, env = "WARDLINE_HISTORY_MAX_AGE", value_parser = humantime::parse_duration)]
     pub history_max_age: Option<Duration>,
@@ -136,6 +141,8 @@ struct FileConfig {
     jwt_jwks_url: Option<String>,
     jwt_public_key: Option<PathBuf>,
     #[serde(default, with = "humantime_opt")]
+    jwt_leeway: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
     history_max_age: Option<Duration>,
     history_max_len: Option<u64>,
     queue_capacity: Option<usize>,
@@ -179,6 +186,8 @@ pub struct JwtConfig {
     pub public_key: Option<PathBuf>,
     /// The identity provider's JWKS URL.
     pub jwks_url: Option<String>,
+    /// Clock difference allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
 }
 
 /// Everything the relay needs to run, resolved.
@@ -348,6 +357,7 @@ impl Config {
                     .unwrap_or_else(|| "role".into()),
                 public_key: args.jwt_public_key.or(file.jwt_public_key),
                 jwks_url: args.jwt_jwks_url.or(file.jwt_jwks_url),
+                leeway: args.jwt_leeway.or(file.jwt_leeway).unwrap_or_default(),
             },
             data_dir,
             history_max_age: args
@@ -400,6 +410,7 @@ impl Config {
 
 /// Reads the secret generated on a first run, or generates it now (mode 0600).
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    crate::data_dir::make_private(data_dir)?;
     let path = data_dir.join("jwt-secret");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -415,8 +426,6 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let bytes: [u8; 32] = rand::random();
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
@@ -526,6 +535,6 @@ mod tests {
         assert!(
             file.tls_cert.is_some() && file.jwt_jwks_url.is_some() && file.log_format.is_some()
         );
-        assert_eq!(seen.len(), 26, "every setting, once: {seen:?}");
+        assert_eq!(seen.len(), 27, "every setting, once: {seen:?}");
     }
 }

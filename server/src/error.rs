@@ -136,9 +136,9 @@ pub async fn funnel(
     state.metrics().count_error(error.code);
     let code = error.code.code();
     if status.is_server_error() {
-        tracing::warn!(code, status = status.as_u16(), %method, %path, message = %error.message, "request failed");
+        tracing::warn!(code, status = status.as_u16(), %method, %path, message = ?error.message, "request failed");
     } else {
-        tracing::info!(code, status = status.as_u16(), %method, %path, message = %error.message, "request refused");
+        tracing::info!(code, status = status.as_u16(), %method, %path, message = ?error.message, "request refused");
     }
     response
 }

@@ -154,7 +154,7 @@ impl Jwks {
                     keys.insert(kid, key);
                 }
                 // Keys for encryption, or of kinds not supported, are left out.
-                Err(e) => tracing::debug!(%kid, error = %e, "key of the set not used"),
+                Err(e) => tracing::debug!(kid = ?kid, error = %e, "key of the set not used"),
             }
         }
         Ok(keys)

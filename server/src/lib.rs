@@ -18,6 +18,7 @@
 //! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`origins`]: CORS, and which browser origins may use the relay;
 //! - [`client_addr`]: the client's address through trusted proxies;
+//! - [`data_dir`]: the relay's private directory (the secret, the embedded history);
 //! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
 //!
 //! [`Relay::build`] connects the broker; [`Relay::serve`] takes a bound listener and a shutdown
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod broker;
 pub mod client_addr;
 pub mod config;
+pub mod data_dir;
 pub mod delivery;
 pub mod error;
 pub mod http;

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub rate_limited_total: AtomicU64,
     /// Resumes that found a gap.
     pub gaps_total: AtomicU64,
+    /// Resumes from a cursor beyond the channel's end, started from the end instead.
+    pub future_cursors_total: AtomicU64,
     /// TLS handshakes that failed or timed out (a device that does not trust the certificate).
     pub tls_handshake_failures_total: AtomicU64,
     /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
@@ -275,6 +277,11 @@ impl Metrics {
                 &self.gaps_total,
             ),
             (
+                "wardline_future_cursors_total",
+                "Resumes from a cursor beyond anything the channel held, started from its end (and reported as a gap).",
+                &self.future_cursors_total,
+            ),
+            (
                 "wardline_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
                 &self.tls_handshake_failures_total,
@@ -353,11 +360,11 @@ impl Drop for ConnectionGuard {
         let seconds = self.opened.elapsed().as_secs_f64();
         match self.close_code {
             Some(code) => tracing::info!(
-                user = %self.user, transport = self.transport.as_str(), code,
+                user = ?self.user, transport = self.transport.as_str(), code,
                 seconds = format!("{seconds:.1}"), "connection closed by the relay"
             ),
             None => tracing::info!(
-                user = %self.user, transport = self.transport.as_str(),
+                user = ?self.user, transport = self.transport.as_str(),
                 seconds = format!("{seconds:.1}"), "connection closed by the client"
             ),
         }

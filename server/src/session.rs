@@ -157,22 +157,24 @@ impl Session {
         let Some(since) = since else {
             return self.subscribe_from_end(channel).await;
         };
-        let start = since.parse()?;
+        let mut start: Cursor = since.parse()?;
+        let earlier = self.position(&channel);
         self.join(&channel).await?;
         let position = self.position_mut(&channel);
         *position = (*position).max(start);
         let mut replay = Vec::new();
         let mut gap = false;
         let mut after = start;
-        loop {
+        let end = loop {
             let page = self
                 .hub
                 .broker()
                 .history(&channel, after, REPLAY_PAGE)
                 .await?;
             gap |= page.gap;
-            if let Some(last) = page.messages.last() {
-                after = last.id;
+            // Expired notifications are left out of a page but still move it on.
+            if let Some(through) = page.through {
+                after = through;
             }
             replay.extend(
                 page.messages
@@ -180,8 +182,22 @@ impl Session {
                     .map(|m| Arc::new(Delivery::new(m))),
             );
             if !page.more {
-                break;
+                break page.end.unwrap_or_default();
             }
+        };
+        if start > end {
+            // A cursor beyond anything this channel ever held (Redis lost its data, or a client
+            // made it up). Taken as it is, every live message at or below it would be skipped
+            // silently; it starts from the channel's end instead, and the client is told that it
+            // may have missed something.
+            self.hub
+                .metrics()
+                .future_cursors_total
+                .fetch_add(1, Relaxed);
+            *self.position_mut(&channel) = earlier.unwrap_or_default().max(end);
+            start = end;
+            after = end;
+            gap = true;
         }
         let position = self.position_mut(&channel);
         *position = (*position).max(after);

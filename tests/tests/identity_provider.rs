@@ -212,7 +212,7 @@ async fn a_connection_given_a_new_token_outlives_the_first_tokens_expiry() {
         .find(|l| l.contains("connection closed by the relay"))
         .unwrap_or_else(|| panic!("no access-log line: {log}"));
     assert!(
-        line.contains("user=d1") && line.contains("ws_v1") && line.contains("code=4001"),
+        line.contains("user=\"d1\"") && line.contains("ws_v1") && line.contains("code=4001"),
         "{line}"
     );
     assert!(!log.contains(&short), "a token in the log");

@@ -85,6 +85,11 @@ async fn bad_frames_get_clear_errors(kind: BrokerKind) -> anyhow::Result<()> {
         )),
         "{frames:?}"
     );
+    assert_eq!(
+        relay.metric("wardline_flood_closes_total").await,
+        Some(1.0),
+        "the flood close is counted"
+    );
     relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     assert_eq!(
         bystander.notifications(1).await?[0].message,

@@ -157,8 +157,10 @@ impl EmbeddedBroker {
         retention: Retention,
         live: LiveSender,
     ) -> Result<EmbeddedBroker, BrokerError> {
-        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        crate::data_dir::make_private(data_dir).map_err(|e| storage(format!("{e:#}")))?;
         let path = data_dir.join("history.sqlite3");
+        crate::data_dir::create_private_file(&path)
+            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
         let mut conn =
             Connection::open(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
         // FULL: a publish answered "published" must survive a power cut, not only a crash.
@@ -311,14 +313,22 @@ impl Broker for EmbeddedBroker {
                 let existing = store
                     .conn
                     .query_row(
-                        "SELECT ms, seq FROM messages WHERE channel = ?1 AND idempotency_key = ?2",
+                        "SELECT ms, seq, priority, ttl_ms, payload FROM messages
+                         WHERE channel = ?1 AND idempotency_key = ?2",
                         params![publish.channel.as_str(), key],
-                        |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)),
+                        |row| {
+                            let same = row.get::<_, String>(2)? == publish.priority.as_str()
+                                && row.get::<_, Option<u64>>(3)? == publish.ttl.map(|t| t.as_millis() as u64)
+                                && row.get_ref(4)?.as_blob()? == publish.payload.as_ref();
+                            Ok((Cursor::new(row.get(0)?, row.get(1)?), same))
+                        },
                     )
                     .optional()
                     .map_err(storage)?;
-                if let Some(id) = existing {
-                    return Ok(Published { id, live_relays: 0, duplicate: true });
+                match existing {
+                    Some((id, true)) => return Ok(Published { id, live_relays: 0, duplicate: true }),
+                    Some((id, false)) => return Err(BrokerError::IdempotencyConflict(id)),
+                    None => {}
                 }
             }
             let now = now_ms();
@@ -398,15 +408,27 @@ impl Broker for EmbeddedBroker {
                 .map_err(storage)?;
             let more = messages.len() > limit;
             messages.truncate(limit);
+            let through = messages.last().map(|m| m.id);
             let now = now_ms();
             messages.retain(|m| !m.expired_at(now));
             // From zero too: a device that first subscribed to an empty channel holds cursor 0-0, and
             // must hear that what it missed since was trimmed.
             let gap = trimmed_through.is_some_and(|t| after < t);
+            let newest = store
+                .conn
+                .query_row(
+                    "SELECT ms, seq FROM messages WHERE channel = ?1 ORDER BY ms DESC, seq DESC LIMIT 1",
+                    params![channel.as_str()],
+                    |row| Ok(Cursor::new(row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(storage)?;
             Ok(HistoryPage {
                 messages,
                 gap,
                 more,
+                through,
+                end: newest.max(trimmed_through),
             })
         })
         .await

@@ -72,6 +72,11 @@ pub struct HistoryPage {
     pub gap: bool,
     /// True when the page was cut at the limit and more follow.
     pub more: bool,
+    /// The last id the page covered, expired notifications included: where the next page starts.
+    pub through: Option<Cursor>,
+    /// The newest id the channel ever held (stored or trimmed since) when the page was read: a
+    /// cursor beyond it is not one this channel gave out.
+    pub end: Option<Cursor>,
 }
 
 /// One recipient's receipt for a notification.
@@ -112,6 +117,11 @@ pub enum BrokerError {
     /// The store refused or failed the operation.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The idempotency key was already used for another notification (stored as this id).
+    #[error(
+        "idempotency_key already used for a different notification ({0}); use a new key for a new notification"
+    )]
+    IdempotencyConflict(Cursor),
 }
 
 impl BrokerError {
@@ -120,6 +130,7 @@ impl BrokerError {
         match self {
             BrokerError::Unavailable(_) => ErrorCode::BrokerUnavailable,
             BrokerError::Storage(_) => ErrorCode::Internal,
+            BrokerError::IdempotencyConflict(_) => ErrorCode::IdempotencyConflict,
         }
     }
 }

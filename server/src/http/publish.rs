@@ -36,13 +36,18 @@ pub struct PublishRequest {
     /// Overrides the priority derived from the message type.
     #[serde(default)]
     pub priority: Option<Priority>,
-    /// Stop delivering after this many seconds.
+    /// Stop delivering after this many seconds (1 to 31,622,400: 366 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400)]
     pub ttl_s: Option<u64>,
     /// Retries with the same key store the notification once.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
+
+/// The longest `ttl_s` a publish may ask for: 366 days. A notification that must outlive that is
+/// not one to expire; longer values would overflow the brokers' millisecond times.
+pub const MAX_TTL_S: u64 = 366 * 24 * 3600;
 
 /// A stored notification: the HealthHub notification effect's published result.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -171,6 +176,15 @@ async fn try_publish(
             name,
             ErrorCode::InvalidRequest,
             format!("recipient_id {recipient} does not own {channel}"),
+        ));
+    }
+    if let Some(ttl_s) = request.ttl_s
+        && !(1..=MAX_TTL_S).contains(&ttl_s)
+    {
+        return Err(fail(
+            name,
+            ErrorCode::InvalidRequest,
+            format!("`ttl_s` must be from 1 to {MAX_TTL_S} seconds (366 days), not {ttl_s}"),
         ));
     }
     let payload = request.message.get().to_owned();

@@ -163,7 +163,7 @@ async fn run(mut socket: WebSocket, state: AppState, mut session: Session, mode:
     let stop = drive(&mut socket, &mut session, &state, mode).await;
     if let Stop::Close(code, reason) = stop {
         open.closed_with(code);
-        tracing::debug!(user = %session.claims().sub, code, %reason, "closing WebSocket");
+        tracing::debug!(user = ?session.claims().sub, code, reason = ?reason, "closing WebSocket");
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
@@ -308,8 +308,12 @@ async fn drive(
             }
         };
         if let Err(stop) = step {
-            if let Stop::Close(close::SLOW_CONSUMER, _) = stop {
-                Metrics::inc(&state.metrics().slow_consumer_closes_total);
+            match stop {
+                Stop::Close(close::SLOW_CONSUMER, _) => {
+                    Metrics::inc(&state.metrics().slow_consumer_closes_total)
+                }
+                Stop::Close(close::FLOOD, _) => Metrics::inc(&state.metrics().flood_closes_total),
+                _ => {}
             }
             return stop;
         }
@@ -324,11 +328,10 @@ async fn handle_inbound(
     message: Message,
     frames: &mut TokenBucket,
 ) -> Result<(), Stop> {
-    let text = match message {
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
-        Message::Text(text) => Some(text),
-        Message::Binary(_) => None,
-    };
+    if let Message::Close(_) = message {
+        return Ok(());
+    }
+    // Every frame counts against the limit, control frames too: each ping costs a pong.
     if !frames.try_take() {
         if mode == Mode::V1 {
             let error = error_frame(ErrorCode::Flood, "too many frames; slow down", None);
@@ -336,6 +339,11 @@ async fn handle_inbound(
         }
         return Err(Stop::Close(close::FLOOD, "too many frames".into()));
     }
+    let text = match message {
+        Message::Text(text) => Some(text),
+        Message::Binary(_) => None,
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+    };
     let Some(text) = text else {
         if mode == Mode::V1 {
             let error = error_frame(
@@ -396,7 +404,11 @@ async fn handle_v1(
     };
     match frame {
         ClientFrame::Ping => send_frame(socket, session, &ServerFrame::Pong).await,
-        ClientFrame::Subscribe { channels } => {
+        ClientFrame::Subscribe { mut channels } => {
+            // A channel named twice in one request is subscribed once, from its first cursor
+            // (each name would replay it again).
+            let mut seen = std::collections::HashSet::new();
+            channels.retain(|request| seen.insert(request.channel.clone()));
             for request in channels {
                 match session
                     .subscribe(&request.channel, request.since.as_deref())

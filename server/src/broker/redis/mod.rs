@@ -53,6 +53,8 @@ const SUBSCRIBE_BATCH: usize = 1024;
 /// Stores, trims, then fans out. KEYS: stream, idempotency key (or the stream again), lease (or the
 /// stream again), trimmed-through key. ARGV: payload, priority, ttl ms ('' for none), max len, max age
 /// ms, live channel, idempotency ttl s, fencing node ('' for none), '1' when an idempotency key is given.
+/// An idempotency key holds `<id> <sha1 of priority, ttl and payload>`: the same key with another
+/// notification answers -3 (a key holding an id alone, from an older relay, counts as the same).
 ///
 /// Trimming is exact and remembers the newest id it removed (Redis 7.0's `max-deleted-entry-id` does
 /// not count trims), so a cursor before it is a gap and one at it is not. By length it runs once the
@@ -71,9 +73,15 @@ end
 if ARGV[8] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[8] then
   return {'', -1}
 end
+local fingerprint = redis.sha1hex(ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
 if ARGV[9] == '1' then
   local existing = redis.call('GET', KEYS[2])
-  if existing then return {existing, -2} end
+  if existing then
+    local id, stored = string.match(existing, '^(%S+) (%x+)$')
+    if id == nil then return {existing, -2} end
+    if stored ~= fingerprint then return {id, -3} end
+    return {id, -2}
+  end
 end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARGV[3])
 local t = redis.call('TIME')
@@ -93,7 +101,7 @@ if through then
   redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. tostring(tonumber(seq) + 1))
   redis.call('SET', KEYS[4], through)
 end
-if ARGV[9] == '1' then redis.call('SET', KEYS[2], id, 'EX', ARGV[7]) end
+if ARGV[9] == '1' then redis.call('SET', KEYS[2], id .. ' ' .. fingerprint, 'EX', ARGV[7]) end
 local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
 return {id, n}
 "#;
@@ -344,6 +352,9 @@ fn published(id: String, live: i64) -> Result<Option<Published>, BrokerError> {
     let id: Cursor = id
         .parse()
         .map_err(|e| BrokerError::Storage(format!("Redis returned {e}")))?;
+    if live == -3 {
+        return Err(BrokerError::IdempotencyConflict(id));
+    }
     Ok(Some(Published {
         id,
         live_relays: live.max(0) as u64,
@@ -456,7 +467,7 @@ async fn run_pubsub(
                             return;
                         }
                     } else {
-                        tracing::warn!(channel = %name, "unreadable message on a live channel");
+                        tracing::warn!(channel = ?name, "unreadable message on a live channel");
                     }
                 }
                 command = commands.recv() => {
@@ -637,28 +648,36 @@ impl Broker for RedisBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let mut conn = self.commands.get();
         let key = stream_key(channel);
-        // One round trip, the stream read first: a trim between the two reads can only make the
-        // page report a gap it does not have, never hide one.
-        let (entries, trimmed): (Vec<(String, Vec<(String, Vec<u8>)>)>, Option<String>) =
-            redis::pipe()
-                .cmd("XRANGE")
-                .arg(&key)
-                .arg(format!("({after}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit + 1)
-                .cmd("GET")
-                .arg(trimmed_key(channel))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+        // One round trip, the stream read first: a trim between the reads can only make the page
+        // report a gap it does not have, never hide one.
+        type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+        let (entries, trimmed, newest): (Entries, Option<String>, Entries) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit + 1)
+            .cmd("GET")
+            .arg(trimmed_key(channel))
+            .cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let more = entries.len() > limit;
         let now = super::now_ms();
         let mut messages = Vec::with_capacity(entries.len().min(limit));
+        let mut through = None;
         for (id, fields) in entries.into_iter().take(limit) {
             let id: Cursor = id
                 .parse()
                 .map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
+            through = Some(id);
             let priority = field(&fields, "p")
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(Priority::parse)
@@ -679,11 +698,14 @@ impl Broker for RedisBroker {
                 messages.push(message);
             }
         }
-        let gap = parse_cursor(trimmed.as_deref())?.is_some_and(|t| after < t);
+        let trimmed = parse_cursor(trimmed.as_deref())?;
+        let newest = parse_cursor(newest.first().map(|(id, _)| id.as_str()))?;
         Ok(HistoryPage {
             messages,
-            gap,
+            gap: trimmed.is_some_and(|t| after < t),
             more,
+            through,
+            end: newest.max(trimmed),
         })
     }
 
