@@ -165,8 +165,8 @@ pub enum ServerFrame {
         /// How many stored notifications were replayed before going live.
         replayed: u64,
         /// True when some notifications may be lost: the cursor was older than the history kept,
-        /// or beyond anything the channel held (the relay's store lost data, or the cursor was
-        /// made up); in the latter case the subscription starts from the channel's end.
+        /// or in the future and beyond anything the channel held (made up, or a store's clock went
+        /// back); in the latter case the subscription starts from the channel's end.
         gap: bool,
         /// The channel's newest cursor after the replay, if any notification was ever stored.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -185,11 +185,12 @@ impl Session {
                 break page.end.unwrap_or_default();
             }
         };
-        if start > end {
-            // A cursor beyond anything this channel ever held (Redis lost its data, or a client
-            // made it up). Taken as it is, every live message at or below it would be skipped
-            // silently; it starts from the channel's end instead, and the client is told that it
-            // may have missed something.
+        // A cursor past the channel's end is fine while it is not in the future: ids are times, so
+        // "from a week ago" on a quiet channel misses nothing. One from the future (a client made
+        // it up, or a store's clock went back) would have every live message up to it skipped
+        // silently; it starts from the channel's end instead, and the client is told that it may
+        // have missed something.
+        if start > end && start.ms > now_ms() {
             self.hub
                 .metrics()
                 .future_cursors_total
