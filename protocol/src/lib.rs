@@ -14,6 +14,7 @@ pub mod channel;
 pub mod cursor;
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod message;
 pub mod sensitive;
 

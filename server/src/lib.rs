@@ -162,7 +162,7 @@ impl Relay {
                     retention,
                     config.recorder,
                     live_tx,
-                    metrics.redis_round_trip.clone(),
+                    metrics.clone(),
                 )
                 .await?,
             ),

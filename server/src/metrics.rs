@@ -64,6 +64,8 @@ pub struct Metrics {
     pub gaps_total: AtomicU64,
     /// Resumes from a cursor beyond the channel's end, started from the end instead.
     pub future_cursors_total: AtomicU64,
+    /// Plain PUBLISHes not recorded: too large or nested too deep.
+    pub plain_publishes_refused_total: AtomicU64,
     /// TLS handshakes that failed or timed out (a device that does not trust the certificate).
     pub tls_handshake_failures_total: AtomicU64,
     /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
@@ -275,6 +277,11 @@ impl Metrics {
                 "wardline_gaps_total",
                 "Resumes that found history missing.",
                 &self.gaps_total,
+            ),
+            (
+                "wardline_plain_publishes_refused_total",
+                "Plain PUBLISHes not recorded: larger or nested deeper than POST /v1/publish allows.",
+                &self.plain_publishes_refused_total,
             ),
             (
                 "wardline_future_cursors_total",

@@ -464,3 +464,56 @@ async fn a_resume_over_pages_of_expired_notifications_finishes(
     Ok(())
 }
 on_both_brokers!(a_resume_over_pages_of_expired_notifications_finishes);
+
+/// A plain Redis `PUBLISH` is held to what `POST /v1/publish` accepts: one larger than 64 KiB or
+/// nested deeper than 64 levels is not recorded (not even in part), and is counted and logged;
+/// the next ordinary one is recorded and delivered. (A 200-deep payload was stored and relayed,
+/// and the receiver then dropped it without a gap.) `POST /v1/publish` refuses the same depth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_publishes_are_held_to_the_publish_limits() {
+    use redis::AsyncCommands;
+    let redis = wardline_tests::RedisServer::start().await.unwrap();
+    let relay = Relay::on_redis(&redis, &[]).await.unwrap();
+    wardline_tests::wait_for_recorder(&redis).await.unwrap();
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600))
+        .await
+        .unwrap();
+    client.subscribe(&[(DOCTOR_CHANNEL, None)]).await.unwrap();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let large = json!({"type": "t", "pad": "x".repeat(70 * 1024)}).to_string();
+    let mut conn = redis.connection().await;
+    for payload in [&deep, &large] {
+        let _: i64 = conn.publish(DOCTOR_CHANNEL, payload).await.unwrap();
+    }
+    let _: i64 = conn
+        .publish(DOCTOR_CHANNEL, critical_lab_result(1).to_string())
+        .await
+        .unwrap();
+    let got = client.notifications(1).await.unwrap();
+    assert_eq!(
+        got[0].message,
+        critical_lab_result(1),
+        "the refused ones never arrive"
+    );
+    let stored: usize = conn
+        .xlen(format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "only the ordinary one is stored");
+    assert_eq!(
+        relay.metric("wardline_plain_publishes_refused_total").await,
+        Some(2.0)
+    );
+    assert!(
+        relay
+            .log()
+            .contains("plain PUBLISH not recorded: nested deeper than 64")
+    );
+    assert!(!relay.log().contains("xxxxxxxx"), "no content in the log");
+
+    let deep_object = json!({"channel": DOCTOR_CHANNEL, "message": {"type": "t", "deep": serde_json::from_str::<Value>(&format!("{}1{}", "[".repeat(70), "]".repeat(70))).unwrap()}});
+    let (status, reply) = relay
+        .publish_as(&token("backend", "service", &[], 600), &deep_object)
+        .await;
+    assert_eq!((status, &reply["code"]), (400, &json!(40005)), "{reply}");
+}

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::time::Duration;
+use wardline_protocol::limits::{MAX_JSON_DEPTH, json_depth};
 use wardline_protocol::{
     Channel, ChannelKind, Cursor, ErrorCode, MAX_INBOUND_FRAME_BYTES, Priority,
 };
@@ -152,6 +153,13 @@ async fn try_publish(
             name,
             ErrorCode::RoleForbidden,
             format!("role {} may not publish to {channel}", claims.role),
+        ));
+    }
+    if json_depth(request.message.get().as_bytes()) > MAX_JSON_DEPTH {
+        return Err(fail(
+            name,
+            ErrorCode::InvalidRequest,
+            format!("`message` is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
     let message: Value = serde_json::from_str(request.message.get()).map_err(|e| {

@@ -26,7 +26,7 @@ use super::{
     Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
     Retention, StoredMessage,
 };
-use crate::metrics::{Histogram, Seconds};
+use crate::metrics::{Histogram, Metrics, Seconds};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -230,11 +230,9 @@ struct LegacyMessage {
 
 /// A broker on Redis shared by several relay nodes.
 pub struct RedisBroker {
-    commands: Commands,
+    shared: Shared,
     pubsub: mpsc::Sender<PubSubCommand>,
     health: watch::Receiver<BrokerHealth>,
-    node_id: String,
-    retention: Retention,
 }
 
 /// What the node's tasks share.
@@ -243,20 +241,21 @@ struct Shared {
     commands: Commands,
     node_id: String,
     retention: Retention,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisBroker {
     /// Connects to Redis and starts this node's pub/sub connection and, if `recorder`, its bid for
     /// the recorder lease; `ca` (PEM) is the authority a `rediss://` server is checked with;
-    /// command round trips go into `round_trip`. Fails if Redis cannot be
-    /// reached now.
+    /// command round trips and refused plain PUBLISHes are counted in `metrics`. Fails if Redis
+    /// cannot be reached now.
     pub async fn connect(
         url: &str,
         ca: Option<&[u8]>,
         retention: Retention,
         recorder: bool,
         live: LiveSender,
-        round_trip: Arc<Histogram<Seconds>>,
+        metrics: Arc<Metrics>,
     ) -> Result<RedisBroker, BrokerError> {
         let target = Arc::new(RedisTarget::parse(url, ca).map_err(BrokerError::Unavailable)?);
         let client = timeout(REDIS_TIMEOUT * 2, target.client())
@@ -265,13 +264,14 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let commands = Commands {
             manager: Arc::new(RwLock::new(connection_manager(&client).await?)),
-            round_trip,
+            round_trip: metrics.redis_round_trip.clone(),
         };
         let node_id = format!("{:016x}", rand::random::<u64>());
         let shared = Shared {
             commands: commands.clone(),
             node_id: node_id.clone(),
             retention,
+            metrics,
         };
         let (health_tx, health) = watch::channel(BrokerHealth::Down("connecting to Redis".into()));
         let (pubsub_tx, pubsub_rx) = mpsc::channel(1024);
@@ -301,11 +301,9 @@ impl RedisBroker {
         .await;
         tracing::info!(node = %node_id, recorder, "connected to Redis");
         Ok(RedisBroker {
-            commands,
+            shared,
             pubsub: pubsub_tx,
             health,
-            node_id,
-            retention,
         })
     }
 }
@@ -626,13 +624,8 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
-        let shared = Shared {
-            commands: self.commands.clone(),
-            node_id: self.node_id.clone(),
-            retention: self.retention,
-        };
-        let mut conn = self.commands.get();
-        let (id, live): (String, i64) = publish_command(&shared, &publish, false)
+        let mut conn = self.shared.commands.get();
+        let (id, live): (String, i64) = publish_command(&self.shared, &publish, false)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -646,7 +639,7 @@ impl Broker for RedisBroker {
         after: Cursor,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         let key = stream_key(channel);
         // One round trip, the stream read first: a trim between the reads can only make the page
         // report a gap it does not have, never hide one.
@@ -710,7 +703,7 @@ impl Broker for RedisBroker {
     }
 
     async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         // One round trip: the newest entry still in the stream and the newest one trimmed away.
         let (newest, trimmed): (Vec<(String, Vec<(String, Vec<u8>)>)>, Option<String>) =
             redis::pipe()
@@ -766,15 +759,15 @@ impl Broker for RedisBroker {
         for id in ids {
             let key = receipts_key(channel, *id);
             pipe.hset_nx(&key, &field, now).ignore();
-            pipe.expire(&key, self.retention.max_age.as_secs() as i64)
+            pipe.expire(&key, self.shared.retention.max_age.as_secs() as i64)
                 .ignore();
         }
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         let entries: Vec<(String, u64)> = conn
             .hgetall(receipts_key(channel, id))
             .await
@@ -800,7 +793,7 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -809,10 +802,10 @@ impl Broker for RedisBroker {
     }
 
     async fn shutdown(&self) {
-        let mut conn = self.commands.get();
+        let mut conn = self.shared.commands.get();
         let released: redis::RedisResult<i64> = Script::new(RELEASE_SCRIPT)
             .key(LEASE_KEY)
-            .arg(&self.node_id)
+            .arg(&self.shared.node_id)
             .invoke_async(&mut conn)
             .await;
         if let Ok(1) = released {

@@ -8,9 +8,11 @@ use super::{
 };
 use bytes::Bytes;
 use redis::{AsyncCommands, Script};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use wardline_protocol::limits::{MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES, json_depth};
 
 /// Bids for the recorder lease every second and tells the recorder whether this node holds it.
 pub(super) async fn hold_lease(shared: Shared, holding_tx: watch::Sender<bool>) {
@@ -109,7 +111,9 @@ pub(super) async fn run(
                 if received == 0 {
                     return;
                 }
-                if *holding.borrow() {
+                let recording = *holding.borrow();
+                batch.retain(|message| storable(message, &shared, recording));
+                if recording {
                     record(&shared, batch.drain(..)).await;
                 } else {
                     let now = Instant::now();
@@ -190,6 +194,29 @@ fn already_recorded(kept: &[LegacyMessage], history: &[Bytes]) -> usize {
                 .eq(history[history.len() - k..].iter())
         })
         .unwrap_or(0)
+}
+
+/// Whether a plain PUBLISH is held to what `POST /v1/publish` accepts: a payload of at most
+/// [`MAX_PAYLOAD_BYTES`], nested at most [`MAX_JSON_DEPTH`] deep. One that is not is never stored
+/// (not even in part): the recording node counts it and logs its channel and size, never its
+/// content.
+fn storable(message: &LegacyMessage, shared: &Shared, recording: bool) -> bool {
+    let size = message.payload.len();
+    let refusal = if size > MAX_PAYLOAD_BYTES {
+        format!("larger than {MAX_PAYLOAD_BYTES} bytes")
+    } else if json_depth(&message.payload) > MAX_JSON_DEPTH {
+        format!("nested deeper than {MAX_JSON_DEPTH}")
+    } else {
+        return true;
+    };
+    if recording {
+        shared
+            .metrics
+            .plain_publishes_refused_total
+            .fetch_add(1, Relaxed);
+        tracing::warn!(channel = ?message.channel, size, "plain PUBLISH not recorded: {refusal}");
+    }
+    false
 }
 
 /// Stores plain PUBLISHes in arrival order, fenced on the lease, in one pipeline (order is kept:
