@@ -133,6 +133,10 @@ impl TryFrom<u32> for ErrorCode {
 pub mod close {
     /// The relay is shutting down; reconnect (to another node) and resume.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (a reserved bit, an unmasked frame, …).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The broker is unreachable; reconnect later and resume.
@@ -214,6 +218,8 @@ mod tests {
             1006,
             1011,
             close::TRY_AGAIN_LATER,
+            close::PROTOCOL_ERROR,
+            close::INVALID_PAYLOAD,
             close::FLOOD,
             close::HEARTBEAT_TIMEOUT,
         ] {

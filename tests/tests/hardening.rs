@@ -517,3 +517,40 @@ async fn plain_publishes_are_held_to_the_publish_limits() {
         .await;
     assert_eq!((status, &reply["code"]), (400, &json!(40005)), "{reply}");
 }
+
+/// Protocol violations close with their codes, so that the device learns why (the connection was
+/// dropped without a close frame): 1007 for a text frame that is not UTF-8, 1002 for a reserved
+/// bit set, 1009 for a frame over the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_with_their_codes() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use wardline_protocol::close;
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let doctor = token("d1", "doctor", &[], 600);
+    let text = |bytes: &[u8]| Frame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+    let mut reserved_bit = text(b"{\"op\":\"ping\"}");
+    reserved_bit.header_mut().rsv1 = true;
+    let cases = [
+        (
+            Message::Frame(text(&[0x7b, 0xff, 0xfe, 0x7d])),
+            close::INVALID_PAYLOAD,
+        ),
+        (Message::Frame(reserved_bit), close::PROTOCOL_ERROR),
+        (
+            Message::Binary(vec![0u8; 2 << 20].into()),
+            close::MESSAGE_TOO_BIG,
+        ),
+    ];
+    for (violation, expected) in cases {
+        let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor)
+            .await
+            .unwrap();
+        let _ = client.socket.send(violation).await;
+        let (code, frames) = client.until_closed().await.unwrap();
+        assert_eq!(code, Some(expected), "{frames:?}");
+    }
+    assert_eq!(relay.get("/healthz", None).await.0, 200);
+}

@@ -225,6 +225,36 @@ fn slow_consumer() -> Stop {
     )
 }
 
+/// A failed read: a protocol violation closes with its code (RFC 6455 §7.4.1) so that the peer
+/// learns why; anything else means the connection is gone.
+fn read_failed(error: axum::Error) -> Stop {
+    let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() else {
+        return Stop::Gone;
+    };
+    match *error {
+        tungstenite::Error::Capacity(_) => Stop::Close(
+            close::MESSAGE_TOO_BIG,
+            format!("frame over the limit of {HARD_FRAME_LIMIT} bytes"),
+        ),
+        tungstenite::Error::Utf8(_) => Stop::Close(
+            close::INVALID_PAYLOAD,
+            "a text frame that is not UTF-8".into(),
+        ),
+        tungstenite::Error::Protocol(violation) => {
+            // A close reason holds at most 123 bytes.
+            let mut reason = String::new();
+            for c in format!("protocol error: {violation}").chars() {
+                if reason.len() + c.len_utf8() > 120 {
+                    break;
+                }
+                reason.push(c);
+            }
+            Stop::Close(close::PROTOCOL_ERROR, reason)
+        }
+        _ => Stop::Gone,
+    }
+}
+
 fn error_frame(
     code: ErrorCode,
     message: impl Into<String>,
@@ -284,7 +314,8 @@ async fn drive(
                 }
             },
             inbound = socket.recv() => match inbound {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
+                None | Some(Ok(Message::Close(_))) => Err(Stop::Gone),
+                Some(Err(error)) => Err(read_failed(error)),
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
                     // Boxed: inbound frames are rare, and their handling (subscribe, replay, ack)
