@@ -488,9 +488,21 @@ impl Subscription {
                     self.emit(Event::GapDetected { channel, since });
                 }
             }
-            ServerFrame::Recorded { kind, channel, ids } => {
-                self.with_inbox(move |inbox| inbox.mark_synced(kind, &channel, &ids))
-                    .await?;
+            ServerFrame::Recorded {
+                kind,
+                channel,
+                ids,
+                unknown,
+            } => {
+                if !unknown.is_empty() {
+                    // Nothing to record for them (trimmed away meanwhile): not sent again.
+                    tracing::warn!(%channel, ?unknown, "the relay no longer holds these notifications; their receipts were not recorded");
+                }
+                self.with_inbox(move |inbox| {
+                    inbox.mark_synced(kind, &channel, &ids)?;
+                    inbox.mark_synced(kind, &channel, &unknown)
+                })
+                .await?;
             }
             ServerFrame::Error {
                 code,

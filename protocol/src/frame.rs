@@ -180,6 +180,10 @@ pub enum ServerFrame {
         channel: Channel,
         /// The ids recorded.
         ids: Vec<Cursor>,
+        /// Ids of no notification the channel holds (never published, or trimmed away): nothing
+        /// to record, and nothing to send again.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<Cursor>,
     },
     /// The answer to `ping`.
     Pong,

@@ -294,13 +294,14 @@ impl Session {
         self.subscriber.queue.lagging().await
     }
 
-    /// Records the user's receipts for notifications on a channel they read.
+    /// Records the user's receipts for notifications on a channel they read: (the channel, the ids
+    /// recorded, the ids of no notification the channel holds).
     pub async fn record_receipts(
         &self,
         name: &str,
         ids: &[String],
         kind: ReceiptKind,
-    ) -> Result<(Channel, Vec<Cursor>), SessionError> {
+    ) -> Result<(Channel, Vec<Cursor>, Vec<Cursor>), SessionError> {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
             return Err(SessionError::Forbidden(channel));
@@ -309,11 +310,16 @@ impl Session {
             .iter()
             .map(|id| id.parse())
             .collect::<Result<Vec<Cursor>, _>>()?;
-        self.hub
+        let recorded = self
+            .hub
             .broker()
             .record_receipts(&channel, &ids, &self.claims.sub, kind)
             .await?;
-        Ok((channel, ids))
+        let unknown = ids
+            .into_iter()
+            .filter(|id| !recorded.contains(id))
+            .collect();
+        Ok((channel, recorded, unknown))
     }
 }
 

@@ -367,7 +367,8 @@ async fn acks_become_receipts(kind: BrokerKind) -> anyhow::Result<()> {
         ServerFrame::Recorded {
             kind: ReceiptKind::Received,
             channel: wardline_protocol::Channel::parse(DOCTOR_CHANNEL)?,
-            ids: vec![id]
+            ids: vec![id],
+            unknown: Vec::new(),
         }
     );
     client

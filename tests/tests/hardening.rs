@@ -554,3 +554,78 @@ async fn protocol_violations_close_with_their_codes() {
     }
     assert_eq!(relay.get("/healthz", None).await.0, 200);
 }
+
+/// Receipts are recorded only for notifications the channel holds: made-up ids come back as
+/// `unknown`, over the WebSocket and over HTTP, and nothing is stored for them (a patient grew the
+/// history file by 32 MB in 2 s with receipts for ids never published).
+async fn receipts_are_recorded_only_for_stored_notifications(
+    kind: BrokerKind,
+) -> anyhow::Result<()> {
+    let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
+    let (status, published) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    assert_eq!(status, 200, "{published}");
+    let real = published["message_id"].as_str().unwrap().to_owned();
+    let made_up: Vec<String> = (1..=200).map(|n| format!("{n}-0")).collect();
+
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+    let mut ids = made_up.clone();
+    ids.push(real.clone());
+    client
+        .send(&ClientFrame::Ack {
+            channel: DOCTOR_CHANNEL.into(),
+            ids: ids.clone(),
+        })
+        .await?;
+    let ServerFrame::Recorded {
+        ids: recorded,
+        unknown,
+        ..
+    } = client.frame().await?
+    else {
+        panic!("expected recorded")
+    };
+    assert_eq!(
+        recorded.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        std::slice::from_ref(&real)
+    );
+    assert_eq!(
+        unknown.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        made_up
+    );
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/receipts", relay.base))
+        .bearer_auth(&doctor)
+        .json(&json!({"channel": DOCTOR_CHANNEL, "ids": ["7-0"], "kind": "received"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await?;
+    assert_eq!(
+        (&body["ids"], &body["unknown"]),
+        (&json!([]), &json!(["7-0"])),
+        "{body}"
+    );
+
+    let service = token("backend", "service", &[], 600);
+    let (_, receipts) = relay
+        .get(
+            &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id=7-0"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(receipts["receipts"], json!([]), "{receipts}");
+    let (_, receipts) = relay
+        .get(
+            &format!("/v1/receipts?channel={DOCTOR_CHANNEL}&id={real}"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(
+        receipts["receipts"][0]["kind"], "acknowledged",
+        "{receipts}"
+    );
+    Ok(())
+}
+on_both_brokers!(receipts_are_recorded_only_for_stored_notifications);

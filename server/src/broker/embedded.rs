@@ -473,19 +473,34 @@ impl Broker for EmbeddedBroker {
         ids: &[Cursor],
         user: &str,
         kind: ReceiptKind,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Vec<Cursor>, BrokerError> {
         let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
         self.blocking(move |store| {
             let tx = store.conn.transaction().map_err(storage)?;
             let now = now_ms();
+            let mut recorded = Vec::with_capacity(ids.len());
             for id in ids {
+                let stored = tx
+                    .query_row(
+                        "SELECT 1 FROM messages WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                        params![channel.as_str(), id.ms, id.seq],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(storage)?
+                    .is_some();
+                if !stored {
+                    continue;
+                }
                 tx.execute(
                     "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
                 )
                 .map_err(storage)?;
+                recorded.push(id);
             }
-            tx.commit().map_err(storage)
+            tx.commit().map_err(storage)?;
+            Ok(recorded)
         })
         .await
     }

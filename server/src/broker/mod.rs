@@ -164,14 +164,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops live delivery of `channel` to this node.
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
 
-    /// Records receipts of `user` for these notifications (the first of each kind counts).
+    /// Records receipts of `user` for these notifications (the first of each kind counts), for those
+    /// the channel holds; returns the ids recorded (the others are no notification of the channel).
     async fn record_receipts(
         &self,
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
         kind: ReceiptKind,
-    ) -> Result<(), BrokerError>;
+    ) -> Result<Vec<Cursor>, BrokerError>;
 
     /// The receipts of one notification, oldest first.
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError>;

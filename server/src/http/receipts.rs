@@ -48,6 +48,10 @@ pub struct Recorded {
     /// The ids recorded.
     #[schema(value_type = Vec<String>)]
     pub ids: Vec<Cursor>,
+    /// Ids of no notification the channel holds (never published, or trimmed away): not recorded.
+    #[schema(value_type = Vec<String>)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<Cursor>,
 }
 
 fn parse_channel(name: &str) -> Result<Channel, ApiError> {
@@ -125,15 +129,20 @@ pub async fn record_receipts(
         .iter()
         .map(|id| parse_id(id))
         .collect::<Result<Vec<_>, _>>()?;
-    state
+    let recorded = state
         .hub
         .broker()
         .record_receipts(&channel, &ids, &claims.sub, request.kind)
         .await?;
+    let unknown = ids
+        .into_iter()
+        .filter(|id| !recorded.contains(id))
+        .collect();
     Ok(Json(Recorded {
         status: "recorded",
         kind: request.kind,
         channel,
-        ids,
+        ids: recorded,
+        unknown,
     }))
 }

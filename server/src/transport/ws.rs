@@ -505,13 +505,14 @@ async fn record(
     kind: ReceiptKind,
 ) -> Result<(), Stop> {
     match session.record_receipts(&channel, &ids, kind).await {
-        Ok((channel, ids)) => {
-            send_frame(
-                socket,
-                session,
-                &ServerFrame::Recorded { kind, channel, ids },
-            )
-            .await
+        Ok((channel, ids, unknown)) => {
+            let frame = ServerFrame::Recorded {
+                kind,
+                channel,
+                ids,
+                unknown,
+            };
+            send_frame(socket, session, &frame).await
         }
         Err(e) => {
             let error = error_frame(e.code(), e.to_string(), Some(channel));

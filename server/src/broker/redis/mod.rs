@@ -106,6 +106,21 @@ local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3
 return {id, n}
 "#;
 
+/// Records receipts for the notifications the stream holds. KEYS: stream, then each id's receipts
+/// hash. ARGV: field (`<kind>:<user>`), time ms, hash ttl s, then the ids. Returns the ids recorded.
+const RECEIPTS_SCRIPT: &str = r#"
+local recorded = {}
+for i = 2, #KEYS do
+  local id = ARGV[i + 2]
+  if #redis.call('XRANGE', KEYS[1], id, id, 'COUNT', 1) > 0 then
+    redis.call('HSETNX', KEYS[i], ARGV[1], ARGV[2])
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+    recorded[#recorded + 1] = id
+  end
+end
+return recorded
+"#;
+
 const RENEW_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -751,19 +766,32 @@ impl Broker for RedisBroker {
         ids: &[Cursor],
         user: &str,
         kind: ReceiptKind,
-    ) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        let now = super::now_ms();
+    ) -> Result<Vec<Cursor>, BrokerError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         // One hash per notification: field `<kind>:<user>`, value the time, first write wins.
-        let field = format!("{}:{user}", kind.as_str());
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(RECEIPTS_SCRIPT)
+            .arg(ids.len() + 1)
+            .arg(stream_key(channel));
         for id in ids {
-            let key = receipts_key(channel, *id);
-            pipe.hset_nx(&key, &field, now).ignore();
-            pipe.expire(&key, self.shared.retention.max_age.as_secs() as i64)
-                .ignore();
+            command.arg(receipts_key(channel, *id));
+        }
+        command
+            .arg(format!("{}:{user}", kind.as_str()))
+            .arg(super::now_ms())
+            .arg(self.shared.retention.max_age.as_secs().max(1));
+        for id in ids {
+            command.arg(id.to_string());
         }
         let mut conn = self.shared.commands.get();
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        let recorded: Vec<String> = command.query_async(&mut conn).await.map_err(unavailable)?;
+        recorded
+            .iter()
+            .map(|id| parse_cursor(Some(id)).map(|id| id.expect("an id")))
+            .collect()
     }
 
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError> {
