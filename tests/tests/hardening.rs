@@ -629,3 +629,43 @@ async fn receipts_are_recorded_only_for_stored_notifications(
     Ok(())
 }
 on_both_brokers!(receipts_are_recorded_only_for_stored_notifications);
+
+/// The relay says at start when Redis would lose what it stores: no persistence, or an eviction
+/// policy; and says nothing when Redis keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_warns_of_redis_settings_that_lose_history() {
+    let redis = wardline_tests::RedisServer::start().await.unwrap();
+    let conn = redis.connection().await;
+    let set = |name: &'static str, value: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set("maxmemory-policy", "allkeys-lru").await;
+    let lossy = Relay::on_redis(&redis, &[]).await.unwrap();
+    let log = lossy.log();
+    assert!(
+        log.contains("Redis keeps nothing across its own restart"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Redis may evict keys") && log.contains("allkeys-lru"),
+        "{log}"
+    );
+
+    set("appendonly", "yes").await;
+    set("maxmemory-policy", "noeviction").await;
+    let kept = Relay::on_redis(&redis, &[]).await.unwrap();
+    let log = kept.log();
+    assert!(
+        !log.contains("Redis keeps nothing") && !log.contains("may evict"),
+        "{log}"
+    );
+}

@@ -308,6 +308,7 @@ impl RedisBroker {
             tokio::spawn(recorder::run(shared.clone(), legacy_rx, holding_rx));
             tokio::spawn(recorder::hold_lease(shared.clone(), holding_tx));
         }
+        warn_of_lossy_settings(&commands).await;
         let mut ready = health.clone();
         let _ = timeout(
             REDIS_TIMEOUT * 2,
@@ -320,6 +321,41 @@ impl RedisBroker {
             pubsub: pubsub_tx,
             health,
         })
+    }
+}
+
+/// Warns when Redis may lose what the relay stores: no persistence (history and idempotency keys
+/// gone with a Redis restart) or an eviction policy (history, receipts or idempotency keys dropped
+/// under memory pressure). A Redis that refuses CONFIG (some managed ones) is not judged.
+async fn warn_of_lossy_settings(commands: &Commands) {
+    let mut conn = commands.get();
+    let settings: redis::RedisResult<(Vec<String>, Vec<String>, Vec<String>)> = redis::pipe()
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    let Ok((appendonly, save, policy)) = settings else {
+        return;
+    };
+    let value = |pair: &[String]| pair.get(1).map(|v| v.trim().to_owned()).unwrap_or_default();
+    if value(&appendonly) == "no" && value(&save).is_empty() {
+        tracing::warn!(
+            "Redis keeps nothing across its own restart (appendonly no, no save points): history would be lost with it; set appendonly yes (README: Redis settings)"
+        );
+    }
+    let policy = value(&policy);
+    if !policy.is_empty() && policy != "noeviction" {
+        tracing::warn!(
+            policy,
+            "Redis may evict keys under memory pressure: history, receipts or idempotency keys could vanish; set maxmemory-policy noeviction (README: Redis settings)"
+        );
     }
 }
 
