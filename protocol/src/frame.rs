@@ -264,6 +264,45 @@ pub struct Seed004Frame {
 mod tests {
     use super::*;
 
+    fn any_client_frame() -> impl proptest::strategy::Strategy<Value = ClientFrame> {
+        use proptest::prelude::*;
+        let text = || "\\PC{0,20}";
+        let ids = || proptest::collection::vec(text(), 0..4);
+        prop_oneof![
+            proptest::collection::vec((text(), proptest::option::of(text())), 0..4).prop_map(
+                |channels| ClientFrame::Subscribe {
+                    channels: channels
+                        .into_iter()
+                        .map(|(channel, since)| SubscribeChannel { channel, since })
+                        .collect(),
+                }
+            ),
+            (text(), ids()).prop_map(|(channel, ids)| ClientFrame::Received { channel, ids }),
+            (text(), ids()).prop_map(|(channel, ids)| ClientFrame::Ack { channel, ids }),
+            Just(ClientFrame::Ping),
+            text().prop_map(|token| ClientFrame::Refresh { token }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every frame a client can send parses back to itself.
+        #[test]
+        fn every_client_frame_parses_back(frame in any_client_frame()) {
+            let text = serde_json::to_string(&frame).unwrap();
+            proptest::prop_assert_eq!(ClientFrame::parse(&text), Ok(frame));
+        }
+
+        /// Any text is a frame or a malformed / unknown-op error, never a panic; an error says
+        /// which of the two it is.
+        #[test]
+        fn any_text_is_a_frame_or_an_error(text in "\\PC{0,80}|\\{\"op\":\"[a-z]{0,10}\"(,\"[a-z]{1,8}\":(null|1|\"x\"|\\[\\]))?\\}") {
+            match ClientFrame::parse(&text) {
+                Ok(_) | Err(FrameError::Malformed(_)) => {}
+                Err(FrameError::UnknownOp(op)) => proptest::prop_assert!(!matches!(op.as_str(), "subscribe" | "received" | "ack" | "ping" | "refresh")),
+            }
+        }
+    }
+
     #[test]
     fn client_frames_parse() {
         let frame = ClientFrame::parse(

@@ -409,6 +409,19 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// A time claim is its whole seconds, integer or fractional; anything else is refused.
+        #[test]
+        fn time_claims_are_whole_seconds_or_refused(seconds in 0u64..4_000_000_000, fraction in 0.0f64..0.99, junk in "\\PC{0,10}") {
+            let claims = |value: Value| Map::from_iter([("exp".to_owned(), value)]);
+            proptest::prop_assert_eq!(time_claim(&claims(serde_json::json!(seconds)), "exp"), Ok(Some(seconds)));
+            proptest::prop_assert_eq!(time_claim(&claims(serde_json::json!(seconds as f64 + fraction)), "exp"), Ok(Some(seconds)));
+            proptest::prop_assert!(time_claim(&claims(serde_json::json!(junk)), "exp").is_err());
+            proptest::prop_assert!(time_claim(&claims(serde_json::json!(-(seconds as i64) - 1)), "exp").is_err());
+            proptest::prop_assert_eq!(time_claim(&claims(serde_json::json!(1)), "nbf"), Ok(None));
+        }
+    }
+
     #[tokio::test]
     async fn every_time_claim_is_checked_with_the_leeway() {
         let secret = b"unit-test-secret-0123456789";
