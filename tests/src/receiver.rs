@@ -213,6 +213,16 @@ pub fn inbox_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("inbox.sqlite3")
 }
 
+/// An in-process receiver with its inbox and settings in `dir`, trusting the OS's authorities.
+pub fn open_receiver(dir: &tempfile::TempDir) -> wardline_client::receiver::Receiver {
+    wardline_client::receiver::Receiver::open_with(
+        &inbox_path(dir),
+        dir.path().join("config.toml"),
+        wardline_client::Trust::new(None).unwrap(),
+    )
+    .unwrap()
+}
+
 /// Waits (at most [`WAIT`]) for the first of the receiver's events that `wanted` accepts.
 pub async fn wait_for_event(
     events: &mut tokio::sync::broadcast::Receiver<wardline_client::Event>,

@@ -6,9 +6,9 @@
 use std::time::Duration;
 use wardline_client::alert::AlertAction;
 use wardline_client::receiver::{Alerts, Receiver};
-use wardline_client::{Event, Filter, Trust};
+use wardline_client::{Event, Filter};
 use wardline_protocol::{Channel, Cursor, Sensitive};
-use wardline_tests::receiver::{Listener, inbox_path, run, wait_for_event};
+use wardline_tests::receiver::{Listener, inbox_path, open_receiver, run, wait_for_event};
 use wardline_tests::{Relay, critical_lab_result, free_port, token};
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
@@ -41,12 +41,7 @@ async fn acknowledgements_after_the_subscription_stopped_and_while_the_relay_is_
         .unwrap();
     let base = relay.base.clone();
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::open_with(
-        &inbox_path(&dir),
-        dir.path().join("config.toml"),
-        Trust::new(None).unwrap(),
-    )
-    .unwrap();
+    let receiver = open_receiver(&dir);
     let mut events = receiver.events();
 
     // A token that expires in a few seconds: the relay closes with 4001 and the subscription

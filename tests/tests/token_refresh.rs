@@ -4,22 +4,17 @@
 
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use wardline_client::receiver::{Alerts, Receiver};
-use wardline_client::{Event, Trust};
+use wardline_client::Event;
+use wardline_client::receiver::Alerts;
 use wardline_protocol::Sensitive;
-use wardline_tests::receiver::{inbox_path, wait_for_event};
+use wardline_tests::receiver::{open_receiver, wait_for_event};
 use wardline_tests::{Relay, WAIT, critical_lab_result, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_token_keeps_the_open_connection_past_the_old_ones_expiry() {
     let relay = Relay::embedded(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::open_with(
-        &inbox_path(&dir),
-        dir.path().join("config.toml"),
-        Trust::new(None).unwrap(),
-    )
-    .unwrap();
+    let receiver = open_receiver(&dir);
     let mut events = receiver.events();
 
     let short = Sensitive::new(token("d1", "doctor", &[], 4));

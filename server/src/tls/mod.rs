@@ -226,45 +226,22 @@ impl axum::serve::Listener for TlsListener {
 mod tests {
     use super::*;
     use axum::serve::Listener;
-    use rustls::pki_types::PrivatePkcs8KeyDer;
-    use rustls::{ClientConfig, RootCertStore};
     use tokio::net::TcpStream;
     use tokio::time::{sleep, timeout};
     use tokio_rustls::TlsConnector;
 
     #[tokio::test]
     async fn connections_beyond_the_handshake_limit_wait_for_a_free_slot() {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert = certified.cert.der().clone();
-        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key.into())
-            .unwrap();
-        server.enable_secret_extraction = true;
+        let (server, client) = stream::tests::configs();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = tcp.local_addr().unwrap();
-        let mut listener = TlsListener::with_handshake_limit(
-            tcp,
-            Arc::new(server),
-            Arc::new(Metrics::default()),
-            1,
-        )
-        .unwrap();
+        let mut listener =
+            TlsListener::with_handshake_limit(tcp, server, Arc::new(Metrics::default()), 1)
+                .unwrap();
 
         // A client that connects and says nothing holds the one handshake slot.
         let silent = TcpStream::connect(address).await.unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(client));
+        let connector = TlsConnector::from(client);
         let handshake = tokio::spawn(async move {
             let tcp = TcpStream::connect(address).await?;
             connector

@@ -488,7 +488,7 @@ impl AsyncWrite for TlsStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
     use rustls::{ClientConfig, RootCertStore};
@@ -499,7 +499,7 @@ mod tests {
 
     /// A server configuration for a fresh self-signed `localhost` certificate (the relay's
     /// cipher suites), and a client configuration trusting it (ring's, as a standard client).
-    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    pub(in crate::tls) fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         configs_with_client(rustls::crypto::ring::default_provider())
     }
 
