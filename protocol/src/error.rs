@@ -45,12 +45,18 @@ pub enum ErrorCode {
     RateLimited,
     /// Too many frames on one connection.
     Flood,
+    /// This user, or this client address, already has as many connections open as the relay allows
+    /// (`--max-connections-per-user`, `--max-connections-per-ip`): close one, or retry later.
+    TooManyConnections,
     /// The relay failed in a way that is its own fault.
     Internal,
     /// The broker (Redis, or the embedded store) cannot be reached.
     BrokerUnavailable,
     /// The relay is shutting down.
     ShuttingDown,
+    /// This relay node holds as many connections as it allows (`--max-connections`): retry later,
+    /// or on another node.
+    RelayFull,
 }
 
 impl ErrorCode {
@@ -75,9 +81,11 @@ impl ErrorCode {
             ErrorCode::TooLarge => 41301,
             ErrorCode::RateLimited => 42901,
             ErrorCode::Flood => 42902,
+            ErrorCode::TooManyConnections => 42903,
             ErrorCode::Internal => 50001,
             ErrorCode::BrokerUnavailable => 50301,
             ErrorCode::ShuttingDown => 50302,
+            ErrorCode::RelayFull => 50303,
         }
     }
 
@@ -87,7 +95,7 @@ impl ErrorCode {
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
@@ -106,9 +114,11 @@ impl ErrorCode {
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Flood,
+        ErrorCode::TooManyConnections,
         ErrorCode::Internal,
         ErrorCode::BrokerUnavailable,
         ErrorCode::ShuttingDown,
+        ErrorCode::RelayFull,
     ];
 }
 

@@ -103,6 +103,25 @@ pub struct ServeArgs {
     /// Longest a shutdown waits for connections to close (default 10s).
     #[arg(long, env = "WARDLINE_SHUTDOWN_DEADLINE", value_parser = humantime::parse_duration)]
     pub shutdown_deadline: Option<Duration>,
+    /// Devices (WebSockets and event streams) this node serves at once (default: the open-file
+    /// limit less an eighth, at least 64, kept for everything else); past it, 503 with Retry-After.
+    #[arg(long, env = "WARDLINE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Devices connected at once from one client address (default 1000; behind a NAT or a proxy
+    /// not in --trusted-proxies every device shares one); past it, 429 with Retry-After.
+    #[arg(long, env = "WARDLINE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Devices connected at once per user (default 32); past it, 429 with Retry-After.
+    #[arg(long, env = "WARDLINE_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Longest a connection may take to send a complete request head, from its start or its last
+    /// response: a half-sent or idle connection is closed then (default 10s).
+    #[arg(long, env = "WARDLINE_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Longest a write may wait on a client that reads nothing before the connection is closed
+    /// (default 30s).
+    #[arg(long, env = "WARDLINE_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub write_timeout: Option<Duration>,
     /// Whether this node may hold the recorder lease for plain Redis PUBLISHes (default true).
     #[arg(long, env = "WARDLINE_RECORDER")]
     pub recorder: Option<bool>,
@@ -154,6 +173,13 @@ struct FileConfig {
     frame_burst: Option<u32>,
     #[serde(default, with = "humantime_opt")]
     shutdown_deadline: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    #[serde(default, with = "humantime_opt")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    write_timeout: Option<Duration>,
     recorder: Option<bool>,
     log_format: Option<LogFormat>,
 }
@@ -229,6 +255,14 @@ pub struct Config {
     pub frame_burst: u32,
     /// Hard deadline for a graceful shutdown.
     pub shutdown_deadline: Duration,
+    /// Devices this node serves at once.
+    pub max_connections: usize,
+    /// Devices connected at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Devices connected at once per user.
+    pub max_connections_per_user: usize,
+    /// Deadlines of each connection's request heads and writes.
+    pub deadlines: crate::serve::Deadlines,
     /// Whether this node may record plain Redis PUBLISHes.
     pub recorder: bool,
     /// Log format.
@@ -387,6 +421,28 @@ impl Config {
                 .shutdown_deadline
                 .or(file.shutdown_deadline)
                 .unwrap_or(Duration::from_secs(10)),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or_else(crate::connection_caps::default_node_cap),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(1000),
+            max_connections_per_user: args
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(32),
+            deadlines: crate::serve::Deadlines {
+                header: args
+                    .header_timeout
+                    .or(file.header_timeout)
+                    .unwrap_or(Duration::from_secs(10)),
+                write: args
+                    .write_timeout
+                    .or(file.write_timeout)
+                    .unwrap_or(Duration::from_secs(30)),
+            },
             recorder: args.recorder.or(file.recorder).unwrap_or(true),
             log_format: args
                 .log_format
@@ -535,6 +591,6 @@ mod tests {
         assert!(
             file.tls_cert.is_some() && file.jwt_jwks_url.is_some() && file.log_format.is_some()
         );
-        assert_eq!(seen.len(), 27, "every setting, once: {seen:?}");
+        assert_eq!(seen.len(), 32, "every setting, once: {seen:?}");
     }
 }

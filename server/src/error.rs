@@ -56,11 +56,10 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(body)).into_response();
         // For the funnel: this response is already `{code, message}`, with this code and message.
         response.extensions_mut().insert(self.clone());
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
-            // Every limit refills at least one token a second.
+        if let Some(seconds) = retry_after(self.code) {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }
@@ -81,6 +80,18 @@ impl From<BrokerError> for ApiError {
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> ApiError {
         ApiError::new(e.code(), e.to_string())
+    }
+}
+
+/// When to try again after a refusal for `code`, in seconds, where waiting is the cure.
+fn retry_after(code: ErrorCode) -> Option<&'static str> {
+    match code {
+        // Every rate refills at least one token a second.
+        ErrorCode::RateLimited | ErrorCode::Flood => Some("1"),
+        // A slot frees only when another connection of the node, address or user closes.
+        ErrorCode::TooManyConnections => Some("30"),
+        ErrorCode::RelayFull => Some("10"),
+        _ => None,
     }
 }
 

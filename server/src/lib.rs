@@ -14,10 +14,13 @@
 //!   seed 004) and SSE;
 //! - [`http`]: publishing, stats, receipts, health, and metrics on their own listener;
 //! - [`openapi`]: `GET /v1/openapi.json`, generated from the handlers;
+//! - [`serve`]: the HTTP/1.1 server under the routes: accepting through a full file table, each
+//!   connection's header and write deadlines;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
 //! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`origins`]: CORS, and which browser origins may use the relay;
 //! - [`client_addr`]: the client's address through trusted proxies;
+//! - [`connection_caps`]: how many devices may be connected at once, per node, address and user;
 //! - [`data_dir`]: the relay's private directory (the secret, the embedded history);
 //! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
 //!
@@ -28,6 +31,7 @@ pub mod auth;
 pub mod broker;
 pub mod client_addr;
 pub mod config;
+pub mod connection_caps;
 pub mod data_dir;
 pub mod delivery;
 pub mod error;
@@ -39,6 +43,7 @@ pub mod openapi;
 pub mod origins;
 pub mod queue;
 pub mod ratelimit;
+pub mod serve;
 pub mod session;
 pub mod tls;
 pub mod transport;
@@ -48,15 +53,15 @@ use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, Retention};
 use crate::config::Config;
+use crate::connection_caps::ConnectionCaps;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::IpRateLimiter;
+use crate::serve::TcpAcceptor;
 use crate::tls::{Certificates, TlsListener};
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -73,6 +78,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// New connections per IP.
     pub connection_limiter: Arc<IpRateLimiter>,
+    /// Devices connected at once, per node, address and user.
+    pub caps: Arc<ConnectionCaps>,
     /// Becomes `true` when the relay starts shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -178,6 +185,11 @@ impl Relay {
                 config.connections_per_ip_per_s,
                 config.connections_per_ip_burst,
             )),
+            caps: ConnectionCaps::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.max_connections_per_user,
+            ),
             config: Arc::new(config),
             shutdown,
         };
@@ -196,11 +208,16 @@ impl Relay {
     /// Serves [`metrics_app`] on `listener` until the process ends.
     pub fn serve_metrics(&self, listener: TcpListener) {
         let router = metrics_app(self.state.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "the metrics listener stopped");
-            }
-        });
+        let metrics = self.state.metrics().clone();
+        let deadlines = self.state.config.deadlines;
+        let listener = TcpAcceptor::new(listener, metrics.clone());
+        tokio::spawn(serve::serve(
+            listener,
+            router,
+            deadlines,
+            metrics,
+            std::future::pending(),
+        ));
     }
 
     /// `https` when the relay serves TLS, else `http`.
@@ -230,10 +247,11 @@ impl Relay {
             certificates,
         } = self;
         let deadline = state.config.shutdown_deadline;
+        let deadlines = state.config.deadlines;
         let metrics = state.metrics().clone();
         let broker = state.hub.broker().clone();
         let mut stopping = state.shutdown.clone();
-        let router = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let router = app(state);
         let graceful = {
             let metrics = metrics.clone();
             async move {
@@ -249,22 +267,16 @@ impl Relay {
         let server = async move {
             match certificates {
                 Some(certificates) => {
-                    let listener =
-                        TlsListener::new(listener, certificates.server_config()?, metrics)?
-                            // `tap_io` only so that axum hands the peer's address to `ConnectInfo`,
-                            // as it does for a plain `TcpListener`.
-                            .tap_io(|_| {});
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(graceful)
-                        .await
+                    let config = certificates.server_config()?;
+                    let listener = TlsListener::new(listener, config, metrics.clone())?;
+                    serve::serve(listener, router, deadlines, metrics, graceful).await;
                 }
                 None => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(graceful)
-                        .await
+                    let listener = TcpAcceptor::new(listener, metrics.clone());
+                    serve::serve(listener, router, deadlines, metrics, graceful).await;
                 }
             }
-            .map_err(anyhow::Error::from)
+            anyhow::Ok(())
         };
         let hard_deadline = async move {
             crate::stopping(&mut stopping).await;

@@ -131,12 +131,34 @@ fn reload_on_hangup(
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard one (as Go and systemd's services expect a server to
+/// do: the soft limit of 1024 is kept low only for programs that use `select`). Answers the limit.
+#[cfg(unix)]
+fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> std::io::Result<u64> {
+    Ok(0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
+            // Before the configuration: the default connection cap is taken from this limit.
+            let raised = raise_open_file_limit();
             let config = Config::load(*args)?;
             init_logs(config.log_format);
+            match raised {
+                Ok(limit) => tracing::info!(
+                    open_files = limit,
+                    max_connections = config.max_connections,
+                    "open-file limit"
+                ),
+                Err(e) => tracing::warn!(error = %e, "the open-file limit could not be raised"),
+            }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;

@@ -68,6 +68,14 @@ pub struct Metrics {
     pub plain_publishes_refused_total: AtomicU64,
     /// TLS handshakes that failed or timed out (a device that does not trust the certificate).
     pub tls_handshake_failures_total: AtomicU64,
+    /// Connections that sent no complete request head in time (slowloris, idle keep-alive).
+    pub header_timeouts_total: AtomicU64,
+    /// Connections whose writes made no progress in time (a reader that stopped reading).
+    pub write_timeouts_total: AtomicU64,
+    /// Accepts that failed (out of file descriptors) and were retried.
+    pub accept_errors_total: AtomicU64,
+    /// Devices refused by a connection cap (node, address or user).
+    pub connections_capped_total: AtomicU64,
     /// HTTP error answers, by code (in [`ErrorCode::ALL`]'s order).
     errors: [AtomicU64; ErrorCode::ALL.len()],
     /// Seconds from a notification's publish (its id's time) to its frame handed to a socket.
@@ -292,6 +300,26 @@ impl Metrics {
                 "wardline_tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out.",
                 &self.tls_handshake_failures_total,
+            ),
+            (
+                "wardline_header_timeouts_total",
+                "Connections closed for not sending a complete request head in time (--header-timeout).",
+                &self.header_timeouts_total,
+            ),
+            (
+                "wardline_write_timeouts_total",
+                "Connections closed because their writes made no progress in time (--write-timeout).",
+                &self.write_timeouts_total,
+            ),
+            (
+                "wardline_accept_errors_total",
+                "Accepts that failed, out of file descriptors, and were retried.",
+                &self.accept_errors_total,
+            ),
+            (
+                "wardline_connections_capped_total",
+                "Devices refused by a connection cap (--max-connections, -per-ip, -per-user).",
+                &self.connections_capped_total,
             ),
         ];
         for (name, help, value) in counters {

@@ -246,6 +246,22 @@ pub enum BrokerKind {
     Redis,
 }
 
+/// `wardline-relay`, run under `prlimit` when its open files are limited (prlimit executes it: the
+/// child is the relay itself).
+fn relay_command(open_files: Option<u64>) -> Command {
+    match open_files {
+        None => Command::new(binary("wardline-relay")),
+        Some(limit) => {
+            let mut command = Command::new("prlimit");
+            command
+                .arg(format!("--nofile={limit}:{limit}"))
+                .arg("--")
+                .arg(binary("wardline-relay"));
+            command
+        }
+    }
+}
+
 /// A real `wardline-relay serve` process, killed on drop.
 pub struct Relay {
     child: Child,
@@ -289,6 +305,18 @@ impl Relay {
         }
     }
 
+    /// Starts a relay on the embedded broker whose process may hold at most `open_files` file
+    /// descriptors (soft and hard limit, set with `prlimit`).
+    pub async fn embedded_with_open_files(
+        open_files: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_owned();
+        let command = relay_command(Some(open_files));
+        Relay::launch_command(command, &path, None, extra, true, Some(dir)).await
+    }
+
     /// Starts a relay with this data dir (kept by the caller, so a restart finds its history).
     pub async fn start_in(
         data_dir: &Path,
@@ -307,7 +335,18 @@ impl Relay {
         with_secret: bool,
         owned_dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Relay> {
-        let mut command = Command::new(binary("wardline-relay"));
+        let command = relay_command(None);
+        Relay::launch_command(command, data_dir, redis_url, extra, with_secret, owned_dir).await
+    }
+
+    async fn launch_command(
+        mut command: Command,
+        data_dir: &Path,
+        redis_url: Option<&str>,
+        extra: &[&str],
+        with_secret: bool,
+        owned_dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Relay> {
         let listen = if extra.contains(&"--listen") {
             &[][..]
         } else {

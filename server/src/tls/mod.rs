@@ -17,6 +17,7 @@
 //!   Measured per idle WebSocket against a plain one: `bench/results/relay.md`.
 
 use crate::metrics::Metrics;
+use crate::serve::TcpAcceptor;
 use anyhow::Context;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -147,7 +148,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (ready_tx, ready) = mpsc::channel(64);
         tokio::spawn(accept_loop(
-            tcp,
+            TcpAcceptor::new(tcp, metrics.clone()),
             config,
             metrics,
             ready_tx,
@@ -158,25 +159,16 @@ impl TlsListener {
 }
 
 async fn accept_loop(
-    tcp: TcpListener,
+    mut tcp: TcpAcceptor,
     config: Arc<ServerConfig>,
     metrics: Arc<Metrics>,
     ready: mpsc::Sender<(TlsStream, SocketAddr)>,
     handshakes: Arc<Semaphore>,
 ) {
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = ready.closed() => return,
-            accepted = tcp.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, say: wait rather than spin.
-                tracing::warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+            accepted = tcp.next() => accepted,
         };
         let (config, metrics, ready) = (config.clone(), metrics.clone(), ready.clone());
         let handshakes = handshakes.clone();

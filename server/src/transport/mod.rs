@@ -7,6 +7,7 @@ pub mod ws;
 use crate::AppState;
 use crate::auth::Claims;
 use crate::broker::BrokerHealth;
+use crate::connection_caps::ConnectionPermit;
 use crate::error::ApiError;
 use crate::http::authenticate;
 use crate::metrics::Metrics;
@@ -15,14 +16,15 @@ use std::net::IpAddr;
 use wardline_protocol::ErrorCode;
 
 /// Checks a new connection: not shutting down, within its client address's rate, a valid token whose
-/// subject is the user in the path (seed 000's handler never checked this), and a reachable broker.
+/// subject is the user in the path (seed 000's handler never checked this), a slot under the
+/// connection caps (held by the permit for the connection's life), and a reachable broker.
 pub async fn admit(
     state: &AppState,
     client: IpAddr,
     path_user: &str,
     query_token: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Claims, ApiError> {
+) -> Result<(Claims, ConnectionPermit), ApiError> {
     if *state.shutdown.borrow() {
         return Err(ApiError::new(
             ErrorCode::ShuttingDown,
@@ -44,11 +46,14 @@ pub async fn admit(
             format!("the token is for user {}, not {path_user}", claims.sub),
         ));
     }
+    let permit = state.caps.admit(client, &claims.sub).inspect_err(|_| {
+        Metrics::inc(&state.metrics().connections_capped_total);
+    })?;
     if let BrokerHealth::Down(reason) = &*state.hub.broker().health().borrow() {
         return Err(ApiError::new(
             ErrorCode::BrokerUnavailable,
             format!("broker unavailable: {reason}"),
         ));
     }
-    Ok(claims)
+    Ok((claims, permit))
 }

@@ -10,6 +10,7 @@
 use crate::AppState;
 use crate::auth::Claims;
 use crate::client_addr::ClientAddr;
+use crate::connection_caps::ConnectionPermit;
 use crate::delivery::sse_data_lines;
 use crate::error::ApiError;
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
@@ -104,7 +105,8 @@ pub async fn user_events(
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
+    let (claims, permit) =
+        admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
     let channels = requested_channels(&claims, query.channels.as_deref())?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let positions = match last_event_id
@@ -160,6 +162,7 @@ pub async fn user_events(
         metrics: state.metrics().clone(),
         finished: false,
         guard,
+        _permit: permit,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next_chunk));
     let mut response = body.into_response();
@@ -209,6 +212,8 @@ struct SseStream {
     metrics: std::sync::Arc<Metrics>,
     finished: bool,
     guard: ConnectionGuard,
+    /// The stream's slot under the connection caps.
+    _permit: ConnectionPermit,
 }
 
 impl SseStream {

@@ -7,6 +7,7 @@
 use crate::AppState;
 use crate::auth::Claims;
 use crate::client_addr::ClientAddr;
+use crate::connection_caps::ConnectionPermit;
 use crate::delivery::Delivery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Transport};
@@ -100,14 +101,15 @@ pub async fn user_socket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let claims = admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
+    let (claims, permit) =
+        admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
     let ws = configure(ws, &state).protocols([SUBPROTOCOL_V1, SUBPROTOCOL_RAW]);
     let mode = match ws.selected_protocol() {
         Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
         _ => Mode::Raw,
     };
     let session = open_session(&state, claims, mode).await?;
-    Ok(ws.on_upgrade(move |socket| run(socket, state, session, mode)))
+    Ok(ws.on_upgrade(move |socket| run(socket, state, session, mode, permit)))
 }
 
 /// `GET /v1/ws/notifications?user_id=…` (the Diagnoxix notification service's WebSocket; a token
@@ -126,7 +128,7 @@ pub async fn seed004_socket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let claims = admit(
+    let (claims, permit) = admit(
         &state,
         client,
         &query.user_id,
@@ -135,7 +137,8 @@ pub async fn seed004_socket(
     )
     .await?;
     let session = open_session(&state, claims, Mode::Seed004).await?;
-    Ok(configure(ws, &state).on_upgrade(move |socket| run(socket, state, session, Mode::Seed004)))
+    Ok(configure(ws, &state)
+        .on_upgrade(move |socket| run(socket, state, session, Mode::Seed004, permit)))
 }
 
 /// Why the connection loop ended.
@@ -156,7 +159,14 @@ async fn open_session(state: &AppState, claims: Claims, mode: Mode) -> Result<Se
     Ok(session)
 }
 
-async fn run(mut socket: WebSocket, state: AppState, mut session: Session, mode: Mode) {
+/// Serves an upgraded socket; `_permit` holds its slot under the connection caps until it closes.
+async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    mut session: Session,
+    mode: Mode,
+    _permit: ConnectionPermit,
+) {
     let mut open = state
         .metrics()
         .connection_opened(mode.transport(), &session.claims().sub);
