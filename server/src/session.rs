@@ -3,7 +3,9 @@
 //!
 //! Subscribing joins the hub first and reads history second, so nothing published in between is
 //! missed; live messages at or before the last id sent on a channel are then skipped, so nothing is
-//! sent twice. Transports only encode what `next_event` returns.
+//! sent twice. A replay is read a page at a time as the transport sends it ([`Session::next_page`]),
+//! so a resume over a long history holds one page, not the history. Transports only encode what
+//! `next_event` returns.
 
 use crate::auth::Claims;
 use crate::broker::{BrokerError, BrokerHealth, now_ms};
@@ -15,8 +17,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode, ReceiptKind};
 
-/// History is read in pages of this many notifications.
-const REPLAY_PAGE: usize = 500;
+/// History is read in pages of this many notifications: at most 6.4 MB of 64 KiB notifications held
+/// per resuming connection.
+const REPLAY_PAGE: usize = 100;
 
 /// What a transport must do next.
 #[derive(Debug)]
@@ -29,17 +32,22 @@ pub enum SessionEvent {
     BrokerDown(String),
 }
 
-/// The outcome of subscribing to one channel.
+/// One channel subscribed, and its replay: stored notifications after the cursor, oldest first, to
+/// send before anything live, a page at a time.
 #[derive(Debug)]
 pub struct Resumed {
     /// The channel.
     pub channel: Channel,
     /// The cursor the replay started after (the channel's end when the client gave none).
     pub start: Option<Cursor>,
-    /// Stored notifications after the cursor, oldest first, to send before anything live.
-    pub replay: Vec<Arc<Delivery>>,
+    /// The replay's page to send now; [`Session::next_page`] reads the next one.
+    pub page: Vec<Arc<Delivery>>,
+    /// Notifications of the replay read so far.
+    pub replayed: u64,
     /// True when notifications after the cursor were already trimmed away.
     pub gap: bool,
+    /// Where the next page starts, when there is one.
+    next: Option<Cursor>,
 }
 
 /// Why a session request failed.
@@ -162,29 +170,15 @@ impl Session {
         self.join(&channel).await?;
         let position = self.position_mut(&channel);
         *position = (*position).max(start);
-        let mut replay = Vec::new();
-        let mut gap = false;
-        let mut after = start;
-        let end = loop {
-            let page = self
-                .hub
-                .broker()
-                .history(&channel, after, REPLAY_PAGE)
-                .await?;
-            gap |= page.gap;
-            // Expired notifications are left out of a page but still move it on.
-            if let Some(through) = page.through {
-                after = through;
-            }
-            replay.extend(
-                page.messages
-                    .into_iter()
-                    .map(|m| Arc::new(Delivery::new(m))),
-            );
-            if !page.more {
-                break page.end.unwrap_or_default();
-            }
+        let mut resumed = Resumed {
+            channel,
+            start: Some(start),
+            page: Vec::new(),
+            replayed: 0,
+            gap: false,
+            next: Some(start),
         };
+        let end = self.read_page(&mut resumed).await?;
         // A cursor past the channel's end is fine while it is not in the future: ids are times, so
         // "from a week ago" on a quiet channel misses nothing. One from the future (a client made
         // it up, or a store's clock went back) would have every live message up to it skipped
@@ -195,27 +189,64 @@ impl Session {
                 .metrics()
                 .future_cursors_total
                 .fetch_add(1, Relaxed);
-            *self.position_mut(&channel) = earlier.unwrap_or_default().max(end);
+            *self.position_mut(&resumed.channel) = earlier.unwrap_or_default().max(end);
             start = end;
-            after = end;
-            gap = true;
+            resumed.start = Some(start);
+            resumed.gap = true;
         }
-        let position = self.position_mut(&channel);
-        *position = (*position).max(after);
-        let metrics = self.hub.metrics();
-        metrics
+        if resumed.next.is_none() {
+            self.replay_done(&resumed);
+        }
+        Ok(resumed)
+    }
+
+    /// Reads the next page of `resumed`'s replay into its `page`, once the last one is sent; answers
+    /// false, with nothing read, when the replay is complete.
+    pub async fn next_page(&mut self, resumed: &mut Resumed) -> Result<bool, SessionError> {
+        if resumed.next.is_none() {
+            return Ok(false);
+        }
+        self.read_page(resumed).await?;
+        if resumed.next.is_none() {
+            self.replay_done(resumed);
+        }
+        Ok(true)
+    }
+
+    /// Reads one page after `resumed.next` and moves the channel's position past it (live
+    /// notifications up to there are sent by the replay); answers the channel's end.
+    async fn read_page(&mut self, resumed: &mut Resumed) -> Result<Cursor, SessionError> {
+        let after = resumed.next.unwrap_or_default();
+        let page = self
+            .hub
+            .broker()
+            .history(&resumed.channel, after, REPLAY_PAGE)
+            .await?;
+        resumed.gap |= page.gap;
+        resumed.page = page
+            .messages
+            .into_iter()
+            .map(|m| Arc::new(Delivery::new(m)))
+            .collect();
+        resumed.replayed += resumed.page.len() as u64;
+        self.hub
+            .metrics()
             .replayed_total
-            .fetch_add(replay.len() as u64, Relaxed);
-        metrics.replay_size.observe(replay.len() as f64);
-        if gap {
+            .fetch_add(resumed.page.len() as u64, Relaxed);
+        // Expired notifications are left out of a page but still move it on.
+        let through = page.through.unwrap_or(after);
+        resumed.next = page.more.then_some(through);
+        let position = self.position_mut(&resumed.channel);
+        *position = (*position).max(through);
+        Ok(page.end.unwrap_or_default())
+    }
+
+    fn replay_done(&self, resumed: &Resumed) {
+        let metrics = self.hub.metrics();
+        metrics.replay_size.observe(resumed.replayed as f64);
+        if resumed.gap {
             metrics.gaps_total.fetch_add(1, Relaxed);
         }
-        Ok(Resumed {
-            channel,
-            start: Some(start),
-            replay,
-            gap,
-        })
     }
 
     /// Joins first, then reads the channel's newest id: whatever is published after the join
@@ -236,8 +267,10 @@ impl Session {
         Ok(Resumed {
             channel,
             start: Some(start),
-            replay: Vec::new(),
+            page: Vec::new(),
+            replayed: 0,
             gap: false,
+            next: None,
         })
     }
 

@@ -377,6 +377,9 @@ impl Relay {
                 "1000",
             ]);
         }
+        if !extra.contains(&"--max-connections-per-ip") {
+            command.args(["--max-connections-per-ip", "100000"]);
+        }
         command
             .args(extra)
             .env_remove("REDIS_URL")
@@ -485,6 +488,20 @@ impl Relay {
             .status()?;
         anyhow::ensure!(status.success(), "kill -{name} failed");
         Ok(())
+    }
+
+    /// The relay's resident memory now, in bytes (`VmRSS`).
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .context("no VmRSS")?
+            .trim()
+            .parse::<u64>()?;
+        Ok(kib * 1024)
     }
 
     /// The relay's log so far.

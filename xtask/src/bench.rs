@@ -604,6 +604,8 @@ fn measure(
             "1000000",
             "--connections-per-ip-per-s",
             "1000000",
+            "--max-connections-per-ip",
+            "1000000",
             "--heartbeat",
             "1h",
             "--metrics-listen",

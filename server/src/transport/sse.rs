@@ -14,7 +14,7 @@ use crate::connection_caps::ConnectionPermit;
 use crate::delivery::sse_data_lines;
 use crate::error::ApiError;
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
-use crate::session::{Session, SessionEvent};
+use crate::session::{Resumed, Session, SessionEvent};
 use crate::transport::admit;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -120,10 +120,10 @@ pub async fn user_events(
         .metrics()
         .connection_opened(Transport::Sse, &claims.sub);
     let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
-    let mut resumed = Vec::with_capacity(channels.len());
+    let mut replays = VecDeque::with_capacity(channels.len());
     for channel in &channels {
         let since = positions.get(channel).map(|c| c.to_string());
-        resumed.push(
+        replays.push_back(
             session
                 .subscribe(channel.as_str(), since.as_deref())
                 .await?,
@@ -131,33 +131,20 @@ pub async fn user_events(
     }
     // Each replayed event's id says exactly what the stream has sent so far, so a client that drops
     // in the middle of the replay resumes every channel from the right place.
-    let mut sent: BTreeMap<Channel, Cursor> = resumed
+    let sent: BTreeMap<Channel, Cursor> = replays
         .iter()
-        .filter_map(|r| Some((r.channel.clone(), r.start?)))
+        .filter_map(|r: &Resumed| Some((r.channel.clone(), r.start?)))
         .collect();
-    let mut pending = VecDeque::from([Bytes::from_static(b"retry: 2000\n\n")]);
-    for resumed in resumed {
-        for delivery in &resumed.replay {
-            sent.insert(delivery.message.channel.clone(), delivery.message.id);
-            pending.push_back(Bytes::from(format!("id: {}\n", format_position(&sent))));
-            pending.push_back(delivery.sse_data());
-        }
-        let frame = ServerFrame::Resumed {
-            replayed: resumed.replay.len() as u64,
-            gap: resumed.gap,
-            cursor: sent.get(&resumed.channel).copied(),
-            channel: resumed.channel,
-        };
-        pending.push_back(event("resumed", &frame));
-    }
     let stream = SseStream {
+        pending: VecDeque::from([Bytes::from_static(b"retry: 2000\n\n")]),
+        replays,
+        sent,
         expiry: Box::pin(tokio::time::sleep(session.claims().time_left())),
         heartbeat: tokio::time::interval_at(
             Instant::now() + state.config.heartbeat,
             state.config.heartbeat,
         ),
         session,
-        pending,
         shutdown: state.shutdown.clone(),
         metrics: state.metrics().clone(),
         finished: false,
@@ -205,7 +192,12 @@ fn requested_channels(claims: &Claims, requested: Option<&str>) -> Result<Vec<Ch
 
 struct SseStream {
     session: Session,
+    /// Chunks to write before anything else.
     pending: VecDeque<Bytes>,
+    /// The channels whose replay is not yet all sent, in order.
+    replays: VecDeque<Resumed>,
+    /// Each channel's last id sent, for the replay's event ids.
+    sent: BTreeMap<Channel, Cursor>,
     heartbeat: Interval,
     expiry: Pin<Box<Sleep>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -217,12 +209,52 @@ struct SseStream {
 }
 
 impl SseStream {
+    /// The next chunk of the replays, reading a channel's next page once its last is sent; `None`
+    /// once every replay is sent.
+    async fn replay_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let resumed = self.replays.front_mut()?;
+            if !resumed.page.is_empty() {
+                for delivery in std::mem::take(&mut resumed.page) {
+                    let message = &delivery.message;
+                    self.sent.insert(message.channel.clone(), message.id);
+                    let id = format!("id: {}\n", format_position(&self.sent));
+                    self.pending.push_back(Bytes::from(id));
+                    self.pending.push_back(delivery.sse_data());
+                }
+                return self.pending.pop_front();
+            }
+            match self.session.next_page(resumed).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let resumed = self.replays.pop_front()?;
+                    let frame = ServerFrame::Resumed {
+                        replayed: resumed.replayed,
+                        gap: resumed.gap,
+                        cursor: self.sent.get(&resumed.channel).copied(),
+                        channel: resumed.channel,
+                    };
+                    return Some(event("resumed", &frame));
+                }
+                Err(e) => {
+                    self.finished = true;
+                    self.replays.clear();
+                    self.guard.closed_with(close::TRY_AGAIN_LATER);
+                    return Some(error_event(e.code(), e.to_string(), close::TRY_AGAIN_LATER));
+                }
+            }
+        }
+    }
+
     async fn next_chunk(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, SseStream)> {
         if let Some(chunk) = self.pending.pop_front() {
             return Some((Ok(chunk), self));
         }
         if self.finished {
             return None;
+        }
+        if let Some(chunk) = self.replay_chunk().await {
+            return Some((Ok(chunk), self));
         }
         let chunk = tokio::select! {
             _ = crate::stopping(&mut self.shutdown) => {

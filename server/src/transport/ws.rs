@@ -12,7 +12,7 @@ use crate::delivery::Delivery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Transport};
 use crate::ratelimit::TokenBucket;
-use crate::session::{Session, SessionError, SessionEvent};
+use crate::session::{Resumed, Session, SessionError, SessionEvent};
 use crate::transport::admit;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -431,6 +431,28 @@ async fn handle_inbound(
     }
 }
 
+/// Sends a channel's replay, reading each page once the one before it is sent.
+async fn replay(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    resumed: &mut Resumed,
+) -> Result<(), Stop> {
+    loop {
+        for delivery in std::mem::take(&mut resumed.page) {
+            send(socket, session, Message::Text(delivery.v1_frame())).await?;
+        }
+        match session.next_page(resumed).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                let error = error_frame(e.code(), e.to_string(), Some(resumed.channel.to_string()));
+                send_frame(socket, session, &error).await?;
+                return Err(Stop::Close(close::TRY_AGAIN_LATER, e.to_string()));
+            }
+        }
+    }
+}
+
 async fn handle_v1(
     socket: &mut WebSocket,
     session: &mut Session,
@@ -455,13 +477,11 @@ async fn handle_v1(
                     .subscribe(&request.channel, request.since.as_deref())
                     .await
                 {
-                    Ok(resumed) => {
-                        for delivery in &resumed.replay {
-                            send(socket, session, Message::Text(delivery.v1_frame())).await?;
-                        }
+                    Ok(mut resumed) => {
+                        replay(socket, session, &mut resumed).await?;
                         let cursor = session.position(&resumed.channel);
                         let frame = ServerFrame::Resumed {
-                            replayed: resumed.replay.len() as u64,
+                            replayed: resumed.replayed,
                             gap: resumed.gap,
                             cursor,
                             channel: resumed.channel,
