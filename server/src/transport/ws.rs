@@ -178,8 +178,11 @@ async fn run(
             code,
             reason: Utf8Bytes::from(reason),
         };
+        // The close waits its turn behind what the peer has not read yet, up to the write
+        // deadline: a client that was only slow still learns why it was cut off (4008) and resumes
+        // at once instead of backing off.
         if let Ok(Ok(())) = timeout(
-            Duration::from_secs(1),
+            state.config.deadlines.write,
             socket.send(Message::Close(Some(frame))),
         )
         .await
