@@ -30,6 +30,20 @@ pub fn make_private(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a data dir the relay cannot write (a read-only mount, say): the embedded broker could
+/// store no publish, which is better said at start than found out at the first one.
+pub fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "the data dir {} cannot be written, so no publish could be stored: give the relay a writable data dir (--data-dir)",
+                dir.display()
+            )
+        })
+}
+
 /// Narrows `path` to `mode` when others or the group may use it.
 #[cfg(unix)]
 fn narrow(path: &Path, mode: u32) -> anyhow::Result<()> {

@@ -735,3 +735,117 @@ async fn the_relay_warns_of_redis_settings_that_lose_history() {
         "{log}"
     );
 }
+
+/// A tmpfs of a few hundred KiB mounted by the test (it runs as root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> anyhow::Result<SmallDisk> {
+        let dir = tempfile::tempdir()?;
+        let disk = SmallDisk { dir };
+        disk.run_mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])?;
+        Ok(disk)
+    }
+
+    fn remount(&self, options: &str) -> anyhow::Result<()> {
+        self.run_mount(&["-o", &format!("remount,{options}")])
+    }
+
+    fn run_mount(&self, args: &[&str]) -> anyhow::Result<()> {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .arg(self.dir.path())
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "mount {args:?} failed (the tests run as root)"
+        );
+        Ok(())
+    }
+
+    /// Fills the disk with a file; answers its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_data())
+            .is_ok()
+        {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// `/readyz` says whether a publish can be stored: with the data dir's disk full it answers 503
+/// saying the history cannot be written (and a publish is a 503 to retry, not a 500), and 200 once
+/// space is free again; a read-only data dir is refused at start with what to do. Before, the
+/// relay said ready on a full disk and started on a read-only dir, then failed every publish.
+#[tokio::test]
+async fn readiness_is_whether_a_publish_can_be_stored() -> anyhow::Result<()> {
+    let disk = SmallDisk::mount("768k")?;
+    let data_dir = disk.dir.path().join("relay");
+    std::fs::create_dir(&data_dir)?;
+    let relay = Relay::start_in(&data_dir, None, &[], None).await?;
+    assert_eq!(relay.get("/readyz", None).await.0, 200);
+    let filler = disk.fill();
+    let (status, body) = relay.get("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 50301, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be written")),
+        "{body}"
+    );
+    let (status, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (503, Some(50301)),
+        "{reply}"
+    );
+    std::fs::remove_file(filler)?;
+    assert_eq!(relay.get("/readyz", None).await.0, 200);
+    let (status, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(2)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(relay.terminate().await?);
+
+    disk.remount("ro")?;
+    let refused = tokio::process::Command::new(wardline_tests::binary("wardline-relay"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--jwt-secret", SECRET, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a read-only data dir was accepted: {stderr}"
+    );
+    assert!(stderr.contains("writable data dir"), "{stderr}");
+    Ok(())
+}

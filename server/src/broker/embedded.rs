@@ -21,7 +21,8 @@ use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
 
 /// Each migration moves the schema one version up; `PRAGMA user_version` says where a file is.
 /// Version 1 uses `IF NOT EXISTS`: files written before versioning already have its tables.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS messages (
     channel TEXT NOT NULL,
     ms INTEGER NOT NULL,
@@ -48,7 +49,15 @@ CREATE TABLE IF NOT EXISTS receipts (
     at INTEGER NOT NULL,
     PRIMARY KEY (channel, ms, seq, user, kind)
 ) WITHOUT ROWID;
-"];
+",
+    "
+-- One row, rewritten by the readiness probe: can a publish be stored now?
+CREATE TABLE IF NOT EXISTS write_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+",
+];
 
 /// Brings a history file to the current schema, in one transaction per version; refuses a file
 /// written by a newer relay rather than guess.
@@ -117,6 +126,29 @@ fn storage(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
 }
 
+/// A failed write: a full disk, a read-only or vanished file is the history being unavailable
+/// (503: retry later; `/readyz` says so too), anything else a storage error.
+fn write_failed(e: rusqlite::Error) -> BrokerError {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    match e.sqlite_error_code() {
+        Some(DiskFull | ReadOnly | CannotOpen | SystemIoFailure) => {
+            BrokerError::Unavailable(format!("the history cannot be written: {e}"))
+        }
+        _ => storage(e),
+    }
+}
+
+/// Writes the probe row: what `/readyz` and the start check ask, "could a publish be stored?".
+fn probe_write(conn: &Connection) -> Result<(), BrokerError> {
+    conn.execute(
+        "INSERT INTO write_probe (id, at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        [now_ms()],
+    )
+    .map(|_| ())
+    .map_err(write_failed)
+}
+
 /// Copies the embedded broker's history in `data_dir` into `to`, consistent as of one moment,
 /// while a relay keeps running on it (SQLite's `VACUUM INTO` through a read-only connection: it
 /// neither blocks nor is blocked by the relay's writes). `to` must not exist; it is created
@@ -158,6 +190,7 @@ impl EmbeddedBroker {
         live: LiveSender,
     ) -> Result<EmbeddedBroker, BrokerError> {
         crate::data_dir::make_private(data_dir).map_err(|e| storage(format!("{e:#}")))?;
+        crate::data_dir::check_writable(data_dir).map_err(|e| storage(format!("{e:#}")))?;
         let path = data_dir.join("history.sqlite3");
         crate::data_dir::create_private_file(&path)
             .map_err(|e| storage(format!("{}: {e}", path.display())))?;
@@ -179,6 +212,10 @@ impl EmbeddedBroker {
             .optional()
             .map_err(storage)?
             .unwrap_or_default();
+        // A full disk may clear: the relay starts, not ready until it does.
+        if let Err(e) = probe_write(&conn) {
+            tracing::warn!(error = %e, "the history cannot be written now; /readyz answers 503 until it can");
+        }
         let store = Store {
             conn,
             last_id,
@@ -348,13 +385,17 @@ impl Broker for EmbeddedBroker {
                         publish.payload.as_ref(),
                     ],
                 )
-                .map_err(storage)?;
+                .map_err(write_failed)?;
             store.last_id = id;
             let writes = store.writes_since_trim.entry(publish.channel.clone()).or_default();
             *writes += 1;
             if *writes >= (retention.max_len / 100).max(1) {
                 *writes = 0;
-                trim(store, &publish.channel, retention).map_err(storage)?;
+                // The notification is stored: a trim that fails (a full disk) is retried with a
+                // later publish or by the minute's trimmer, and does not make the publish a failure.
+                if let Err(e) = trim(store, &publish.channel, retention) {
+                    tracing::warn!(error = %e, channel = ?publish.channel.as_str(), "trimming history failed");
+                }
             }
             let message = StoredMessage {
                 id,
@@ -533,14 +574,9 @@ impl Broker for EmbeddedBroker {
         self.health.subscribe()
     }
 
+    /// A write, not a read: a full disk or a data dir remounted read-only makes the relay not ready.
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.blocking(|store| {
-            store
-                .conn
-                .query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(storage)
-        })
-        .await
+        self.blocking(|store| probe_write(&store.conn)).await
     }
 
     async fn shutdown(&self) {}

@@ -180,7 +180,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Follows the broker's health.
     fn health(&self) -> watch::Receiver<BrokerHealth>;
 
-    /// Checks the broker answers now.
+    /// Checks the broker answers now (the embedded one: that it can store a publish).
     async fn ping(&self) -> Result<(), BrokerError>;
 
     /// Releases what this node holds (the recorder lease) before the process exits.

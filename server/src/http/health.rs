@@ -29,11 +29,12 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the broker is connected and answers a ping.
+/// Readiness: the broker is connected and answers a ping; the embedded broker writes its probe
+/// row, so a full disk or a read-only data dir is "not ready".
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready for devices and publishers", body = Ready),
-        (status = 503, description = "The broker is unavailable, or the relay is shutting down", body = crate::error::ErrorBody),
+        (status = 503, description = "The broker is unavailable (the embedded history cannot be written), or the relay is shutting down", body = crate::error::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let broker = state.hub.broker();
