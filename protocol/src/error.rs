@@ -57,6 +57,9 @@ pub enum ErrorCode {
     /// This relay node holds as many connections as it allows (`--max-connections`): retry later,
     /// or on another node.
     RelayFull,
+    /// The broker did not answer a publish in time: the notification may or may not be stored.
+    /// Retry with the same `idempotency_key`, which stores it at most once.
+    PublishOutcomeUnknown,
 }
 
 impl ErrorCode {
@@ -86,6 +89,7 @@ impl ErrorCode {
             ErrorCode::BrokerUnavailable => 50301,
             ErrorCode::ShuttingDown => 50302,
             ErrorCode::RelayFull => 50303,
+            ErrorCode::PublishOutcomeUnknown => 50401,
         }
     }
 
@@ -95,7 +99,7 @@ impl ErrorCode {
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
@@ -119,6 +123,7 @@ impl ErrorCode {
         ErrorCode::BrokerUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::RelayFull,
+        ErrorCode::PublishOutcomeUnknown,
     ];
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame, SubscribeChannel};
 use wardline_tests::client::{SseClient, V1Client};
 use wardline_tests::{
-    BrokerKind, Relay, SECRET, critical_lab_result, on_both_brokers, token, unix_now,
+    BrokerKind, RedisServer, Relay, SECRET, critical_lab_result, on_both_brokers, token, unix_now,
 };
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
@@ -847,5 +847,61 @@ async fn readiness_is_whether_a_publish_can_be_stored() -> anyhow::Result<()> {
         "a read-only data dir was accepted: {stderr}"
     );
     assert!(stderr.contains("writable data dir"), "{stderr}");
+    Ok(())
+}
+
+/// A publish Redis does not answer in time says that its outcome is unknown (504, 50401, "retry
+/// with the same idempotency_key"), not that the broker is unavailable: Redis, stalled, stored it
+/// afterwards, and the retry with the same key finds it stored once. (It answered 503 "broker
+/// unavailable" for a notification that was in fact stored and delivered.)
+#[tokio::test]
+async fn a_publish_redis_answers_too_late_says_its_outcome_is_unknown() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let relay = Relay::on_redis(&redis, &[]).await?;
+    let backend = token("backend", "service", &[], 600);
+    let body = json!({
+        "channel": DOCTOR_CHANNEL,
+        "message": critical_lab_result(1),
+        "idempotency_key": "lab-result-1",
+    });
+    let mut admin = redis.connection().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async::<()>(&mut admin)
+        .await?;
+    let (status, reply) = relay.publish_as(&backend, &body).await;
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (504, Some(50401)),
+        "{reply}"
+    );
+    assert_eq!(reply["status"], "failed", "{reply}");
+    assert!(
+        reply["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("retry with the same idempotency_key")),
+        "{reply}"
+    );
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let retried = loop {
+        let (status, reply) = relay.publish_as(&backend, &body).await;
+        if status == 200 {
+            break reply;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reply}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        retried["duplicate"], true,
+        "Redis had stored the first: {retried}"
+    );
+    let stored: u64 = redis::cmd("XLEN")
+        .arg(format!("wardline:{{{DOCTOR_CHANNEL}}}:stream"))
+        .query_async(&mut admin)
+        .await?;
+    assert_eq!(stored, 1, "stored once");
     Ok(())
 }

@@ -122,6 +122,11 @@ pub enum BrokerError {
         "idempotency_key already used for a different notification ({0}); use a new key for a new notification"
     )]
     IdempotencyConflict(Cursor),
+    /// The broker was asked to store a publish and did not answer in time: it may have stored it.
+    #[error(
+        "the broker did not answer in time ({0}): the notification may or may not be stored; retry with the same idempotency_key (without one, a retry may store it twice)"
+    )]
+    OutcomeUnknown(String),
 }
 
 impl BrokerError {
@@ -131,6 +136,7 @@ impl BrokerError {
             BrokerError::Unavailable(_) => ErrorCode::BrokerUnavailable,
             BrokerError::Storage(_) => ErrorCode::Internal,
             BrokerError::IdempotencyConflict(_) => ErrorCode::IdempotencyConflict,
+            BrokerError::OutcomeUnknown(_) => ErrorCode::PublishOutcomeUnknown,
         }
     }
 }

@@ -120,6 +120,7 @@ impl IntoResponse for Failed {
         (status = 200, description = "Stored, and delivered to the devices connected now", body = Published),
         (status = "4XX", description = "Refused: the token, the role, the channel or the body", body = PublishFailed),
         (status = 503, description = "The broker is unavailable: nothing was stored", body = PublishFailed),
+        (status = 504, description = "The broker did not answer in time: the notification may be stored; retry with the same `idempotency_key`", body = PublishFailed),
     ))]
 pub async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     match try_publish(&state, &headers, &body).await {

@@ -153,6 +153,16 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("Redis: {e}"))
 }
 
+/// A publish that failed after it may have reached Redis (no answer in time, or the connection
+/// dropped while waiting) may have been stored: the publisher is told so, not "unavailable".
+fn publish_failed(e: redis::RedisError) -> BrokerError {
+    if e.is_timeout() || e.is_connection_dropped() {
+        BrokerError::OutcomeUnknown(format!("Redis: {e}"))
+    } else {
+        unavailable(e)
+    }
+}
+
 enum PubSubCommand {
     Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
@@ -679,7 +689,7 @@ impl Broker for RedisBroker {
         let (id, live): (String, i64) = publish_command(&self.shared, &publish, false)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(publish_failed)?;
         published(id, live)?
             .ok_or_else(|| BrokerError::Storage("unfenced publish reported a fence".into()))
     }
