@@ -9,8 +9,8 @@
 
 use crate::liveness::{HANDSHAKE_TIMEOUT, Silence, silence_limit};
 use crate::subscription::{
-    ChangeDetector, Grouped, Outcome, Pace, SSE_FALLBACK_FOR, Subscription, SubscriptionError,
-    closed, refused, resume_point, retry,
+    ChangeDetector, Grouped, HISTORY_EPOCH, Outcome, Pace, SSE_FALLBACK_FOR, Subscription,
+    SubscriptionError, closed, refused, resume_point, retry,
 };
 use futures_util::{Stream, StreamExt};
 use std::time::Duration;
@@ -156,9 +156,18 @@ impl Subscription {
         if channels.is_empty() {
             return Ok(retry("the relay did not say which channels to follow"));
         }
-        let position: Vec<String> = channels
-            .iter()
-            .map(|c| format!("{c}={}", resume_point(&cursors, c)))
+        let epoch = self
+            .with_inbox(|inbox| inbox.state(HISTORY_EPOCH))
+            .await?
+            .filter(|_| !cursors.is_empty());
+        let position: Vec<String> = epoch
+            .map(|epoch| format!("epoch={epoch}"))
+            .into_iter()
+            .chain(
+                channels
+                    .iter()
+                    .map(|c| format!("{c}={}", resume_point(&cursors, c))),
+            )
             .collect();
         let client = self.options.trust.http();
         let request = client

@@ -176,6 +176,10 @@ impl TokenHandle {
     }
 }
 
+/// The inbox state key of the relay's history epoch the stored cursors belong to: sent back when
+/// resuming, so that the relay can say when the history that held what this device missed is gone.
+pub(crate) const HISTORY_EPOCH: &str = "history_epoch";
+
 /// A connection that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 /// How far the wall clock may move against the monotonic clock before it counts as a wake from sleep.
@@ -469,6 +473,7 @@ impl Subscription {
                 channel,
                 gap,
                 cursor,
+                epoch,
                 ..
             } => {
                 let since = since_of(&channel);
@@ -479,6 +484,9 @@ impl Subscription {
                     }
                     if let Some(cursor) = cursor {
                         inbox.advance_cursor(&for_inbox, cursor)?;
+                    }
+                    if let Some(epoch) = epoch {
+                        inbox.set_state(HISTORY_EPOCH, &epoch)?;
                     }
                     Ok(())
                 })

@@ -4,8 +4,8 @@
 
 use crate::liveness::{HANDSHAKE_TIMEOUT, Silence, silence_limit};
 use crate::subscription::{
-    ChangeDetector, Outcome, Pace, Subscription, SubscriptionError, closed, refused, resume_point,
-    retry,
+    ChangeDetector, HISTORY_EPOCH, Outcome, Pace, Subscription, SubscriptionError, closed, refused,
+    resume_point, retry,
 };
 use crate::tls::{CONNECT_TIMEOUT, certificate_problem};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -115,7 +115,9 @@ impl Subscription {
             Ok(Err(outcome)) => return Ok(outcome),
             Err(_) => return Ok(retry("no welcome from the relay")),
         };
-        let cursors = self.with_inbox(|inbox| inbox.cursors()).await?;
+        let (cursors, epoch) = self
+            .with_inbox(|inbox| Ok((inbox.cursors()?, inbox.state(HISTORY_EPOCH)?)))
+            .await?;
         let since_of = |channel: &Channel| Some(resume_point(&cursors, channel));
         let subscribe = ClientFrame::Subscribe {
             channels: channels
@@ -123,6 +125,10 @@ impl Subscription {
                 .map(|c| SubscribeChannel {
                     channel: c.to_string(),
                     since: since_of(c).map(|s| s.to_string()),
+                    // Only a cursor the relay gave belongs to an epoch (not "a week ago").
+                    epoch: epoch
+                        .clone()
+                        .filter(|_| cursors.iter().any(|(held, _)| held == c)),
                 })
                 .collect(),
         };

@@ -15,6 +15,11 @@ pub struct SubscribeChannel {
     /// Replay everything after this cursor before going live; absent means live only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// The history's epoch the cursor belongs to, as the last `resumed` frame said. When the
+    /// relay's history is no longer that one (Redis restarted without persistence, or a store was
+    /// replaced), what the client missed may be lost: `resumed` says `gap: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// A frame from a client.
@@ -171,6 +176,10 @@ pub enum ServerFrame {
         /// The channel's newest cursor after the replay, if any notification was ever stored.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Cursor>,
+        /// The history's epoch: send it back with the cursor when resuming, so that the relay can
+        /// tell when its history was lost since.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// The relay recorded these receipts.
     Recorded {
@@ -273,7 +282,11 @@ mod tests {
                 |channels| ClientFrame::Subscribe {
                     channels: channels
                         .into_iter()
-                        .map(|(channel, since)| SubscribeChannel { channel, since })
+                        .map(|(channel, since)| SubscribeChannel {
+                            channel,
+                            since,
+                            epoch: None
+                        })
                         .collect(),
                 }
             ),
@@ -306,7 +319,7 @@ mod tests {
     #[test]
     fn client_frames_parse() {
         let frame = ClientFrame::parse(
-            r#"{"op":"subscribe","channels":[{"channel":"system:alerts","since":"5-0"},{"channel":"doctor:a:notifications"}]}"#,
+            r#"{"op":"subscribe","channels":[{"channel":"system:alerts","since":"5-0","epoch":"e1"},{"channel":"doctor:a:notifications"}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -315,11 +328,13 @@ mod tests {
                 channels: vec![
                     SubscribeChannel {
                         channel: "system:alerts".into(),
-                        since: Some("5-0".into())
+                        since: Some("5-0".into()),
+                        epoch: Some("e1".into()),
                     },
                     SubscribeChannel {
                         channel: "doctor:a:notifications".into(),
-                        since: None
+                        since: None,
+                        epoch: None,
                     },
                 ]
             }

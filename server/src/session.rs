@@ -44,8 +44,11 @@ pub struct Resumed {
     pub page: Vec<Arc<Delivery>>,
     /// Notifications of the replay read so far.
     pub replayed: u64,
-    /// True when notifications after the cursor were already trimmed away.
+    /// True when notifications after the cursor may be lost: trimmed away, or the cursor is from
+    /// another epoch of the history.
     pub gap: bool,
+    /// The history's epoch (see [`ChannelEnd::epoch`](crate::broker::ChannelEnd::epoch)).
+    pub epoch: String,
     /// Where the next page starts, when there is one.
     next: Option<Cursor>,
 }
@@ -152,11 +155,14 @@ impl Session {
     }
 
     /// Subscribes to a channel and replays what follows `since`; without `since`, from the channel's
-    /// current end, so the position is known (and resumable) even before anything arrives.
+    /// current end, so the position is known (and resumable) even before anything arrives. `epoch`
+    /// is the history's epoch `since` came from, when the client knows it: another than the
+    /// history's now is a gap (the history that held what the client missed is gone).
     pub async fn subscribe(
         &mut self,
         name: &str,
         since: Option<&str>,
+        epoch: Option<&str>,
     ) -> Result<Resumed, SessionError> {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
@@ -176,9 +182,13 @@ impl Session {
             page: Vec::new(),
             replayed: 0,
             gap: false,
+            epoch: String::new(),
             next: Some(start),
         };
         let end = self.read_page(&mut resumed).await?;
+        if epoch.is_some_and(|epoch| epoch != resumed.epoch) {
+            resumed.gap = true;
+        }
         // A cursor past the channel's end is fine while it is not in the future: ids are times, so
         // "from a week ago" on a quiet channel misses nothing. One from the future (a client made
         // it up, or a store's clock went back) would have every live message up to it skipped
@@ -223,6 +233,7 @@ impl Session {
             .history(&resumed.channel, after, REPLAY_PAGE)
             .await?;
         resumed.gap |= page.gap;
+        resumed.epoch = page.epoch;
         resumed.page = page
             .messages
             .into_iter()
@@ -255,12 +266,8 @@ impl Session {
     /// round trip each).
     async fn subscribe_from_end(&mut self, channel: Channel) -> Result<Resumed, SessionError> {
         self.join(&channel).await?;
-        let start = self
-            .hub
-            .broker()
-            .last_id(&channel)
-            .await?
-            .unwrap_or_default();
+        let end = self.hub.broker().channel_end(&channel).await?;
+        let start = end.last.unwrap_or_default();
         let position = self.position_mut(&channel);
         *position = (*position).max(start);
         self.hub.metrics().replay_size.observe(0.0);
@@ -270,6 +277,7 @@ impl Session {
             page: Vec::new(),
             replayed: 0,
             gap: false,
+            epoch: end.epoch,
             next: None,
         })
     }

@@ -131,6 +131,7 @@ impl V1Client {
                 .map(|(c, since)| SubscribeChannel {
                     channel: c.to_string(),
                     since: since.map(str::to_owned),
+                    epoch: None,
                 })
                 .collect(),
         };

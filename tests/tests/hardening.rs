@@ -108,6 +108,7 @@ async fn a_channel_named_many_times_is_replayed_once(kind: BrokerKind) -> anyhow
     let request = |since: &str| SubscribeChannel {
         channel: patient_channel.into(),
         since: Some(since.into()),
+        epoch: None,
     };
     client
         .send(&ClientFrame::Subscribe {
@@ -193,6 +194,7 @@ async fn a_resume_over_a_long_history_holds_a_page_not_the_history() -> anyhow::
             channels: vec![SubscribeChannel {
                 channel: DOCTOR_CHANNEL.into(),
                 since: Some("0".into()),
+                epoch: None,
             }],
         })
         .await?;
@@ -903,5 +905,123 @@ async fn a_publish_redis_answers_too_late_says_its_outcome_is_unknown() -> anyho
         .query_async(&mut admin)
         .await?;
     assert_eq!(stored, 1, "stored once");
+    Ok(())
+}
+
+/// Subscribes to the doctor's channel from `since` with `epoch`; answers the `resumed` frame's
+/// gap, cursor and epoch, and the notifications replayed.
+async fn resume_with_epoch(
+    relay: &Relay,
+    since: &str,
+    epoch: Option<&str>,
+) -> anyhow::Result<(bool, Option<String>, String, usize)> {
+    let mut client =
+        V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600)).await?;
+    client
+        .send(&ClientFrame::Subscribe {
+            channels: vec![SubscribeChannel {
+                channel: DOCTOR_CHANNEL.into(),
+                since: Some(since.into()),
+                epoch: epoch.map(str::to_owned),
+            }],
+        })
+        .await?;
+    let mut replayed = 0;
+    loop {
+        match client.frame().await? {
+            ServerFrame::Notification(_) => replayed += 1,
+            ServerFrame::Resumed {
+                gap, cursor, epoch, ..
+            } => {
+                return Ok((
+                    gap,
+                    cursor.map(|c| c.to_string()),
+                    epoch.context("resumed names the epoch")?,
+                    replayed,
+                ));
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A Redis that lost its data (restarted without persistence) starts a new epoch: a device
+/// resuming with the old one hears `gap: true` (what it missed may be gone), over `wardline.v1`
+/// and SSE; one resuming with the new epoch does not. Before, such a resume said `gap: false`.
+#[tokio::test]
+async fn a_redis_that_lost_its_data_is_a_gap_for_devices_that_resume() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let relay = Relay::on_redis(&redis, &[]).await?;
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    let (gap, cursor, old_epoch, replayed) = resume_with_epoch(&relay, "0", None).await?;
+    assert_eq!((gap, replayed), (false, 1));
+    let cursor = cursor.context("a cursor")?;
+    let (gap, ..) = resume_with_epoch(&relay, &cursor, Some(&old_epoch)).await?;
+    assert!(!gap, "the same history");
+
+    redis.restart().await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while relay
+        .publish(DOCTOR_CHANNEL, &critical_lab_result(2))
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (gap, new_cursor, new_epoch, replayed) =
+        resume_with_epoch(&relay, &cursor, Some(&old_epoch)).await?;
+    assert!(gap, "the history that held what the device missed is gone");
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(replayed, 1, "what the new history holds is replayed");
+    let new_cursor = new_cursor.context("a cursor")?;
+    let (gap, ..) = resume_with_epoch(&relay, &new_cursor, Some(&new_epoch)).await?;
+    assert!(!gap, "a device that resumed once is in step again");
+
+    let doctor = token("d1", "doctor", &[], 600);
+    let url = format!("{}/sse/d1?token={doctor}", relay.base);
+    let last_event_id = format!("epoch={old_epoch};{DOCTOR_CHANNEL}={cursor}");
+    let mut sse = SseClient::open(&url, Some(&last_event_id))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let resumed = loop {
+        let event = sse.next().await?.context("stream ended")?;
+        if event.event == "resumed" {
+            let data: Value = serde_json::from_str(&event.data)?;
+            if data["channel"] == DOCTOR_CHANNEL {
+                break data;
+            }
+        }
+    };
+    assert_eq!(resumed["gap"], true, "{resumed}");
+    assert_eq!(resumed["epoch"], new_epoch.as_str(), "{resumed}");
+    Ok(())
+}
+
+/// The embedded broker's history file replaced by a new one (restored from nothing, deleted by
+/// hand) is a new epoch too.
+#[tokio::test]
+async fn a_replaced_embedded_history_is_a_gap_for_devices_that_resume() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = Relay::start_in(dir.path(), None, &[], None).await?;
+    relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
+    let (_, cursor, old_epoch, _) = resume_with_epoch(&relay, "0", None).await?;
+    assert!(relay.terminate().await?);
+    for file in [
+        "history.sqlite3",
+        "history.sqlite3-wal",
+        "history.sqlite3-shm",
+    ] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    let relay = Relay::start_in(dir.path(), None, &[], None).await?;
+    let cursor = cursor.context("a cursor")?;
+    let (gap, _, new_epoch, _) = resume_with_epoch(&relay, &cursor, Some(&old_epoch)).await?;
+    assert!(gap);
+    assert_ne!(new_epoch, old_epoch);
     Ok(())
 }

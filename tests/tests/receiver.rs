@@ -150,6 +150,35 @@ async fn a_history_gap_is_stored_and_reported() {
     );
 }
 
+/// Redis restarted without persistence while the listener ran: what it stored before is gone from
+/// history, and the listener, resuming with the history's old epoch, stores and reports a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_is_a_gap_the_listener_reports() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let relay = Relay::on_redis(&redis, &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut listener = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    relay.publish(DOCTOR_CHANNEL, &numbered(0)).await;
+    listener.notifications(1).await.unwrap();
+
+    redis.restart().await.unwrap();
+    let said = listener.wait_for_stderr("HISTORY GAP").await.unwrap();
+    assert!(said.iter().any(|l| l.contains(DOCTOR_CHANNEL)), "{said:?}");
+    let (code, stdout, _) = run(&relay.base, "d1", &doctor, &db, &["status", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["gaps"][0]["channel"], DOCTOR_CHANNEL, "{status}");
+    // In step again: the next notification arrives, and no new gap with it.
+    relay.publish(DOCTOR_CHANNEL, &numbered(1)).await;
+    assert_eq!(numbers(&listener.notifications(1).await.unwrap()), [1]);
+}
+
 /// An expired token: a clear message and an exit, not a retry loop — at connect and mid-connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_stops_the_listener_with_a_clear_message() {

@@ -6,8 +6,8 @@
 //! that reads history after subscribing misses nothing in between (see `subscribe`).
 
 use super::{
-    Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
-    Retention, StoredMessage, now_ms,
+    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, LiveSender, Publish, Published,
+    Receipt, Retention, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS write_probe (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     at INTEGER NOT NULL
 );
+-- The history's epoch, named when this file is made: a history file replaced by a new one has
+-- another, and devices resuming with the old one hear that what they missed may be lost.
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))));
 ",
 ];
 
@@ -109,6 +113,7 @@ fn receipts_with_kinds(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 struct Store {
     conn: Connection,
+    epoch: String,
     last_id: Cursor,
     writes_since_trim: HashMap<Channel, u64>,
 }
@@ -216,8 +221,14 @@ impl EmbeddedBroker {
         if let Err(e) = probe_write(&conn) {
             tracing::warn!(error = %e, "the history cannot be written now; /readyz answers 503 until it can");
         }
+        let epoch: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
+                row.get(0)
+            })
+            .map_err(storage)?;
         let store = Store {
             conn,
+            epoch,
             last_id,
             writes_since_trim: HashMap::new(),
         };
@@ -470,12 +481,13 @@ impl Broker for EmbeddedBroker {
                 more,
                 through,
                 end: newest.max(trimmed_through),
+                epoch: store.epoch.clone(),
             })
         })
         .await
     }
 
-    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
+    async fn channel_end(&self, channel: &Channel) -> Result<ChannelEnd, BrokerError> {
         let channel = channel.clone();
         self.blocking(move |store| {
             let newest = |sql: &str| {
@@ -487,7 +499,7 @@ impl Broker for EmbeddedBroker {
             };
             let stored = newest("SELECT ms, seq FROM messages WHERE channel = ?1 ORDER BY ms DESC, seq DESC LIMIT 1")?;
             let trimmed = newest("SELECT ms, seq FROM trimmed WHERE channel = ?1")?;
-            Ok(stored.max(trimmed))
+            Ok(ChannelEnd { last: stored.max(trimmed), epoch: store.epoch.clone() })
         })
         .await
     }

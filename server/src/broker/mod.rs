@@ -77,6 +77,19 @@ pub struct HistoryPage {
     /// The newest id the channel ever held (stored or trimmed since) when the page was read: a
     /// cursor beyond it is not one this channel gave out.
     pub end: Option<Cursor>,
+    /// The history's epoch: it changes when the store lost what it held (see [`ChannelEnd::epoch`]).
+    pub epoch: String,
+}
+
+/// Where a channel stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelEnd {
+    /// The newest id the channel ever held (stored or trimmed since), if any.
+    pub last: Option<Cursor>,
+    /// The history's epoch: named when the store first held data, and new when it lost it (a Redis
+    /// restarted without persistence, an embedded history file replaced). A cursor from another
+    /// epoch may have missed notifications that are gone.
+    pub epoch: String,
 }
 
 /// One recipient's receipt for a notification.
@@ -161,8 +174,8 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError>;
 
-    /// The newest id ever stored in `channel`, if any is still known.
-    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError>;
+    /// The newest id ever stored in `channel`, if any is still known, and the history's epoch.
+    async fn channel_end(&self, channel: &Channel) -> Result<ChannelEnd, BrokerError>;
 
     /// Starts live delivery of `channel` to this node; returns once delivery is in place.
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError>;

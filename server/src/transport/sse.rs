@@ -38,8 +38,18 @@ pub struct SseQuery {
     channels: Option<String>,
 }
 
-/// Parses an SSE id (`channel=cursor;…`) or a bare cursor into a cursor per channel.
-fn parse_position(text: &str, channels: &[Channel]) -> Result<BTreeMap<Channel, Cursor>, ApiError> {
+/// A resume position: a cursor per channel, and the history's epoch they belong to, if known.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Position {
+    cursors: BTreeMap<Channel, Cursor>,
+    epoch: Option<String>,
+}
+
+/// The `epoch=…` part of an SSE id (a channel name always holds a colon, so never this).
+const EPOCH_PART: &str = "epoch";
+
+/// Parses an SSE id (`epoch=…;channel=cursor;…`) or a bare cursor (for every channel).
+fn parse_position(text: &str, channels: &[Channel]) -> Result<Position, ApiError> {
     let bad = |detail: String| {
         ApiError::new(
             ErrorCode::BadCursor,
@@ -50,25 +60,33 @@ fn parse_position(text: &str, channels: &[Channel]) -> Result<BTreeMap<Channel, 
         let cursor: Cursor = text
             .parse()
             .map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
-        return Ok(channels.iter().map(|c| (c.clone(), cursor)).collect());
+        return Ok(Position {
+            cursors: channels.iter().map(|c| (c.clone(), cursor)).collect(),
+            epoch: None,
+        });
     }
-    let mut positions = BTreeMap::new();
+    let mut position = Position::default();
     for part in text.split(';').filter(|p| !p.is_empty()) {
         let (name, cursor) = part.split_once('=').ok_or_else(|| bad(part.to_owned()))?;
+        if name == EPOCH_PART {
+            position.epoch = Some(cursor.to_owned());
+            continue;
+        }
         let channel = Channel::parse(name).map_err(|e| bad(e.to_string()))?;
         let cursor: Cursor = cursor
             .parse()
             .map_err(|e: wardline_protocol::CursorError| bad(e.to_string()))?;
-        positions.insert(channel, cursor);
+        position.cursors.insert(channel, cursor);
     }
-    Ok(positions)
+    Ok(position)
 }
 
-/// Formats positions as an SSE id.
-fn format_position(positions: &BTreeMap<Channel, Cursor>) -> String {
-    positions
-        .iter()
-        .map(|(c, p)| format!("{c}={p}"))
+/// Formats positions, and the epoch they belong to, as an SSE id.
+fn format_position(cursors: &BTreeMap<Channel, Cursor>, epoch: Option<&str>) -> String {
+    epoch
+        .map(|epoch| format!("{EPOCH_PART}={epoch}"))
+        .into_iter()
+        .chain(cursors.iter().map(|(c, p)| format!("{c}={p}")))
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -109,12 +127,12 @@ pub async fn user_events(
         admit(&state, client, &user_id, query.token.as_deref(), &headers).await?;
     let channels = requested_channels(&claims, query.channels.as_deref())?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let positions = match last_event_id
+    let position = match last_event_id
         .or(query.since.as_deref())
         .filter(|t| !t.is_empty())
     {
         Some(text) => parse_position(text, &channels)?,
-        None => BTreeMap::new(),
+        None => Position::default(),
     };
     let guard = state
         .metrics()
@@ -122,10 +140,14 @@ pub async fn user_events(
     let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
     let mut replays = VecDeque::with_capacity(channels.len());
     for channel in &channels {
-        let since = positions.get(channel).map(|c| c.to_string());
+        let since = position.cursors.get(channel).map(|c| c.to_string());
         replays.push_back(
             session
-                .subscribe(channel.as_str(), since.as_deref())
+                .subscribe(
+                    channel.as_str(),
+                    since.as_deref(),
+                    position.epoch.as_deref(),
+                )
                 .await?,
         );
     }
@@ -137,6 +159,7 @@ pub async fn user_events(
         .collect();
     let stream = SseStream {
         pending: VecDeque::from([Bytes::from_static(b"retry: 2000\n\n")]),
+        epoch: replays.front().map(|r: &Resumed| r.epoch.clone()),
         replays,
         sent,
         expiry: Box::pin(tokio::time::sleep(session.claims().time_left())),
@@ -198,6 +221,8 @@ struct SseStream {
     replays: VecDeque<Resumed>,
     /// Each channel's last id sent, for the replay's event ids.
     sent: BTreeMap<Channel, Cursor>,
+    /// The history's epoch, for every event id.
+    epoch: Option<String>,
     heartbeat: Interval,
     expiry: Pin<Box<Sleep>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -218,7 +243,10 @@ impl SseStream {
                 for delivery in std::mem::take(&mut resumed.page) {
                     let message = &delivery.message;
                     self.sent.insert(message.channel.clone(), message.id);
-                    let id = format!("id: {}\n", format_position(&self.sent));
+                    let id = format!(
+                        "id: {}\n",
+                        format_position(&self.sent, self.epoch.as_deref())
+                    );
                     self.pending.push_back(Bytes::from(id));
                     self.pending.push_back(delivery.sse_data());
                 }
@@ -233,6 +261,7 @@ impl SseStream {
                         gap: resumed.gap,
                         cursor: self.sent.get(&resumed.channel).copied(),
                         channel: resumed.channel,
+                        epoch: Some(resumed.epoch),
                     };
                     return Some(event("resumed", &frame));
                 }
@@ -271,7 +300,7 @@ impl SseStream {
             event = self.session.next_event() => match event {
                 SessionEvent::Notification(delivery) => {
                     let positions: BTreeMap<Channel, Cursor> = self.session.positions().iter().cloned().collect();
-                    let id = format!("id: {}\n", format_position(&positions));
+                    let id = format!("id: {}\n", format_position(&positions, self.epoch.as_deref()));
                     self.pending.push_back(delivery.sse_data());
                     self.metrics.delivered(delivery.message.id.ms);
                     Bytes::from(id)
@@ -303,16 +332,18 @@ mod tests {
         #[test]
         fn every_sse_id_parses_back(
             ids in proptest::collection::btree_map("[a-z0-9]{1,8}", (0..=Cursor::MAX_PART, 0..=Cursor::MAX_PART), 0..6),
+            epoch in proptest::option::of("[0-9a-f-]{1,24}"),
             junk in "\\PC{0,60}",
         ) {
-            let positions: BTreeMap<Channel, Cursor> = ids
+            let cursors: BTreeMap<Channel, Cursor> = ids
                 .into_iter()
                 .map(|(id, (ms, seq))| (Channel::parse(&format!("doctor:{id}:notifications")).unwrap(), Cursor::new(ms, seq)))
                 .collect();
-            let channels: Vec<Channel> = positions.keys().cloned().collect();
-            let id = format_position(&positions);
-            if !positions.is_empty() {
-                proptest::prop_assert_eq!(parse_position(&id, &channels).ok(), Some(positions));
+            let channels: Vec<Channel> = cursors.keys().cloned().collect();
+            let position = Position { cursors, epoch };
+            let id = format_position(&position.cursors, position.epoch.as_deref());
+            if !position.cursors.is_empty() {
+                proptest::prop_assert_eq!(parse_position(&id, &channels).ok(), Some(position));
             }
             let _ = parse_position(&junk, &channels);
         }
@@ -324,15 +355,25 @@ mod tests {
             Channel::parse("doctor:d1:notifications").unwrap(),
             Channel::system_alerts(),
         ];
-        let positions =
+        let position =
             parse_position("system:alerts=5-1;doctor:d1:notifications=7-0", &channels).unwrap();
         assert_eq!(
-            format_position(&positions),
+            format_position(&position.cursors, None),
             "doctor:d1:notifications=7-0;system:alerts=5-1"
+        );
+        let with_epoch = parse_position(
+            "epoch=17-42;system:alerts=5-1;doctor:d1:notifications=7-0",
+            &channels,
+        )
+        .unwrap();
+        assert_eq!(with_epoch.epoch.as_deref(), Some("17-42"));
+        assert_eq!(
+            format_position(&with_epoch.cursors, with_epoch.epoch.as_deref()),
+            "epoch=17-42;doctor:d1:notifications=7-0;system:alerts=5-1"
         );
         let bare = parse_position("9-0", &channels).unwrap();
         assert_eq!(
-            format_position(&bare),
+            format_position(&bare.cursors, None),
             "doctor:d1:notifications=9-0;system:alerts=9-0"
         );
         assert!(parse_position("doctor:d1:notifications=x", &channels).is_err());

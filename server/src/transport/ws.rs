@@ -477,7 +477,11 @@ async fn handle_v1(
             channels.retain(|request| seen.insert(request.channel.clone()));
             for request in channels {
                 match session
-                    .subscribe(&request.channel, request.since.as_deref())
+                    .subscribe(
+                        &request.channel,
+                        request.since.as_deref(),
+                        request.epoch.as_deref(),
+                    )
                     .await
                 {
                     Ok(mut resumed) => {
@@ -488,6 +492,7 @@ async fn handle_v1(
                             gap: resumed.gap,
                             cursor,
                             channel: resumed.channel,
+                            epoch: Some(resumed.epoch),
                         };
                         send_frame(socket, session, &frame).await?;
                     }

@@ -23,8 +23,8 @@ mod recorder;
 pub mod target;
 
 use super::{
-    Broker, BrokerError, BrokerHealth, HistoryPage, LiveSender, Publish, Published, Receipt,
-    Retention, StoredMessage,
+    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, LiveSender, Publish, Published,
+    Receipt, Retention, StoredMessage,
 };
 use crate::metrics::{Histogram, Metrics, Seconds};
 use async_trait::async_trait;
@@ -63,75 +63,22 @@ const SUBSCRIBE_BATCH: usize = 1024;
 /// each entry is read once in its life. (`XREVRANGE` from the age limit down, the obvious query,
 /// walks the stream's newer entries first: measured with `redis-benchmark`, it made this script
 /// 8 times slower than the rest of it with 1,000 entries kept.)
-const PUBLISH_SCRIPT: &str = r#"
-local function newer(a, b)
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams > bms or (ams == bms and aseq > bseq)
-end
-if ARGV[8] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[8] then
-  return {'', -1}
-end
-local fingerprint = redis.sha1hex(ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
-if ARGV[9] == '1' then
-  local existing = redis.call('GET', KEYS[2])
-  if existing then
-    local id, stored = string.match(existing, '^(%S+) (%x+)$')
-    if id == nil then return {existing, -2} end
-    if stored ~= fingerprint then return {id, -3} end
-    return {id, -2}
-  end
-end
-local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'p', ARGV[2], 'x', ARGV[3])
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local through = nil
-local expired = redis.call('XRANGE', KEYS[1], '-', '(' .. tostring(now_ms - tonumber(ARGV[5])) .. '-0', 'COUNT', 1000)
-if #expired > 0 then through = expired[#expired][1] end
-local max_len = tonumber(ARGV[4])
-local len = redis.call('XLEN', KEYS[1])
-if len > max_len + math.floor(max_len / 10) then
-  local surplus = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - max_len)
-  local last = surplus[#surplus][1]
-  if through == nil or newer(last, through) then through = last end
-end
-if through then
-  local ms, seq = string.match(through, '(%d+)-(%d+)')
-  redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. tostring(tonumber(seq) + 1))
-  redis.call('SET', KEYS[4], through)
-end
-if ARGV[9] == '1' then redis.call('SET', KEYS[2], id .. ' ' .. fingerprint, 'EX', ARGV[7]) end
-local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
-return {id, n}
-"#;
+const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
 /// Records receipts for the notifications the stream holds. KEYS: stream, then each id's receipts
 /// hash. ARGV: field (`<kind>:<user>`), time ms, hash ttl s, then the ids. Returns the ids recorded.
-const RECEIPTS_SCRIPT: &str = r#"
-local recorded = {}
-for i = 2, #KEYS do
-  local id = ARGV[i + 2]
-  if #redis.call('XRANGE', KEYS[1], id, id, 'COUNT', 1) > 0 then
-    redis.call('HSETNX', KEYS[i], ARGV[1], ARGV[2])
-    redis.call('EXPIRE', KEYS[i], ARGV[3])
-    recorded[#recorded + 1] = id
-  end
-end
-return recorded
-"#;
+const RECEIPTS_SCRIPT: &str = include_str!("receipts.lua");
 
-const RENEW_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"#;
+/// Renews the recorder lease while this node holds it.
+const RENEW_SCRIPT: &str = include_str!("renew.lua");
 
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+/// Releases the recorder lease if this node holds it.
+const RELEASE_SCRIPT: &str = include_str!("release.lua");
+
+/// Reads the history's epoch, naming one first if Redis holds none (a fresh Redis, or one that
+/// lost its data set): devices resuming with another epoch are told their gap may hold losses.
+const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
+const EPOCH_KEY: &str = "wardline:epoch";
 
 fn stream_key(channel: &Channel) -> String {
     format!("wardline:{{{channel}}}:stream")
@@ -154,9 +101,18 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 /// A publish that failed after it may have reached Redis (no answer in time, or the connection
-/// dropped while waiting) may have been stored: the publisher is told so, not "unavailable".
+/// reset or closed while waiting) may have been stored: the publisher is told so, not
+/// "unavailable". One that could not be sent (refused, a broken pipe) was not.
 fn publish_failed(e: redis::RedisError) -> BrokerError {
-    if e.is_timeout() || e.is_connection_dropped() {
+    let dropped_waiting = std::error::Error::source(&e)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+    if e.is_timeout() || dropped_waiting {
         BrokerError::OutcomeUnknown(format!("Redis: {e}"))
     } else {
         unavailable(e)
@@ -705,24 +661,29 @@ impl Broker for RedisBroker {
         // One round trip, the stream read first: a trim between the reads can only make the page
         // report a gap it does not have, never hide one.
         type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
-        let (entries, trimmed, newest): (Entries, Option<String>, Entries) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&key)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit + 1)
-            .cmd("GET")
-            .arg(trimmed_key(channel))
-            .cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let (entries, trimmed, newest, epoch): (Entries, Option<String>, Entries, String) =
+            redis::pipe()
+                .cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit + 1)
+                .cmd("GET")
+                .arg(trimmed_key(channel))
+                .cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("EVAL")
+                .arg(EPOCH_SCRIPT)
+                .arg(1)
+                .arg(EPOCH_KEY)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
         let more = entries.len() > limit;
         let now = super::now_ms();
         let mut messages = Vec::with_capacity(entries.len().min(limit));
@@ -760,27 +721,36 @@ impl Broker for RedisBroker {
             more,
             through,
             end: newest.max(trimmed),
+            epoch,
         })
     }
 
-    async fn last_id(&self, channel: &Channel) -> Result<Option<Cursor>, BrokerError> {
+    async fn channel_end(&self, channel: &Channel) -> Result<ChannelEnd, BrokerError> {
         let mut conn = self.shared.commands.get();
-        // One round trip: the newest entry still in the stream and the newest one trimmed away.
-        let (newest, trimmed): (Vec<(String, Vec<(String, Vec<u8>)>)>, Option<String>) =
-            redis::pipe()
-                .cmd("XREVRANGE")
-                .arg(stream_key(channel))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("GET")
-                .arg(trimmed_key(channel))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+        // One round trip: the newest entry still in the stream, the newest one trimmed away, and
+        // the epoch.
+        type Newest = Vec<(String, Vec<(String, Vec<u8>)>)>;
+        let (newest, trimmed, epoch): (Newest, Option<String>, String) = redis::pipe()
+            .cmd("XREVRANGE")
+            .arg(stream_key(channel))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("GET")
+            .arg(trimmed_key(channel))
+            .cmd("EVAL")
+            .arg(EPOCH_SCRIPT)
+            .arg(1)
+            .arg(EPOCH_KEY)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let newest = parse_cursor(newest.first().map(|(id, _)| id.as_str()))?;
-        Ok(newest.max(parse_cursor(trimmed.as_deref())?))
+        Ok(ChannelEnd {
+            last: newest.max(parse_cursor(trimmed.as_deref())?),
+            epoch,
+        })
     }
 
     async fn subscribe(&self, channel: &Channel) -> Result<(), BrokerError> {
