@@ -146,10 +146,16 @@ pub async fn funnel(
     };
     state.metrics().count_error(error.code);
     let code = error.code.code();
+    // A body the relay could not take may be quoted in its error ("unknown variant `…`"): its
+    // message goes to the client only, never into a log.
+    let message = match error.code {
+        ErrorCode::MalformedJson | ErrorCode::InvalidRequest => "(about the request's body)",
+        _ => error.message.as_str(),
+    };
     if status.is_server_error() {
-        tracing::warn!(code, status = status.as_u16(), %method, %path, message = ?error.message, "request failed");
+        tracing::warn!(code, status = status.as_u16(), %method, %path, ?message, "request failed");
     } else {
-        tracing::info!(code, status = status.as_u16(), %method, %path, message = ?error.message, "request refused");
+        tracing::info!(code, status = status.as_u16(), %method, %path, ?message, "request refused");
     }
     response
 }

@@ -77,10 +77,31 @@ fn parse_channel(name: &str) -> Result<Channel, String> {
     Channel::parse(name).map_err(|e| e.to_string())
 }
 
+/// Libraries whose debug and trace logs print what passes through them (tungstenite logs every
+/// WebSocket frame, notifications included): held at `info` whatever `WARDLINE_LOG` asks, so that
+/// no log level shows a patient's details.
+const QUIET_LIBRARIES: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "redis",
+    "reqwest",
+    "rustls",
+    "axum",
+    "tower_http",
+];
+
 fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("WARDLINE_LOG")
+    let mut filter = EnvFilter::try_from_env("WARDLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    for library in QUIET_LIBRARIES {
+        if let Ok(directive) = format!("{library}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // Colours only for a terminal: not into a journal, a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

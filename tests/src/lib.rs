@@ -317,6 +317,19 @@ impl Relay {
         Relay::launch_command(command, &path, None, extra, true, Some(dir)).await
     }
 
+    /// Starts a relay on a Redis server logging with `filter` (`WARDLINE_LOG`).
+    pub async fn on_redis_logging(
+        redis: &RedisServer,
+        filter: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_owned();
+        let mut command = relay_command(None);
+        command.env("WARDLINE_LOG", filter);
+        Relay::launch_command(command, &path, Some(&redis.url()), extra, true, Some(dir)).await
+    }
+
     /// Starts a relay with this data dir (kept by the caller, so a restart finds its history).
     pub async fn start_in(
         data_dir: &Path,
@@ -380,12 +393,18 @@ impl Relay {
         if !extra.contains(&"--max-connections-per-ip") {
             command.args(["--max-connections-per-ip", "100000"]);
         }
+        if command
+            .as_std()
+            .get_envs()
+            .all(|(key, _)| key != "WARDLINE_LOG")
+        {
+            command.env("WARDLINE_LOG", "wardline_relay=debug,info");
+        }
         command
             .args(extra)
             .env_remove("REDIS_URL")
             .env_remove("REDIS_HOST")
             .env_remove("WARDLINE_REDIS_URL")
-            .env("WARDLINE_LOG", "wardline_relay=debug,info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(
                 data_dir.join("relay.log"),

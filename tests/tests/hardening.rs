@@ -1025,3 +1025,63 @@ async fn a_replaced_embedded_history_is_a_gap_for_devices_that_resume() -> anyho
     assert_ne!(new_epoch, old_epoch);
     Ok(())
 }
+
+/// No log level shows a notification: a relay logging everything (`WARDLINE_LOG=trace`) carries a
+/// critical result over `wardline.v1`, a raw WebSocket, SSE and a plain Redis PUBLISH, refuses a
+/// body and a frame that quote a patient, and its log names the patient nowhere. (Trace logs
+/// printed every WebSocket frame, and refusals quoted the body.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_level_shows_a_notification() -> anyhow::Result<()> {
+    use redis::AsyncCommands;
+    const PATIENT: &str = "Zebediah Quartermain";
+    let redis = RedisServer::start().await?;
+    let relay = Relay::on_redis_logging(&redis, "trace", &[]).await?;
+    wardline_tests::wait_for_recorder(&redis).await?;
+    let doctor = token("d1", "doctor", &[], 600);
+    let mut v1 = V1Client::connect(&relay.ws_url(""), "d1", &doctor).await?;
+    v1.subscribe(&[(DOCTOR_CHANNEL, None)]).await?;
+    let mut raw =
+        wardline_tests::client::connect(&relay.ws_url(&format!("/ws/d1?token={doctor}")), &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let url = format!("{}/sse/d1?token={doctor}", relay.base);
+    let mut sse = SseClient::open(&url, None)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut message = critical_lab_result(1);
+    message["patient_name"] = PATIENT.into();
+
+    let (status, reply) = relay.publish(DOCTOR_CHANNEL, &message).await;
+    assert_eq!(status, 200, "{reply}");
+    let mut conn = redis.connection().await;
+    let _: i64 = conn.publish(DOCTOR_CHANNEL, message.to_string()).await?;
+    for _ in 0..2 {
+        let got = v1.notifications(1).await?;
+        assert_eq!(got[0].message["patient_name"], PATIENT);
+        let text = wardline_tests::client::next_text(&mut raw)
+            .await?
+            .map_err(|code| anyhow::anyhow!("closed {code:?}"))?;
+        assert!(text.contains(PATIENT));
+        loop {
+            let event = sse.next().await?.context("stream ended")?;
+            if event.event == "message" {
+                assert!(event.data.contains(PATIENT));
+                break;
+            }
+        }
+    }
+    let backend = token("backend", "service", &[], 600);
+    let quoting = json!({"channel": DOCTOR_CHANNEL, "message": message, "priority": PATIENT});
+    assert_eq!(relay.publish_as(&backend, &quoting).await.0, 400);
+    v1.send_text(&format!(r#"{{"op":"subscribe","channels":"{PATIENT}"}}"#))
+        .await?;
+    assert!(matches!(v1.frame().await?, ServerFrame::Error { .. }));
+
+    let log = relay.log();
+    assert!(
+        log.contains("request refused"),
+        "the refusal is logged, its body not:\n{log}"
+    );
+    assert!(!log.contains("Zebediah"), "a patient in the log:\n{log}");
+    Ok(())
+}
