@@ -5,6 +5,10 @@
 /// Largest payload the relay stores, in bytes (the size of its largest inbound frame).
 pub const MAX_PAYLOAD_BYTES: usize = crate::MAX_INBOUND_FRAME_BYTES;
 
+/// Most notification ids one receipt carries (a `received` or `ack` frame, a `POST /v1/receipts`):
+/// the receiver sends at most this many at once.
+pub const MAX_RECEIPT_IDS: usize = 1000;
+
 /// Deepest nesting of arrays and objects the relay stores. JSON parsers refuse deeper documents
 /// (serde_json at 128), and a clinical notification needs a handful.
 pub const MAX_JSON_DEPTH: usize = 64;

@@ -56,7 +56,7 @@ use crate::config::Config;
 use crate::connection_caps::ConnectionCaps;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::ratelimit::IpRateLimiter;
+use crate::ratelimit::{IpRateLimiter, RateLimiter};
 use crate::serve::TcpAcceptor;
 use crate::tls::{Certificates, TlsListener};
 use anyhow::Context;
@@ -80,6 +80,8 @@ pub struct AppState {
     pub connection_limiter: Arc<IpRateLimiter>,
     /// Devices connected at once, per node, address and user.
     pub caps: Arc<ConnectionCaps>,
+    /// `POST /v1/receipts` per user, at the rate of a connection's frames.
+    pub receipt_limiter: Arc<RateLimiter<String>>,
     /// Becomes `true` when the relay starts shutting down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -185,6 +187,7 @@ impl Relay {
                 config.connections_per_ip_per_s,
                 config.connections_per_ip_burst,
             )),
+            receipt_limiter: Arc::new(RateLimiter::new(config.frames_per_s, config.frame_burst)),
             caps: ConnectionCaps::new(
                 config.max_connections,
                 config.max_connections_per_ip,

@@ -1,6 +1,7 @@
-//! Token buckets: new connections per IP address, and frames per connection.
+//! Token buckets: new connections per IP address, frames per connection, receipt requests per user.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use tokio::time::Instant;
@@ -44,31 +45,34 @@ impl TokenBucket {
     }
 }
 
-/// New connections per IP address.
-pub struct IpRateLimiter {
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+/// A token bucket per key (an address, a user); full buckets are forgotten once there are many.
+pub struct RateLimiter<K> {
+    buckets: Mutex<HashMap<K, TokenBucket>>,
     rate: u32,
     burst: u32,
 }
 
-impl IpRateLimiter {
-    /// A limiter allowing `burst` connections at once and `rate` per second after that.
-    pub fn new(rate: u32, burst: u32) -> IpRateLimiter {
-        IpRateLimiter {
+/// New connections per IP address.
+pub type IpRateLimiter = RateLimiter<IpAddr>;
+
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// A limiter allowing `burst` at once and `rate` per second after that, per key.
+    pub fn new(rate: u32, burst: u32) -> RateLimiter<K> {
+        RateLimiter {
             buckets: Mutex::new(HashMap::new()),
             rate,
             burst,
         }
     }
 
-    /// Whether `ip` may open another connection now.
-    pub fn allow(&self, ip: IpAddr) -> bool {
-        let mut buckets = self.buckets.lock().expect("rate limit lock");
+    /// Whether `key` may go on now.
+    pub fn allow(&self, key: K) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 10_000 {
             buckets.retain(|_, bucket| !bucket.is_full());
         }
         buckets
-            .entry(ip)
+            .entry(key)
             .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
             .try_take()
     }

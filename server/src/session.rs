@@ -15,6 +15,7 @@ use crate::queue::Next;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
+use wardline_protocol::limits::MAX_RECEIPT_IDS;
 use wardline_protocol::{Channel, ChannelError, Cursor, CursorError, ErrorCode, ReceiptKind};
 
 /// History is read in pages of this many notifications: at most 6.4 MB of 64 KiB notifications held
@@ -71,6 +72,9 @@ pub enum SessionError {
     /// A token of another user (or role) presented for this connection.
     #[error("the new token is for {0}, not for this connection's user and role")]
     OtherUser(String),
+    /// A receipt with more ids than one may carry.
+    #[error("at most {MAX_RECEIPT_IDS} ids per receipt")]
+    TooManyIds,
 }
 
 impl SessionError {
@@ -82,6 +86,7 @@ impl SessionError {
             SessionError::BadCursor(_) => ErrorCode::BadCursor,
             SessionError::Broker(e) => e.code(),
             SessionError::OtherUser(_) => ErrorCode::WrongUser,
+            SessionError::TooManyIds => ErrorCode::InvalidRequest,
         }
     }
 }
@@ -346,6 +351,9 @@ impl Session {
         let channel = Channel::parse(name)?;
         if !self.claims.can_read(&channel) {
             return Err(SessionError::Forbidden(channel));
+        }
+        if ids.len() > MAX_RECEIPT_IDS {
+            return Err(SessionError::TooManyIds);
         }
         let ids = ids
             .iter()

@@ -1085,3 +1085,73 @@ async fn no_log_level_shows_a_notification() -> anyhow::Result<()> {
     assert!(!log.contains("Zebediah"), "a patient in the log:\n{log}");
     Ok(())
 }
+
+/// `POST /v1/receipts` is rate limited per user like a connection's frames (`--frames-per-s`,
+/// `--frame-burst`): past the burst a user gets 429 with `Retry-After` while another user is
+/// served; and a receipt carries at most 1,000 ids (over HTTP and `wardline.v1`). Before, one
+/// patient could post receipts as fast as the relay answered, each with as many ids as 2 MB held.
+#[tokio::test]
+async fn receipts_are_rate_limited_per_user_and_bounded() -> anyhow::Result<()> {
+    let relay = Relay::embedded(&["--frame-burst", "5", "--frames-per-s", "1"]).await?;
+    let channel = "patient:p1:notifications";
+    let (_, published) = relay.publish(channel, &critical_lab_result(1)).await;
+    let id = published["message_id"].as_str().context("id")?.to_owned();
+    let http = reqwest::Client::new();
+    let post = |user: &'static str, ids: Vec<String>| {
+        let request = http
+            .post(format!("{}/v1/receipts", relay.base))
+            .bearer_auth(token(user, "patient", &[], 600))
+            .json(&json!({"channel": format!("patient:{user}:notifications"), "ids": ids, "kind": "received"}));
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, retry_after, body))
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(post("p1", vec![id.clone()]).await?);
+    }
+    let limited: Vec<_> = statuses.iter().filter(|(s, ..)| *s == 429).collect();
+    assert!(limited.len() >= 4, "{statuses:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|(_, retry, body)| retry.as_deref() == Some("1") && body["code"] == 42901),
+        "{limited:?}"
+    );
+    assert_eq!(post("p2", vec![]).await?.0, 200, "another user is served");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        post("p1", vec![id.clone()]).await?.0,
+        200,
+        "the bucket refills"
+    );
+
+    let too_many: Vec<String> = (0..1001).map(|n| format!("{n}-0")).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _, body) = post("p1", too_many.clone()).await?;
+    assert_eq!(
+        (status, body["code"].as_u64()),
+        (400, Some(40005)),
+        "{body}"
+    );
+    let mut client =
+        V1Client::connect(&relay.ws_url(""), "p1", &token("p1", "patient", &[], 600)).await?;
+    client
+        .send(&ClientFrame::Received {
+            channel: channel.into(),
+            ids: too_many,
+        })
+        .await?;
+    match client.frame().await? {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::InvalidRequest),
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}

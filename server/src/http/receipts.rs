@@ -5,11 +5,13 @@ use crate::AppState;
 use crate::broker::Receipt;
 use crate::error::ApiError;
 use crate::http::{authenticate, json_body, require_stats_reader};
+use crate::metrics::Metrics;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wardline_protocol::limits::MAX_RECEIPT_IDS;
 use wardline_protocol::{Channel, Cursor, CursorError, ErrorCode, ReceiptKind};
 
 /// Query of `GET /v1/receipts`.
@@ -116,7 +118,20 @@ pub async fn record_receipts(
     body: Bytes,
 ) -> Result<Json<Recorded>, ApiError> {
     let claims = authenticate(&state, None, &headers).await?;
+    if !state.receipt_limiter.allow(claims.sub.clone()) {
+        Metrics::inc(&state.metrics().rate_limited_total);
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many receipt requests for this user; retry in a second",
+        ));
+    }
     let request: RecordReceipts = json_body(&body)?;
+    if request.ids.len() > MAX_RECEIPT_IDS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("at most {MAX_RECEIPT_IDS} ids per request"),
+        ));
+    }
     let channel = parse_channel(&request.channel)?;
     if !claims.can_read(&channel) {
         return Err(ApiError::new(
