@@ -103,6 +103,33 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// Starts one with extra `redis-server` arguments (they come after, and override, the
+    /// defaults: `--appendonly yes`, say).
+    pub async fn start_with(args: &[&str]) -> anyhow::Result<RedisServer> {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            role: args.iter().map(|a| a.to_string()).collect(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, …) to the server.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("not running")?;
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
     /// Starts a replica of `master`.
     pub async fn start_replica_of(master: &RedisServer) -> anyhow::Result<RedisServer> {
         let mut server = RedisServer {
@@ -246,6 +273,14 @@ pub enum BrokerKind {
     Redis,
 }
 
+/// `wardline-relay` run by a wrapper that executes it (`ip netns exec NAME`, `faketime -f -2m`):
+/// for [`Relay::launch_command`].
+pub fn wrapped_relay_command(wrapper: &[&str]) -> Command {
+    let mut command = Command::new(wrapper[0]);
+    command.args(&wrapper[1..]).arg(binary("wardline-relay"));
+    command
+}
+
 /// `wardline-relay`, run under `prlimit` when its open files are limited (prlimit executes it: the
 /// child is the relay itself).
 fn relay_command(open_files: Option<u64>) -> Command {
@@ -352,7 +387,8 @@ impl Relay {
         Relay::launch_command(command, data_dir, redis_url, extra, with_secret, owned_dir).await
     }
 
-    async fn launch_command(
+    /// Starts a relay with a command made by [`wrapped_relay_command`] (the arguments follow it).
+    pub async fn launch_command(
         mut command: Command,
         data_dir: &Path,
         redis_url: Option<&str>,
@@ -507,6 +543,11 @@ impl Relay {
             .status()?;
         anyhow::ensure!(status.success(), "kill -{name} failed");
         Ok(())
+    }
+
+    /// The relay process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The relay's resident memory now, in bytes (`VmRSS`).

@@ -4,12 +4,16 @@
 //!   subscriber receives;
 //! - `test`: installs what the tests need, then formatting, lints and every test;
 //! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`;
+//! - `chaos [--rounds N]`: relays and Redis broken while notifications flow, into `bench/results/chaos.md`;
+//! - `soak [--minutes N]`: a relay under steady load for a long time, into `bench/results/soak.md`;
 //! - `package [--debug]`: Debian packages of the relay and the CLI, into `<target dir>/dist/`.
 
 mod bench;
+mod chaos;
 mod demo;
 mod deps;
 mod package;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -20,10 +24,12 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run_chaos(&args[1..]),
+        Some("soak") => soak::run_soak(&args[1..]),
         Some("package") => package::run_package(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [--smoke] | test | bench relay|client|app | package [--debug]"
+                "usage: cargo xtask demo [--smoke] | test | bench relay|client|app | chaos [--rounds N] | soak [--minutes N] | package [--debug]"
             );
             return ExitCode::from(2);
         }

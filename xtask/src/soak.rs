@@ -1,0 +1,31 @@
+//! `cargo xtask soak [--minutes N]`: one relay under steady load for N minutes (30 by default): its
+//! memory slope and file descriptors (how: `bench/src/soak.rs`). Release builds; the table goes to
+//! `bench/results/soak.md`, and the task fails if either grew.
+
+use crate::deps::{ensure_apt, run, target_dir, workspace_root};
+use std::process::Command;
+
+/// Entry point.
+pub fn run_soak(args: &[String]) -> Result<(), String> {
+    let minutes = match args {
+        [] => "30".to_owned(),
+        [flag, n] if flag == "--minutes" && n.parse::<f64>().is_ok_and(|m| m > 0.0) => n.clone(),
+        _ => return Err("usage: cargo xtask soak [--minutes N]".into()),
+    };
+    ensure_apt(&[("redis-server", "redis-server")])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "wardline-relay",
+        "-p",
+        "wardline-bench",
+        "--bins",
+    ]))?;
+    let out = workspace_root().join("bench/results/soak.md");
+    run(Command::new(target_dir()?.join("release/wardline-soak"))
+        .args(["--minutes", &minutes, "--out"])
+        .arg(&out))
+}
