@@ -22,7 +22,10 @@
 //! ids (doubled), and the gaps reported; per channel, the stream's length against what was
 //! published (stored twice).
 
+mod common;
+
 use anyhow::{Context, bail};
+use common::{option, utc_now_text};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -127,8 +130,6 @@ struct RelaySpec {
 impl RelaySpec {
     async fn start(&self) -> anyhow::Result<Relay> {
         let mut command = wrapped_relay_command(&self.wrapper);
-        // faketime: the wall clock only; timers keep the real monotonic clock.
-        command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         command.env("WARDLINE_LOG", "info");
         let mut extra = vec!["--listen", &self.listen, "--queue-capacity", "4096"];
         extra.extend(&self.extra);
@@ -379,10 +380,12 @@ async fn round(number: u32, persistent: bool) -> anyhow::Result<Outcome> {
             name: "R2 (clock 2 min behind)",
             // libfaketime preloaded by `env`, which executes the relay: the `faketime` program
             // would stay the parent, and a SIGKILL would miss the relay.
+            // The wall clock only: timers keep the real monotonic clock.
             wrapper: vec![
                 "env",
                 "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
                 "FAKETIME=-120s",
+                "FAKETIME_DONT_FAKE_MONOTONIC=1",
             ],
             listen: format!("127.0.0.1:{}", wardline_tests::free_port()),
             redis_url: redis.url(),
@@ -552,13 +555,6 @@ fn kill_relay(relays: &mut [Option<Relay>], index: usize) -> anyhow::Result<()> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let option = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let rounds: u32 = option("--rounds")
         .map(|r| r.parse())
         .transpose()?
@@ -616,11 +612,7 @@ async fn main() -> anyhow::Result<()> {
             o.published, o.lost, o.doubled
         );
     }
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = utc_now_text();
     let text = format!(
         "# Chaos\n\n\
          Measured by `cargo xtask chaos` on {date}, release builds, 2 cores shared by everything. \

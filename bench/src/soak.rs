@@ -12,7 +12,10 @@
 //! 54.5 MB over its first 20 minutes in the first 30-minute run, then stayed flat), the verdict is on
 //! the second: a leak keeps growing there. The descriptors' range over the second half is reported.
 
+mod common;
+
 use anyhow::{Context, bail};
+use common::{option, utc_now_text};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::json;
@@ -132,18 +135,6 @@ async fn session(
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .context("no such field")?
-        .trim()
-        .parse()
-        .context("not a number")
-}
-
 fn open_fds(pid: u32) -> anyhow::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
@@ -170,13 +161,6 @@ struct Sample {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let option = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let minutes: f64 = option("--minutes")
         .map(|m| m.parse())
         .transpose()?
@@ -281,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
             next_sample += SAMPLE_EVERY;
             let sample = Sample {
                 minute: started.elapsed().as_secs_f64() / 60.0,
-                rss_kib: status_kib(pid, "VmRSS:")?,
+                rss_kib: relay.resident_bytes()? / 1024,
                 fds: open_fds(pid)?,
                 connections: relay
                     .metrics()
@@ -329,11 +313,7 @@ async fn main() -> anyhow::Result<()> {
     let growth_kib = slope_kib_per_min * span;
     let flat = growth_kib.abs() <= 0.02 * first.rss_kib as f64;
     let fds_flat = fds_max - fds_min <= 4 * churn.max(1);
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = utc_now_text();
     let mut rows = String::new();
     for s in &samples {
         let _ = writeln!(

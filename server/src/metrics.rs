@@ -58,7 +58,7 @@ pub struct Metrics {
     pub flood_closes_total: AtomicU64,
     /// Requests refused for their token.
     pub auth_failures_total: AtomicU64,
-    /// Connections refused by the per-IP rate limit.
+    /// Connections refused by the per-IP rate limit, and receipt requests by the per-user one.
     pub rate_limited_total: AtomicU64,
     /// Resumes that found a gap.
     pub gaps_total: AtomicU64,
@@ -278,7 +278,7 @@ impl Metrics {
             ),
             (
                 "wardline_rate_limited_total",
-                "Connections refused by the per-address rate limit.",
+                "Connections refused by the per-address rate limit, and receipt requests by the per-user one.",
                 &self.rate_limited_total,
             ),
             (

@@ -273,28 +273,12 @@ pub enum BrokerKind {
     Redis,
 }
 
-/// `wardline-relay` run by a wrapper that executes it (`ip netns exec NAME`, `faketime -f -2m`):
-/// for [`Relay::launch_command`].
+/// `wardline-relay` run by a wrapper that executes it, so that the child is the relay itself
+/// (`ip netns exec NAME`, `prlimit --nofile=N:N --`, `env VAR=…`): for [`Relay::launch_command`].
 pub fn wrapped_relay_command(wrapper: &[&str]) -> Command {
     let mut command = Command::new(wrapper[0]);
     command.args(&wrapper[1..]).arg(binary("wardline-relay"));
     command
-}
-
-/// `wardline-relay`, run under `prlimit` when its open files are limited (prlimit executes it: the
-/// child is the relay itself).
-fn relay_command(open_files: Option<u64>) -> Command {
-    match open_files {
-        None => Command::new(binary("wardline-relay")),
-        Some(limit) => {
-            let mut command = Command::new("prlimit");
-            command
-                .arg(format!("--nofile={limit}:{limit}"))
-                .arg("--")
-                .arg(binary("wardline-relay"));
-            command
-        }
-    }
 }
 
 /// A real `wardline-relay serve` process, killed on drop.
@@ -348,7 +332,8 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().to_owned();
-        let command = relay_command(Some(open_files));
+        let limit = format!("--nofile={open_files}:{open_files}");
+        let command = wrapped_relay_command(&["prlimit", &limit, "--"]);
         Relay::launch_command(command, &path, None, extra, true, Some(dir)).await
     }
 
@@ -360,7 +345,7 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().to_owned();
-        let mut command = relay_command(None);
+        let mut command = Command::new(binary("wardline-relay"));
         command.env("WARDLINE_LOG", filter);
         Relay::launch_command(command, &path, Some(&redis.url()), extra, true, Some(dir)).await
     }
@@ -383,7 +368,7 @@ impl Relay {
         with_secret: bool,
         owned_dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Relay> {
-        let command = relay_command(None);
+        let command = Command::new(binary("wardline-relay"));
         Relay::launch_command(command, data_dir, redis_url, extra, with_secret, owned_dir).await
     }
 

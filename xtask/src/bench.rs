@@ -157,7 +157,8 @@ impl Loadgen {
     }
 }
 
-fn build_release() -> Result<PathBuf, String> {
+/// Release builds of the relay, the CLI and the benchmark programs; answers where they are.
+pub(crate) fn build_release() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::deps::run(Command::new(cargo).current_dir(workspace_root()).args([
         "build",

@@ -3,7 +3,7 @@
 //! builds; needs root for its network namespace; the table goes to `bench/results/chaos.md`, and
 //! the task fails if any notification was lost or doubled.
 
-use crate::deps::{ensure_apt, run, target_dir, workspace_root};
+use crate::deps::{ensure_apt, run, workspace_root};
 use std::process::Command;
 
 /// Entry point.
@@ -18,19 +18,9 @@ pub fn run_chaos(args: &[String]) -> Result<(), String> {
         ("faketime", "faketime"),
         ("ip", "iproute2"),
     ])?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "wardline-relay",
-        "-p",
-        "wardline-bench",
-        "--bins",
-    ]))?;
+    let release = crate::bench::build_release()?;
     let out = workspace_root().join("bench/results/chaos.md");
-    run(Command::new(target_dir()?.join("release/wardline-chaos"))
+    run(Command::new(release.join("wardline-chaos"))
         .args(["--rounds", &rounds, "--out"])
         .arg(&out))
 }

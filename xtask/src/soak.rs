@@ -2,7 +2,7 @@
 //! memory slope and file descriptors (how: `bench/src/soak.rs`). Release builds; the table goes to
 //! `bench/results/soak.md`, and the task fails if either grew.
 
-use crate::deps::{ensure_apt, run, target_dir, workspace_root};
+use crate::deps::{ensure_apt, run, workspace_root};
 use std::process::Command;
 
 /// Entry point.
@@ -13,19 +13,9 @@ pub fn run_soak(args: &[String]) -> Result<(), String> {
         _ => return Err("usage: cargo xtask soak [--minutes N]".into()),
     };
     ensure_apt(&[("redis-server", "redis-server")])?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "wardline-relay",
-        "-p",
-        "wardline-bench",
-        "--bins",
-    ]))?;
+    let release = crate::bench::build_release()?;
     let out = workspace_root().join("bench/results/soak.md");
-    run(Command::new(target_dir()?.join("release/wardline-soak"))
+    run(Command::new(release.join("wardline-soak"))
         .args(["--minutes", &minutes, "--out"])
         .arg(&out))
 }

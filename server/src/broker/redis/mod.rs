@@ -80,6 +80,13 @@ const RELEASE_SCRIPT: &str = include_str!("release.lua");
 const EPOCH_SCRIPT: &str = include_str!("epoch.lua");
 const EPOCH_KEY: &str = "wardline:epoch";
 
+/// The history's epoch, as a command to pipeline after a channel's reads.
+fn epoch_command() -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command.arg(EPOCH_SCRIPT).arg(1).arg(EPOCH_KEY);
+    command
+}
+
 fn stream_key(channel: &Channel) -> String {
     format!("wardline:{{{channel}}}:stream")
 }
@@ -677,10 +684,7 @@ impl Broker for RedisBroker {
                 .arg("-")
                 .arg("COUNT")
                 .arg(1)
-                .cmd("EVAL")
-                .arg(EPOCH_SCRIPT)
-                .arg(1)
-                .arg(EPOCH_KEY)
+                .add_command(epoch_command())
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
@@ -739,10 +743,7 @@ impl Broker for RedisBroker {
             .arg(1)
             .cmd("GET")
             .arg(trimmed_key(channel))
-            .cmd("EVAL")
-            .arg(EPOCH_SCRIPT)
-            .arg(1)
-            .arg(EPOCH_KEY)
+            .add_command(epoch_command())
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
