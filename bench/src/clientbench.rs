@@ -58,6 +58,7 @@ fn notification(n: u64) -> Notification {
         priority: Priority::default_for(&message),
         sent_at: "2026-11-23T10:00:00.000Z".into(),
         message,
+        repeat: None,
     }
 }
 

@@ -20,6 +20,8 @@ const SUMMARY_OVER: usize = 3;
 
 /// The action key of "Acknowledge".
 pub const ACKNOWLEDGE_ACTION: &str = "acknowledge";
+/// The action key of "Decline" ("not me / cannot now": the relay escalates at once).
+pub const DECLINE_ACTION: &str = "decline";
 /// The freedesktop action key of clicking the alert itself.
 pub const OPEN_ACTION: &str = "default";
 
@@ -31,6 +33,8 @@ pub type NotificationRef = (Channel, Cursor);
 pub enum AlertAction {
     /// Chose "Acknowledge" on a critical alert.
     Acknowledge(NotificationRef),
+    /// Chose "Decline" on a critical alert: someone else must take it.
+    Decline(NotificationRef),
     /// Clicked the alert: open the app on its notification (`None`: a summary, open the inbox).
     Open(Option<NotificationRef>),
 }
@@ -132,6 +136,10 @@ pub struct AlertSettings {
     pub sound: bool,
     /// Until when (Unix ms) non-critical alerts are paused.
     pub paused_until: Option<u64>,
+    /// Whether alerts show what a notification says (a patient's name, a result). Off by default:
+    /// an alert on a locked screen says only what kind of notification waits ("Critical lab
+    /// result — open Wardline").
+    pub show_details: bool,
 }
 
 /// Alert settings shared by whoever changes them and the subscription that applies them to the next
@@ -144,6 +152,7 @@ impl Default for AlertSettings {
             quiet_hours: None,
             sound: true,
             paused_until: None,
+            show_details: false,
         }
     }
 }
@@ -217,11 +226,21 @@ pub fn alerts_for(
         others
     };
     let sound = settings.sound.then_some("message-new-instant");
+    let text = |row: &Row| {
+        if settings.show_details {
+            (row.title.clone(), row.body.clone())
+        } else {
+            (
+                format!("{} — open Wardline", kind_label(row)),
+                String::from("Details are hidden on this screen."),
+            )
+        }
+    };
     let mut alerts: Vec<Alert> = critical
         .iter()
         .map(|row| Alert {
-            summary: row.title.clone(),
-            body: row.body.clone(),
+            summary: text(row).0,
+            body: text(row).1,
             urgency: Urgency::Critical,
             persistent: true,
             sound: Some("alarm-clock-elapsed"),
@@ -230,8 +249,8 @@ pub fn alerts_for(
         })
         .collect();
     let normal = |row: &Row| Alert {
-        summary: row.title.clone(),
-        body: row.body.clone(),
+        summary: text(row).0,
+        body: text(row).1,
         urgency: if row.priority == Priority::Low {
             Urgency::Low
         } else {
@@ -243,10 +262,14 @@ pub fn alerts_for(
         acknowledgeable: false,
     };
     if others.len() > SUMMARY_OVER {
-        let titles: Vec<&str> = others.iter().take(3).map(|r| r.title.as_str()).collect();
+        let titles: Vec<String> = others.iter().take(3).map(|r| text(r).0).collect();
         alerts.push(Alert {
             summary: format!("{} new notifications", others.len()),
-            body: format!("{}, …", titles.join(", ")),
+            body: if settings.show_details {
+                format!("{}, …", titles.join(", "))
+            } else {
+                String::from("Open Wardline to see them.")
+            },
             urgency: Urgency::Normal,
             persistent: false,
             sound,
@@ -259,10 +282,45 @@ pub fn alerts_for(
     alerts
 }
 
+/// What kind of notification a row is, in words that say nothing of its content.
+pub fn kind_label(row: &Row) -> &'static str {
+    match row.kind.as_str() {
+        "critical_lab_result" => "Critical lab result",
+        "lab_result" | "lab_result_ready" => "Lab result",
+        "escalation" => "Critical result waiting for a backup",
+        kind if kind.starts_with("appointment") => "Appointment update",
+        _ if row.channel == Channel::system_alerts() => "System alert",
+        _ if row.priority == Priority::Critical => "Critical notification",
+        _ => "New notification",
+    }
+}
+
+/// The local alarm raised when this device has not been connected for a while: it cannot be
+/// receiving critical results.
+pub fn not_receiving_alert(offline_for: std::time::Duration) -> Alert {
+    Alert {
+        summary: "You are not receiving critical results".into(),
+        body: format!(
+            "Wardline has not reached the relay for {} min. Check the network, or use another device.",
+            offline_for.as_secs() / 60
+        ),
+        urgency: Urgency::Critical,
+        persistent: true,
+        sound: Some("alarm-clock-elapsed"),
+        notification: None,
+        acknowledgeable: false,
+    }
+}
+
 /// Raises OS alerts.
 pub trait Alerter: Send + Sync {
-    /// Raises one alert; returns when the OS accepted it (not when the person reacts).
+    /// Raises one alert; returns when the OS accepted it (not when the person reacts). An alert
+    /// about a notification that already has one on screen replaces it.
     fn raise(&self, alert: &Alert) -> Result<(), String>;
+
+    /// Withdraws the alert about a notification (handled on another device), or with `None` the
+    /// "not receiving" alarm, if one is on screen.
+    fn withdraw(&self, notification: Option<&NotificationRef>) -> Result<(), String>;
 }
 
 /// Alerts through the desktop's notification service: on Linux and the BSDs the freedesktop
@@ -332,6 +390,24 @@ impl DesktopAlerter {
 }
 
 impl Alerter for DesktopAlerter {
+    #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+    fn withdraw(&self, notification: Option<&NotificationRef>) -> Result<(), String> {
+        tokio::runtime::Handle::current().block_on(async {
+            match self.notifications.lock().await.as_ref() {
+                Some(service) => service
+                    .withdraw(notification)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        })
+    }
+
+    #[cfg(not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))))]
+    fn withdraw(&self, _notification: Option<&NotificationRef>) -> Result<(), String> {
+        Ok(())
+    }
+
     fn raise(&self, alert: &Alert) -> Result<(), String> {
         let shown = self.show(alert);
         if let Err(e) = &shown {
@@ -376,6 +452,37 @@ mod tests {
     }
 
     #[test]
+    fn by_default_alerts_say_what_kind_of_notification_waits_and_nothing_of_it() {
+        let mut critical = row(
+            1,
+            Priority::Critical,
+            "Critical lab result — BMP for Bob Wilson",
+        );
+        critical.kind = "critical_lab_result".into();
+        critical.body = "Potassium 6.9 mmol/L".into();
+        let mut appointment = row(2, Priority::Normal, "Appointment confirmed with Dr Smith");
+        appointment.kind = "appointment_confirmed".into();
+        let rows = [critical, appointment];
+        let alerts = alerts_for(&rows, &AlertSettings::default(), at(12, 0));
+        assert_eq!(alerts[0].summary, "Critical lab result — open Wardline");
+        assert_eq!(alerts[1].summary, "Appointment update — open Wardline");
+        for alert in &alerts {
+            for secret in ["Bob", "Wilson", "BMP", "6.9", "Smith"] {
+                assert!(
+                    !alert.summary.contains(secret) && !alert.body.contains(secret),
+                    "{alert:?} shows {secret}"
+                );
+            }
+        }
+        assert!(alerts[0].acknowledgeable, "still Acknowledge and Decline");
+        let many: Vec<Row> = (3..9)
+            .map(|n| row(n, Priority::Normal, &format!("Bob Wilson note {n}")))
+            .collect();
+        let summary = &alerts_for(&many, &AlertSettings::default(), at(12, 0))[0];
+        assert!(!summary.body.contains("Bob"), "{summary:?}");
+    }
+
+    #[test]
     fn critical_results_alert_loudly_each_and_others_are_summarised_in_bursts() {
         let mut rows = vec![row(
             1,
@@ -383,7 +490,10 @@ mod tests {
             "Critical lab result — BMP for Bob Wilson",
         )];
         rows.extend((2..7).map(|n| row(n, Priority::Normal, &format!("note {n}"))));
-        let settings = AlertSettings::default();
+        let settings = AlertSettings {
+            show_details: true,
+            ..AlertSettings::default()
+        };
         let alerts = alerts_for(&rows, &settings, at(12, 0));
         assert_eq!(alerts.len(), 2);
         assert_eq!(alerts[0].urgency, Urgency::Critical);
@@ -464,11 +574,12 @@ mod tests {
             quiet_hours: Some(QuietHours::parse("22:00-7:05").unwrap()),
             sound: false,
             paused_until: Some(1),
+            show_details: true,
         };
         let text = serde_json::to_string(&settings).unwrap();
         assert_eq!(
             text,
-            r#"{"quiet_hours":"22:00-07:05","sound":false,"paused_until":1}"#
+            r#"{"quiet_hours":"22:00-07:05","sound":false,"paused_until":1,"show_details":true}"#
         );
         assert_eq!(
             serde_json::from_str::<AlertSettings>(&text).unwrap(),

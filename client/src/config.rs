@@ -81,6 +81,7 @@ mod tests {
                 quiet_hours: Some(crate::alert::QuietHours::parse("22:00-07:00").unwrap()),
                 sound: false,
                 paused_until: None,
+                show_details: true,
             },
         };
         settings.save(&path).unwrap();

@@ -3,7 +3,7 @@
 use crate::alert::AlertSettings;
 use crate::inbox::Row;
 use serde::{Deserialize, Serialize};
-use wardline_protocol::{Channel, Cursor};
+use wardline_protocol::{Channel, Cursor, ReceiptKind};
 
 /// A change the person (or whoever watches) should know about.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +64,43 @@ pub enum Event {
         /// The notifications' ids.
         ids: Vec<Cursor>,
     },
+    /// Notifications were declined on this device ("not me / cannot now"; the relay escalates them
+    /// when told).
+    Declined {
+        /// The channel.
+        channel: Channel,
+        /// The notifications' ids.
+        ids: Vec<Cursor>,
+    },
+    /// A reminder of a notification nobody has acknowledged yet: alerted again.
+    Reminder {
+        /// The stored row.
+        notification: Row,
+        /// Which reminder (from 1).
+        repeat: u32,
+    },
+    /// Someone acted on notifications on another device (this user's, or a backup's
+    /// acknowledgement of an escalation): marked here, their alerts withdrawn.
+    HandledElsewhere {
+        /// What was done.
+        kind: ReceiptKind,
+        /// The channel.
+        channel: Channel,
+        /// The notifications changed here.
+        ids: Vec<Cursor>,
+        /// Who.
+        user: String,
+        /// On which device, when it said.
+        device: Option<String>,
+    },
+    /// Not connected for longer than the alarm threshold: this device is not receiving critical
+    /// results (an OS alarm is raised once per outage).
+    NotReceiving {
+        /// Unix ms since when it has not been connected.
+        offline_since: u64,
+    },
+    /// Connected again after [`Event::NotReceiving`]: the alarm is withdrawn.
+    ReceivingAgain,
     /// Signed out: the subscription stopped and the token left the keychain.
     SignedOut,
     /// The person clicked an OS alert: show this notification (no id: a summary, show the inbox).

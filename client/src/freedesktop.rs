@@ -4,7 +4,9 @@
 //! opens, would have to stay open until the alert is closed, and GNOME reports no close while an
 //! alert is listed; GNOME also withdraws an alert whose sender's connection closed.)
 
-use crate::alert::{ACKNOWLEDGE_ACTION, Alert, AlertAction, NotificationRef, OPEN_ACTION, Urgency};
+use crate::alert::{
+    ACKNOWLEDGE_ACTION, Alert, AlertAction, DECLINE_ACTION, NotificationRef, OPEN_ACTION, Urgency,
+};
 use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,8 @@ const MOST_REMEMBERED: usize = 10_000;
 struct Raised {
     notification: Option<NotificationRef>,
     acknowledgeable: bool,
+    /// The "not receiving" alarm (no notification, critical).
+    alarm: bool,
 }
 
 #[derive(Default)]
@@ -56,6 +60,9 @@ impl Notifications {
                             (ACKNOWLEDGE_ACTION, Some(target)) if raised.acknowledgeable => {
                                 actions.send(AlertAction::Acknowledge(target))
                             }
+                            (DECLINE_ACTION, Some(target)) if raised.acknowledgeable => {
+                                actions.send(AlertAction::Decline(target))
+                            }
                             (OPEN_ACTION, target) => actions.send(AlertAction::Open(target)),
                             _ => Ok(()),
                         };
@@ -72,13 +79,51 @@ impl Notifications {
         Ok(Notifications { proxy, remembered })
     }
 
+    /// The id of the alert on screen about `notification` (`None`: the "not receiving" alarm).
+    fn on_screen(&self, notification: Option<&NotificationRef>) -> Option<u32> {
+        let remembered = self.remembered.lock().expect("alerts lock");
+        remembered
+            .order
+            .iter()
+            .rev()
+            .find(|id| {
+                remembered.by_id.get(id).is_some_and(|raised| {
+                    raised.notification.as_ref() == notification
+                        && (notification.is_some() || raised.alarm)
+                })
+            })
+            .copied()
+    }
+
+    /// Closes the alert about `notification` (or the "not receiving" alarm), if one is on screen.
+    pub async fn withdraw(&self, notification: Option<&NotificationRef>) -> zbus::Result<()> {
+        let Some(id) = self.on_screen(notification) else {
+            return Ok(());
+        };
+        self.remembered
+            .lock()
+            .expect("alerts lock")
+            .by_id
+            .remove(&id);
+        self.proxy
+            .call::<_, _, ()>("CloseNotification", &(id,))
+            .await
+    }
+
     /// Raises an alert: critical urgency and no timeout for critical results, "Open" (a click on
-    /// the alert) always, "Acknowledge" when it can be acknowledged.
+    /// the alert) always, "Acknowledge" and "Decline" when it can be acknowledged. An alert about
+    /// a notification already on screen (a reminder) replaces that one.
     pub async fn raise(&self, alert: &Alert) -> zbus::Result<u32> {
         let mut actions = vec![OPEN_ACTION, "Open"];
         if alert.acknowledgeable {
-            actions.extend([ACKNOWLEDGE_ACTION, "Acknowledge"]);
+            actions.extend([ACKNOWLEDGE_ACTION, "Acknowledge", DECLINE_ACTION, "Decline"]);
         }
+        let alarm = alert.notification.is_none() && alert.urgency == Urgency::Critical;
+        let replaces = if alert.notification.is_some() || alarm {
+            self.on_screen(alert.notification.as_ref()).unwrap_or(0)
+        } else {
+            0
+        };
         let urgency: u8 = match alert.urgency {
             Urgency::Low => 0,
             Urgency::Normal => 1,
@@ -96,7 +141,7 @@ impl Notifications {
                 "Notify",
                 &(
                     "Wardline",
-                    0u32,
+                    replaces,
                     "",
                     &alert.summary,
                     &alert.body,
@@ -112,9 +157,12 @@ impl Notifications {
             Raised {
                 notification: alert.notification.clone(),
                 acknowledgeable: alert.acknowledgeable,
+                alarm,
             },
         );
-        remembered.order.push_back(id);
+        if !remembered.order.contains(&id) {
+            remembered.order.push_back(id);
+        }
         while remembered.order.len() > MOST_REMEMBERED {
             if let Some(oldest) = remembered.order.pop_front() {
                 remembered.by_id.remove(&oldest);

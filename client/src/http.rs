@@ -14,8 +14,12 @@ pub async fn send_receipts(
     kind: ReceiptKind,
     channel: &Channel,
     ids: &[Cursor],
+    device: Option<&str>,
 ) -> Result<(), String> {
-    let body = serde_json::json!({"channel": channel, "ids": ids, "kind": kind});
+    let mut body = serde_json::json!({"channel": channel, "ids": ids, "kind": kind});
+    if let Some(device) = device {
+        body["device"] = device.into();
+    }
     let response = client
         .post(format!("{}/v1/receipts", server.trim_end_matches('/')))
         .bearer_auth(token.expose())

@@ -100,7 +100,18 @@ END;
 CREATE INDEX notifications_ack_unsynced ON notifications (rowid)
 WHERE acked_at IS NOT NULL AND ack_synced = 0;
 "#,
+    r#"
+-- "Not me / cannot now": the person declined it; the relay escalates at once when told.
+ALTER TABLE notifications ADD COLUMN declined_at INTEGER;
+ALTER TABLE notifications ADD COLUMN decline_synced INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX notifications_decline_unsynced ON notifications (rowid)
+WHERE declined_at IS NOT NULL AND decline_synced = 0;
+"#,
 ];
+
+/// The state key of this installation's id: made once per inbox, sent as `?device=` when
+/// connecting and with receipts, so the relay's trail says which device did what.
+pub const DEVICE_ID: &str = "device_id";
 
 /// Why the inbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +229,8 @@ pub struct PendingReceipts {
     pub received: Vec<(Channel, Vec<Cursor>)>,
     /// Per channel, ids acknowledged but not confirmed.
     pub acknowledged: Vec<(Channel, Vec<Cursor>)>,
+    /// Per channel, ids declined but not confirmed.
+    pub declined: Vec<(Channel, Vec<Cursor>)>,
 }
 
 /// Unix milliseconds now.
@@ -226,6 +239,27 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+/// A row of `SELECT id_ms, id_seq, channel, type, priority, title, body, message, sent_at,
+/// received_at, read_at, acked_at`.
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let channel: String = r.get(2)?;
+    let priority: String = r.get(4)?;
+    let message: String = r.get(7)?;
+    Ok(Row {
+        id: Cursor::new(r.get(0)?, r.get(1)?),
+        channel: Channel::parse(&channel).unwrap_or_else(|_| Channel::system_alerts()),
+        kind: r.get(3)?,
+        priority: Priority::parse(&priority).unwrap_or(Priority::Normal),
+        title: r.get(5)?,
+        body: r.get(6)?,
+        message: serde_json::from_str(&message).unwrap_or(serde_json::Value::String(message)),
+        sent_at: r.get(8)?,
+        received_at: r.get(9)?,
+        read_at: r.get(10)?,
+        acked_at: r.get(11)?,
+    })
 }
 
 /// The local inbox.
@@ -526,25 +560,7 @@ impl Inbox {
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(
             rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())),
-            |r| {
-                let channel: String = r.get(2)?;
-                let priority: String = r.get(4)?;
-                let message: String = r.get(7)?;
-                Ok(Row {
-                    id: Cursor::new(r.get(0)?, r.get(1)?),
-                    channel: Channel::parse(&channel).unwrap_or_else(|_| Channel::system_alerts()),
-                    kind: r.get(3)?,
-                    priority: Priority::parse(&priority).unwrap_or(Priority::Normal),
-                    title: r.get(5)?,
-                    body: r.get(6)?,
-                    message: serde_json::from_str(&message)
-                        .unwrap_or(serde_json::Value::String(message)),
-                    sent_at: r.get(8)?,
-                    received_at: r.get(9)?,
-                    read_at: r.get(10)?,
-                    acked_at: r.get(11)?,
-                })
-            },
+            row_from,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -619,6 +635,97 @@ impl Inbox {
         Ok(())
     }
 
+    /// Marks notifications declined by the person ("not me / cannot now"); the relay is told when
+    /// it can be, and escalates them at once.
+    pub fn mark_declined(&mut self, ids: &[(Channel, Cursor)]) -> Result<(), InboxError> {
+        let tx = self.conn.transaction()?;
+        for (channel, id) in ids {
+            tx.execute(
+                "UPDATE notifications SET declined_at = coalesce(declined_at, ?4), read_at = coalesce(read_at, ?4)
+                 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3",
+                params![channel.as_str(), id.ms, id.seq, now_ms()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Declines the relay has not confirmed yet, grouped by channel.
+    pub fn pending_declines(&self) -> Result<Vec<(Channel, Vec<Cursor>)>, InboxError> {
+        self.unsynced(
+            "SELECT channel, id_ms, id_seq FROM notifications WHERE declined_at IS NOT NULL AND decline_synced = 0 ORDER BY rowid LIMIT 1000",
+        )
+    }
+
+    /// Applies what the user did on another device (the relay's `receipt`): acknowledged there is
+    /// acknowledged here (already known to the relay), read there is read here. Answers the ids that
+    /// changed here (whose alerts to withdraw), among those this inbox holds.
+    pub fn apply_remote_receipt(
+        &mut self,
+        kind: ReceiptKind,
+        channel: &Channel,
+        ids: &[Cursor],
+    ) -> Result<Vec<Cursor>, InboxError> {
+        let sql = match kind {
+            ReceiptKind::Acknowledged => {
+                "UPDATE notifications SET acked_at = coalesce(acked_at, ?4), read_at = coalesce(read_at, ?4), ack_synced = 1
+                 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3 AND acked_at IS NULL"
+            }
+            ReceiptKind::Read => {
+                "UPDATE notifications SET read_at = ?4
+                 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3 AND read_at IS NULL"
+            }
+            ReceiptKind::Declined => {
+                "UPDATE notifications SET declined_at = coalesce(declined_at, ?4), decline_synced = 1
+                 WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3 AND declined_at IS NULL"
+            }
+            ReceiptKind::Received | ReceiptKind::Displayed => return Ok(Vec::new()),
+        };
+        let tx = self.conn.transaction()?;
+        let mut changed = Vec::new();
+        {
+            let mut update = tx.prepare_cached(sql)?;
+            for id in ids {
+                if update.execute(params![channel.as_str(), id.ms, id.seq, now_ms()])? > 0 {
+                    changed.push(*id);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// The notifications among `ids` nobody has acknowledged on this device: what a reminder
+    /// alerts for again.
+    pub fn unacknowledged(
+        &self,
+        channel: &Channel,
+        ids: &[Cursor],
+    ) -> Result<Vec<Row>, InboxError> {
+        let mut rows = Vec::new();
+        for id in ids {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id_ms, id_seq, channel, type, priority, title, body, message, sent_at, received_at, read_at, acked_at
+                 FROM notifications WHERE channel = ?1 AND id_ms = ?2 AND id_seq = ?3 AND acked_at IS NULL AND declined_at IS NULL",
+            )?;
+            let found = stmt
+                .query_row(params![channel.as_str(), id.ms, id.seq], row_from)
+                .optional()?;
+            rows.extend(found);
+        }
+        Ok(rows)
+    }
+
+    /// This installation's id, made on first use.
+    pub fn device_id(&mut self) -> Result<String, InboxError> {
+        if let Some(id) = self.state(DEVICE_ID)? {
+            return Ok(id);
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.set_state(DEVICE_ID, &id)?;
+        Ok(id)
+    }
+
     /// Receipts not yet confirmed by the relay.
     pub fn pending_receipts(&self) -> Result<PendingReceipts, InboxError> {
         Ok(PendingReceipts {
@@ -626,6 +733,7 @@ impl Inbox {
                 "SELECT channel, id_ms, id_seq FROM notifications WHERE received_synced = 0 ORDER BY rowid LIMIT 1000",
             )?,
             acknowledged: self.pending_acknowledgements()?,
+            declined: self.pending_declines()?,
         })
     }
 
@@ -666,6 +774,9 @@ impl Inbox {
         let column = match kind {
             ReceiptKind::Received => "received_synced",
             ReceiptKind::Acknowledged => "ack_synced",
+            ReceiptKind::Declined => "decline_synced",
+            // Told as they happen, never queued.
+            ReceiptKind::Displayed | ReceiptKind::Read => return Ok(()),
         };
         let tx = self.conn.transaction()?;
         {
@@ -796,6 +907,7 @@ mod tests {
             priority: Priority::default_for(&message),
             sent_at: "2026-11-23T10:00:00.000Z".into(),
             message,
+            repeat: None,
         }
     }
 

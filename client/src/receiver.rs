@@ -108,6 +108,7 @@ pub struct Receiver {
     trust: Trust,
     settings_path: PathBuf,
     alert_settings: SharedAlertSettings,
+    offline_alarm: Mutex<Duration>,
 }
 
 impl Receiver {
@@ -135,6 +136,7 @@ impl Receiver {
             trust,
             settings_path,
             alert_settings: Arc::new(RwLock::new(settings.alerts)),
+            offline_alarm: Mutex::new(crate::subscription::OFFLINE_ALARM),
         })
     }
 
@@ -229,6 +231,7 @@ impl Receiver {
             token,
             heartbeat: Duration::from_secs(15),
             trust: self.trust.clone(),
+            offline_alarm: *self.offline_alarm.lock().expect("receiver lock"),
         };
         let mut subscription = Subscription::new(options, self.inbox.clone())
             .with_acknowledger(self.acknowledger.clone());
@@ -300,6 +303,20 @@ impl Receiver {
             let _ = running.stop.send(());
             let _ = running.task.await;
         }
+    }
+
+    /// How long without a connection raises the "not receiving critical results" alarm, for
+    /// subscriptions started from now on (default 2 min).
+    pub fn set_offline_alarm(&self, after: Duration) {
+        *self.offline_alarm.lock().expect("receiver lock") = after;
+    }
+
+    /// Alerts show what notifications say, for this run only (`listen --show-details`), not saved.
+    pub fn show_details_for_run(&self) {
+        self.alert_settings
+            .write()
+            .expect("alert settings lock")
+            .show_details = true;
     }
 
     /// Quiet hours for this run only (the command line's `--quiet-hours`), not saved.
@@ -426,6 +443,7 @@ async fn carry_out(
         AlertAction::Acknowledge(notification) => {
             acknowledger.acknowledge(vec![notification]).await
         }
+        AlertAction::Decline(notification) => acknowledger.decline(vec![notification]).await,
         AlertAction::Open(notification) => {
             let (channel, id) = notification.unzip();
             let _ = events.send(Event::AlertOpened { channel, id });

@@ -172,6 +172,7 @@ impl Subscription {
         let client = self.options.trust.http();
         let request = client
             .get(format!("{http}/sse/{}", self.options.user))
+            .query(&[("device", self.device())])
             .bearer_auth(self.token().expose())
             .header("accept", "text/event-stream")
             .header("last-event-id", position.join(";"));
@@ -198,6 +199,8 @@ impl Subscription {
             .await?;
         self.post_receipts(&http, ReceiptKind::Acknowledged, pending.acknowledged)
             .await?;
+        self.post_receipts(&http, ReceiptKind::Declined, pending.declined)
+            .await?;
         self.set_state(
             crate::events::ConnectionState::Connected,
             &format!(
@@ -207,7 +210,7 @@ impl Subscription {
         )
         .await;
         self.online().await?;
-        self.emit(crate::Event::Connected { transport: "sse" });
+        self.connected("sse").await;
         let chunks = response
             .bytes_stream()
             .map(|chunk| chunk.map_err(|e| e.to_string()));
@@ -248,6 +251,11 @@ impl Subscription {
                     let mut ended = None;
                     for event in parser.push(chunk.as_ref()) {
                         match event.name.as_str() {
+                            // What the user did on another device: applied here too.
+                            "receipt" => match serde_json::from_str::<ServerFrame>(&event.data) {
+                                Ok(frame) => frames.push(frame),
+                                Err(e) => tracing::warn!(error = %e, "unreadable receipt from the relay"),
+                            },
                             "error" => {
                                 let body: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
                                 let code = body["close"].as_u64().unwrap_or(1011) as u16;
@@ -270,8 +278,9 @@ impl Subscription {
                     return Ok(Outcome::Retry { reason, pace: Pace::Now });
                 }
                 _ = self.acknowledger.waiting() => {
-                    let acknowledged = self.pending_acks().await?;
-                    self.post_receipts(http, ReceiptKind::Acknowledged, acknowledged).await?;
+                    for (kind, pending) in self.pending_acks().await? {
+                        self.post_receipts(http, kind, pending).await?;
+                    }
                 }
                 _ = clock.tick() => {
                     if let Some(what) = changes.changed() {
@@ -301,6 +310,7 @@ impl Subscription {
                 kind,
                 &channel,
                 &ids,
+                Some(self.device()).filter(|d| !d.is_empty()),
             )
             .await;
             match sent {
@@ -427,6 +437,7 @@ mod tests {
             token: wardline_protocol::Sensitive::new("t".into()),
             heartbeat: Duration::from_secs(15),
             trust: crate::tls::Trust::new(None).unwrap(),
+            offline_alarm: crate::subscription::OFFLINE_ALARM,
         };
         let subscription = Subscription::new(options, crate::inbox_handle::InboxHandle::new(inbox));
         // A heartbeat at 20 s, then nothing.

@@ -20,7 +20,7 @@
 use crate::alert::{Alerter, SharedAlertSettings, alerts_for};
 use crate::backoff::Backoff;
 use crate::events::{ConnectionState, Event};
-use crate::inbox::{Inbox, InboxError, now_ms};
+use crate::inbox::{Inbox, InboxError, Row, now_ms};
 use crate::inbox_handle::InboxHandle;
 use crate::tls::Trust;
 use rand::Rng;
@@ -28,7 +28,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, broadcast, watch};
-use wardline_protocol::{Channel, Cursor, Notification, Reconnect, Sensitive, ServerFrame};
+use wardline_protocol::{
+    Channel, Cursor, Notification, ReceiptKind, Reconnect, Sensitive, ServerFrame,
+};
 
 /// Where and as whom to subscribe.
 #[derive(Debug, Clone)]
@@ -43,6 +45,20 @@ pub struct Options {
     pub heartbeat: Duration,
     /// The certificates trusted for `https://` relays.
     pub trust: Trust,
+    /// Not connected for this long raises the local "not receiving critical results" alarm.
+    pub offline_alarm: Duration,
+}
+
+/// Not connected for this long raises the local alarm, by default.
+pub const OFFLINE_ALARM: Duration = Duration::from_secs(120);
+
+/// Whether the device is connected, and since when it is not.
+#[derive(Debug)]
+struct Link {
+    connected: bool,
+    offline_since: Instant,
+    offline_since_ms: u64,
+    alarmed: bool,
 }
 
 /// Why `run` returned.
@@ -128,6 +144,23 @@ impl Acknowledger {
         }
     }
 
+    /// Stores that the person declined these ("not me / cannot now"), announces it and asks the
+    /// running subscription, if any, to tell the relay now (it escalates them at once).
+    pub async fn decline(&self, ids: Vec<Acknowledgement>) -> Result<(), InboxError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let marked = ids.clone();
+        self.inbox
+            .call(move |inbox| inbox.mark_declined(&marked))
+            .await?;
+        for (channel, ids) in group(ids) {
+            let _ = self.events.send(Event::Declined { channel, ids });
+        }
+        self.flush.notify_one();
+        Ok(())
+    }
+
     /// Stores the acknowledgements (off the async workers), announces them and asks the running
     /// subscription, if any, to send them now.
     pub async fn acknowledge(&self, ids: Vec<Acknowledgement>) -> Result<(), InboxError> {
@@ -160,6 +193,9 @@ pub struct Subscription {
     events: broadcast::Sender<Event>,
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     pub(crate) acknowledger: Acknowledger,
+    link: std::sync::Mutex<Link>,
+    /// This installation's id, read from the inbox when the subscription runs.
+    device: std::sync::OnceLock<String>,
 }
 
 /// Gives a running [`Subscription`] a newer token of the same user: an open WebSocket presents it
@@ -224,6 +260,13 @@ impl Subscription {
             events,
             alerter: None,
             acknowledger,
+            link: std::sync::Mutex::new(Link {
+                connected: false,
+                offline_since: Instant::now(),
+                offline_since_ms: now_ms(),
+                alarmed: false,
+            }),
+            device: std::sync::OnceLock::new(),
         }
     }
 
@@ -315,6 +358,64 @@ impl Subscription {
         Ok((ws, http))
     }
 
+    /// This installation's id (`?device=` and receipts).
+    pub(crate) fn device(&self) -> &str {
+        self.device.get().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The connection works: announces it, and clears the "not receiving" alarm if it was raised.
+    pub(crate) async fn connected(&self, transport: &'static str) {
+        let was_alarmed = {
+            let mut link = self.link.lock().expect("link lock");
+            link.connected = true;
+            std::mem::take(&mut link.alarmed)
+        };
+        self.emit(Event::Connected { transport });
+        if was_alarmed {
+            if let Some((alerter, _)) = self.alerter.clone() {
+                let _ = tokio::task::spawn_blocking(move || alerter.withdraw(None)).await;
+            }
+            tracing::info!("receiving again");
+            self.emit(Event::ReceivingAgain);
+        }
+    }
+
+    /// The connection ended: the offline time counts from now (unless it already counts).
+    fn disconnected(&self) {
+        let mut link = self.link.lock().expect("link lock");
+        if link.connected {
+            link.connected = false;
+            link.offline_since = Instant::now();
+            link.offline_since_ms = now_ms();
+        }
+    }
+
+    /// Raises the "not receiving critical results" alarm once the device has been offline for
+    /// [`Options::offline_alarm`] (once per outage).
+    async fn check_offline(&self) {
+        let offline_for = {
+            let mut link = self.link.lock().expect("link lock");
+            let offline_for = link.offline_since.elapsed();
+            if link.connected || link.alarmed || offline_for < self.options.offline_alarm {
+                return;
+            }
+            link.alarmed = true;
+            (offline_for, link.offline_since_ms)
+        };
+        let (offline_for, since_ms) = offline_for;
+        tracing::warn!(
+            offline_s = offline_for.as_secs(),
+            "not connected to the relay: this device is not receiving critical results"
+        );
+        if let Some((alerter, _)) = self.alerter.clone() {
+            let alert = crate::alert::not_receiving_alert(offline_for);
+            let _ = tokio::task::spawn_blocking(move || alerter.raise(&alert)).await;
+        }
+        self.emit(Event::NotReceiving {
+            offline_since: since_ms,
+        });
+    }
+
     /// Keeps the subscription alive until the token is refused, the relay cannot be trusted or
     /// `shutdown` completes.
     pub async fn run(
@@ -322,7 +423,10 @@ impl Subscription {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Ended, SubscriptionError> {
         self.bases()?;
+        let device = self.with_inbox(|inbox| inbox.device_id()).await?;
+        let _ = self.device.set(device);
         let mut backoff = Backoff::new();
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
             let started = Instant::now();
@@ -339,13 +443,18 @@ impl Subscription {
                     other => Ok(other),
                 }
             };
-            let outcome = tokio::select! {
-                outcome = attempt => outcome?,
-                _ = &mut shutdown => {
-                    self.set_state(ConnectionState::Stopped, "").await;
-                    return Ok(Ended::Shutdown);
+            tokio::pin!(attempt);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut attempt => break outcome?,
+                    _ = &mut shutdown => {
+                        self.set_state(ConnectionState::Stopped, "").await;
+                        return Ok(Ended::Shutdown);
+                    }
+                    _ = watchdog.tick() => self.check_offline().await,
                 }
             };
+            self.disconnected();
             let (reason, pace) = match outcome {
                 Outcome::SignIn(reason) => {
                     self.set_state(ConnectionState::SignInRequired, &reason)
@@ -385,20 +494,33 @@ impl Subscription {
                 offline_since,
             });
             // Acknowledgements made meanwhile are in the inbox: the next connection sends them.
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut shutdown => {
-                    self.set_state(ConnectionState::Stopped, "").await;
-                    return Ok(Ended::Shutdown);
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = &mut shutdown => {
+                        self.set_state(ConnectionState::Stopped, "").await;
+                        return Ok(Ended::Shutdown);
+                    }
+                    _ = watchdog.tick() => self.check_offline().await,
                 }
             }
         }
     }
 
-    /// Acknowledgements stored but not yet confirmed by the relay, grouped by channel.
-    pub(crate) async fn pending_acks(&self) -> Result<Grouped, SubscriptionError> {
+    /// Acknowledgements and declines stored but not yet confirmed by the relay, grouped by
+    /// channel.
+    pub(crate) async fn pending_acks(
+        &self,
+    ) -> Result<Vec<(ReceiptKind, Grouped)>, SubscriptionError> {
         Ok(self
-            .with_inbox(|inbox| inbox.pending_acknowledgements())
+            .with_inbox(|inbox| {
+                Ok(vec![
+                    (ReceiptKind::Acknowledged, inbox.pending_acknowledgements()?),
+                    (ReceiptKind::Declined, inbox.pending_declines()?),
+                ])
+            })
             .await?)
     }
 
@@ -435,6 +557,52 @@ impl Subscription {
         self.online().await?;
         Ok(group(received))
     }
+
+    /// Alerts again for reminders of notifications this device already holds and nobody has
+    /// acknowledged here (a reminder of one it did not hold was stored, and alerted, as new).
+    async fn remind(
+        &self,
+        reminders: Vec<(Channel, Cursor, u32)>,
+        stored: &[Row],
+    ) -> Result<(), SubscriptionError> {
+        let reminders: Vec<(Channel, Cursor, u32)> = reminders
+            .into_iter()
+            .filter(|(c, id, _)| !stored.iter().any(|r| r.channel == *c && r.id == *id))
+            .collect();
+        if reminders.is_empty() {
+            return Ok(());
+        }
+        let wanted = reminders.clone();
+        let rows = self
+            .with_inbox(move |inbox| {
+                let mut rows = Vec::new();
+                for (channel, id, n) in wanted {
+                    for row in inbox.unacknowledged(&channel, &[id])? {
+                        rows.push((row, n));
+                    }
+                }
+                Ok(rows)
+            })
+            .await?;
+        if let Some((alerter, settings)) = self.alerter.clone() {
+            let settings = *settings.read().expect("alert settings lock");
+            let just_rows: Vec<Row> = rows.iter().map(|(row, _)| row.clone()).collect();
+            let alerts = alerts_for(&just_rows, &settings, chrono::Local::now());
+            let _ = tokio::task::spawn_blocking(move || {
+                for alert in &alerts {
+                    let _ = alerter.raise(alert);
+                }
+            })
+            .await;
+        }
+        for (notification, repeat) in rows {
+            self.emit(Event::Reminder {
+                notification,
+                repeat,
+            });
+        }
+        Ok(())
+    }
     async fn store(
         &self,
         batch: Vec<Notification>,
@@ -444,7 +612,12 @@ impl Subscription {
         }
         let received: Vec<(Channel, Cursor)> =
             batch.iter().map(|n| (n.channel.clone(), n.id)).collect();
+        let reminders: Vec<(Channel, Cursor, u32)> = batch
+            .iter()
+            .filter_map(|n| Some((n.channel.clone(), n.id, n.repeat?)))
+            .collect();
         let stored = self.with_inbox(move |inbox| inbox.store(&batch)).await?;
+        self.remind(reminders, &stored).await?;
         if let Some((alerter, settings)) = self.alerter.clone() {
             let settings = *settings.read().expect("alert settings lock");
             let alerts = alerts_for(&stored, &settings, chrono::Local::now());
@@ -524,6 +697,44 @@ impl Subscription {
                     expires_at,
                     "the relay took the new token for this connection"
                 );
+            }
+            ServerFrame::Receipt {
+                kind,
+                channel,
+                ids,
+                user,
+                device,
+            } => {
+                if device.as_deref() == Some(self.device()) && user == self.options.user {
+                    // This device's own receipt, already applied here.
+                    return Ok(());
+                }
+                let for_inbox = channel.clone();
+                let changed = self
+                    .with_inbox(move |inbox| inbox.apply_remote_receipt(kind, &for_inbox, &ids))
+                    .await?;
+                if changed.is_empty() {
+                    return Ok(());
+                }
+                if matches!(kind, ReceiptKind::Acknowledged | ReceiptKind::Declined)
+                    && let Some((alerter, _)) = self.alerter.clone()
+                {
+                    let withdrawn: Vec<(Channel, Cursor)> =
+                        changed.iter().map(|id| (channel.clone(), *id)).collect();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for notification in &withdrawn {
+                            let _ = alerter.withdraw(Some(notification));
+                        }
+                    })
+                    .await;
+                }
+                self.emit(Event::HandledElsewhere {
+                    kind,
+                    channel,
+                    ids: changed,
+                    user,
+                    device,
+                });
             }
             ServerFrame::Pong | ServerFrame::Welcome { .. } | ServerFrame::Notification(_) => {}
         }

@@ -33,7 +33,10 @@ impl Subscription {
     /// One WebSocket connection, from opening to its end.
     pub(crate) async fn websocket(&self) -> Result<Outcome, SubscriptionError> {
         let (base, _) = self.bases()?;
-        let url = format!("{base}/ws/{}", self.options.user);
+        let url = match self.device() {
+            "" => format!("{base}/ws/{}", self.options.user),
+            device => format!("{base}/ws/{}?device={device}", self.options.user),
+        };
         let bad_server = || SubscriptionError::BadServer(self.options.server.clone());
         let mut request = url
             .as_str()
@@ -139,6 +142,7 @@ impl Subscription {
         for (kind, groups) in [
             (ReceiptKind::Received, pending.received),
             (ReceiptKind::Acknowledged, pending.acknowledged),
+            (ReceiptKind::Declined, pending.declined),
         ] {
             for (channel, ids) in groups {
                 if send(&mut socket, &receipt(kind, &channel, &ids))
@@ -155,9 +159,7 @@ impl Subscription {
         )
         .await;
         self.online().await?;
-        self.emit(crate::Event::Connected {
-            transport: "websocket",
-        });
+        self.connected("websocket").await;
         let ping_every = self.options.heartbeat;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -205,9 +207,11 @@ impl Subscription {
                     return Ok(Outcome::Retry { reason, pace: Pace::Now });
                 }
                 _ = self.acknowledger.waiting() => {
-                    for (channel, ids) in self.pending_acks().await? {
-                        if send(&mut socket, &receipt(ReceiptKind::Acknowledged, &channel, &ids)).await.is_err() {
-                            return Ok(retry("connection lost while sending an acknowledgement"));
+                    for (kind, pending) in self.pending_acks().await? {
+                        for (channel, ids) in pending {
+                            if send(&mut socket, &receipt(kind, &channel, &ids)).await.is_err() {
+                                return Ok(retry("connection lost while sending an acknowledgement"));
+                            }
                         }
                     }
                 }
@@ -256,7 +260,7 @@ fn failed_handshake(host: &str, error: tungstenite::Error) -> Outcome {
     }
 }
 
-/// The `received` or `ack` frame for ids of one channel.
+/// The `received`, `ack` or `receipt` frame for ids of one channel.
 fn receipt(kind: ReceiptKind, channel: &Channel, ids: &[Cursor]) -> ClientFrame {
     let (channel, ids) = (
         channel.to_string(),
@@ -265,6 +269,7 @@ fn receipt(kind: ReceiptKind, channel: &Channel, ids: &[Cursor]) -> ClientFrame 
     match kind {
         ReceiptKind::Received => ClientFrame::Received { channel, ids },
         ReceiptKind::Acknowledged => ClientFrame::Ack { channel, ids },
+        kind => ClientFrame::Receipt { channel, ids, kind },
     }
 }
 
@@ -325,6 +330,7 @@ mod tests {
             token: Sensitive::new("t".into()),
             heartbeat: Duration::from_secs(15),
             trust: crate::tls::Trust::new(None).unwrap(),
+            offline_alarm: crate::subscription::OFFLINE_ALARM,
         };
         Subscription::new(options, crate::inbox_handle::InboxHandle::new(inbox))
     }

@@ -45,6 +45,17 @@ pub enum ClientFrame {
         /// The notifications' ids.
         ids: Vec<String>,
     },
+    /// Any receipt by kind: `displayed` (an alert was shown), `read` (a person opened it),
+    /// `declined` (a person cannot take it: the relay escalates at once), as well as `received` and
+    /// `acknowledged`.
+    Receipt {
+        /// The channel the ids belong to.
+        channel: String,
+        /// The notifications' ids.
+        ids: Vec<String>,
+        /// What happened to them.
+        kind: ReceiptKind,
+    },
     /// Asks for a `pong`.
     Ping,
     /// A new token for this connection (same user), presented before the current one expires: the
@@ -62,7 +73,7 @@ pub enum FrameError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// An `op` the relay does not know.
-    #[error("unknown op {0:?}: expected subscribe, received, ack, ping or refresh")]
+    #[error("unknown op {0:?}: expected subscribe, received, ack, receipt, ping or refresh")]
     UnknownOp(String),
 }
 
@@ -88,7 +99,7 @@ impl ClientFrame {
         };
         if !matches!(
             op.as_str(),
-            "subscribe" | "received" | "ack" | "ping" | "refresh"
+            "subscribe" | "received" | "ack" | "receipt" | "ping" | "refresh"
         ) {
             return Err(FrameError::UnknownOp(op));
         }
@@ -103,26 +114,48 @@ impl ClientFrame {
 pub enum ReceiptKind {
     /// The recipient's device stored it.
     Received,
-    /// The recipient, a person, acknowledged it.
+    /// The recipient's device showed an alert for it.
+    Displayed,
+    /// A person opened it.
+    Read,
+    /// The recipient, a person, acknowledged it: it is handled, and its escalation ends.
     Acknowledged,
+    /// The recipient, a person, cannot take it ("not me / cannot now"): it escalates at once.
+    Declined,
 }
 
 impl ReceiptKind {
+    /// Every kind.
+    pub const ALL: [ReceiptKind; 5] = [
+        ReceiptKind::Received,
+        ReceiptKind::Displayed,
+        ReceiptKind::Read,
+        ReceiptKind::Acknowledged,
+        ReceiptKind::Declined,
+    ];
+
     /// The kind's name.
     pub fn as_str(self) -> &'static str {
         match self {
             ReceiptKind::Received => "received",
+            ReceiptKind::Displayed => "displayed",
+            ReceiptKind::Read => "read",
             ReceiptKind::Acknowledged => "acknowledged",
+            ReceiptKind::Declined => "declined",
         }
     }
 
     /// Parses a kind's name.
     pub fn parse(name: &str) -> Option<ReceiptKind> {
-        match name {
-            "received" => Some(ReceiptKind::Received),
-            "acknowledged" => Some(ReceiptKind::Acknowledged),
-            _ => None,
-        }
+        ReceiptKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether the user's other devices are told at once (a person acted on it there).
+    pub fn synced_to_devices(self) -> bool {
+        matches!(
+            self,
+            ReceiptKind::Read | ReceiptKind::Acknowledged | ReceiptKind::Declined
+        )
     }
 }
 
@@ -142,6 +175,10 @@ pub struct Notification {
     pub sent_at: String,
     /// The publisher's payload, untouched.
     pub message: Value,
+    /// Set when this is a reminder of a notification sent before (the same id): it is still waiting
+    /// for a person's acknowledgement. Alert again; store nothing new. Counts from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
 }
 
 /// A frame from the relay.
@@ -194,6 +231,22 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         unknown: Vec<Cursor>,
     },
+    /// A person acted on notifications on one of the user's devices (`read`, `acknowledged`,
+    /// `declined`): the other devices mark them and withdraw their alerts. Sent to every connection of
+    /// that user, the acting one included (it compares `device`).
+    Receipt {
+        /// What the person did.
+        kind: ReceiptKind,
+        /// The channel.
+        channel: Channel,
+        /// The notifications' ids.
+        ids: Vec<Cursor>,
+        /// The user.
+        user: String,
+        /// The device it was done on, when it said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
     /// The answer to `ping`.
     Pong,
     /// The token presented with `refresh` was taken: the connection closes with 4001 at this new
@@ -234,6 +287,7 @@ pub fn encode_notification(
     kind: &str,
     priority: Priority,
     payload: &str,
+    repeat: Option<u32>,
 ) -> String {
     let sent_at = rfc3339_millis(id.ms);
     let message = if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_ok() {
@@ -241,8 +295,11 @@ pub fn encode_notification(
     } else {
         Value::String(payload.to_owned()).to_string()
     };
+    let repeat = repeat
+        .map(|n| format!(r#","repeat":{n}"#))
+        .unwrap_or_default();
     format!(
-        r#"{{"op":"notification","id":"{id}","channel":{},"type":{},"priority":"{}","sent_at":"{sent_at}","message":{message}}}"#,
+        r#"{{"op":"notification","id":"{id}","channel":{},"type":{},"priority":"{}","sent_at":"{sent_at}","message":{message}{repeat}}}"#,
         Value::String(channel.to_string()),
         Value::String(kind.to_owned()),
         priority.as_str(),
@@ -379,10 +436,12 @@ mod tests {
             "critical_lab_result",
             Priority::Critical,
             payload,
+            None,
         );
         let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else {
             panic!("not a notification: {text}");
         };
+        assert_eq!(n.repeat, None);
         assert_eq!(n.id, Cursor::new(1_732_370_000_123, 2));
         assert_eq!(n.channel, channel);
         assert_eq!(n.priority, Priority::Critical);
@@ -395,10 +454,12 @@ mod tests {
             "unknown",
             Priority::Normal,
             "plain \"text\"",
+            Some(3),
         );
         let ServerFrame::Notification(n) = serde_json::from_str(&text).unwrap() else {
             panic!()
         };
         assert_eq!(n.message, Value::String("plain \"text\"".into()));
+        assert_eq!(n.repeat, Some(3), "a reminder says which one it is");
     }
 }

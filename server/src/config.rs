@@ -2,6 +2,7 @@
 //! then defaults, in that order of precedence. Redis also falls back to seed 002's `REDIS_URL` and
 //! seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
 
+use crate::broker::tracking::Policy;
 use crate::client_addr::Cidr;
 use crate::tls::TlsFiles;
 use anyhow::{Context, bail};
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use wardline_protocol::Sensitive;
+use wardline_protocol::{Priority, Sensitive};
 
 /// Flags of `wardline-relay serve`; every one can also be set as `WARDLINE_<NAME>` or in the file.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -125,6 +126,36 @@ pub struct ServeArgs {
     /// Whether this node may hold the recorder lease for plain Redis PUBLISHes (default true).
     #[arg(long, env = "WARDLINE_RECORDER")]
     pub recorder: Option<bool>,
+    /// Whether critical notifications follow the escalation policy below unless their publish says
+    /// `"escalation": null` (default true).
+    #[arg(long, env = "WARDLINE_ESCALATION_CRITICAL")]
+    pub escalation_critical: Option<bool>,
+    /// Send an unacknowledged notification again every this long (default 2m; 0s: never).
+    #[arg(long, env = "WARDLINE_ESCALATION_REPEAT_EVERY", value_parser = humantime::parse_duration)]
+    pub escalation_repeat_every: Option<Duration>,
+    /// Publish it to the escalation channels after this long (default 5m; 0s: never).
+    #[arg(long, env = "WARDLINE_ESCALATION_ESCALATE_AFTER", value_parser = humantime::parse_duration)]
+    pub escalation_escalate_after: Option<Duration>,
+    /// Channels an unacknowledged notification escalates to when its publish names none
+    /// (comma-separated; default none).
+    #[arg(long, env = "WARDLINE_ESCALATION_ESCALATE_TO", value_delimiter = ',')]
+    pub escalation_escalate_to: Option<Vec<String>>,
+    /// Email the addresses after this long (default 10m; 0s: never).
+    #[arg(long, env = "WARDLINE_ESCALATION_EMAIL_AFTER", value_parser = humantime::parse_duration)]
+    pub escalation_email_after: Option<Duration>,
+    /// Addresses emailed when its publish names none (comma-separated; default none).
+    #[arg(long, env = "WARDLINE_ESCALATION_EMAIL_TO", value_delimiter = ',')]
+    pub escalation_email_to: Option<Vec<String>>,
+    /// Wait between attempts at an email that failed (3 retries; default 30s).
+    #[arg(long, env = "WARDLINE_ESCALATION_EMAIL_RETRY", value_parser = humantime::parse_duration)]
+    pub escalation_email_retry: Option<Duration>,
+    /// The SMTP server escalation emails go through: smtp://host:port, smtp://host:port?tls=required
+    /// (STARTTLS), smtps://host:port (TLS); user:password@ before the host when it asks.
+    #[arg(long, env = "WARDLINE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The sender of escalation emails (default wardline@localhost).
+    #[arg(long, env = "WARDLINE_SMTP_FROM")]
+    pub smtp_from: Option<String>,
     /// Log format: text or json (default text).
     #[arg(long, env = "WARDLINE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -182,6 +213,26 @@ struct FileConfig {
     write_timeout: Option<Duration>,
     recorder: Option<bool>,
     log_format: Option<LogFormat>,
+    escalation: Option<EscalationFile>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
+}
+
+/// The `[escalation]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationFile {
+    critical: Option<bool>,
+    #[serde(default, with = "humantime_opt")]
+    repeat_every: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    escalate_after: Option<Duration>,
+    escalate_to: Option<Vec<String>>,
+    #[serde(default, with = "humantime_opt")]
+    email_after: Option<Duration>,
+    email_to: Option<Vec<String>>,
+    #[serde(default, with = "humantime_opt")]
+    email_retry: Option<Duration>,
 }
 
 mod humantime_opt {
@@ -267,6 +318,36 @@ pub struct Config {
     pub recorder: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// The escalation policy's defaults.
+    pub escalation: EscalationConfig,
+    /// The SMTP server escalation emails go through.
+    pub smtp_url: Option<Sensitive<String>>,
+    /// The sender of escalation emails.
+    pub smtp_from: String,
+}
+
+/// The escalation policy's defaults (`[escalation]`).
+#[derive(Debug, Clone)]
+pub struct EscalationConfig {
+    /// Whether critical notifications follow [`EscalationConfig::defaults`] when their publish
+    /// says nothing of escalation.
+    pub critical: bool,
+    /// What a publish's `escalation` leaves out.
+    pub defaults: Policy,
+    /// Wait between attempts at an email.
+    pub email_retry: Duration,
+}
+
+impl EscalationConfig {
+    /// The policy of a notification published without `escalation`.
+    pub fn default_for(&self, priority: Priority) -> Option<Policy> {
+        (self.critical && priority == Priority::Critical).then(|| self.defaults.clone())
+    }
+}
+
+/// Whole seconds of a duration, `None` for zero (the step is off).
+fn seconds(duration: Duration) -> Option<u64> {
+    Some(duration.as_secs()).filter(|s| *s > 0)
 }
 
 impl FileConfig {
@@ -359,6 +440,53 @@ impl Config {
                 })
                 .transpose()?,
         };
+        let escalation = {
+            let table = file.escalation.unwrap_or_default();
+            let escalate_to = args
+                .escalation_escalate_to
+                .or(table.escalate_to)
+                .unwrap_or_default();
+            for channel in &escalate_to {
+                wardline_protocol::Channel::parse(channel)
+                    .with_context(|| format!("escalation escalate_to {channel}"))?;
+            }
+            let email_to = args
+                .escalation_email_to
+                .or(table.email_to)
+                .unwrap_or_default();
+            if let Some(bad) = email_to
+                .iter()
+                .find(|a| !crate::escalation::email::valid_address(a))
+            {
+                bail!("escalation email_to: not an email address: {bad}");
+            }
+            EscalationConfig {
+                critical: args.escalation_critical.or(table.critical).unwrap_or(true),
+                defaults: Policy {
+                    repeat_every_s: seconds(
+                        args.escalation_repeat_every
+                            .or(table.repeat_every)
+                            .unwrap_or(Duration::from_secs(120)),
+                    ),
+                    escalate_after_s: seconds(
+                        args.escalation_escalate_after
+                            .or(table.escalate_after)
+                            .unwrap_or(Duration::from_secs(300)),
+                    ),
+                    escalate_to,
+                    email_after_s: seconds(
+                        args.escalation_email_after
+                            .or(table.email_after)
+                            .unwrap_or(Duration::from_secs(600)),
+                    ),
+                    email_to,
+                },
+                email_retry: args
+                    .escalation_email_retry
+                    .or(table.email_retry)
+                    .unwrap_or(Duration::from_secs(30)),
+            }
+        };
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(256);
         if queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
@@ -448,6 +576,12 @@ impl Config {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            escalation,
+            smtp_url: args.smtp_url.or(file.smtp_url).map(Sensitive::new),
+            smtp_from: args
+                .smtp_from
+                .or(file.smtp_from)
+                .unwrap_or_else(|| "wardline@localhost".into()),
         })
     }
 

@@ -6,11 +6,21 @@
 //! those parts are encoded per connection.
 
 use crate::broker::StoredMessage;
+use crate::broker::tracking::ReceiptSync;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use wardline_protocol::frame::{Seed004Frame, encode_notification, rfc3339_millis};
 use wardline_protocol::message::describe;
+
+/// What the hub queues for a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A notification (or a reminder of one).
+    Notification(Arc<Delivery>),
+    /// A person's receipts on one device: for that user's connections only.
+    Receipts(Arc<ReceiptSync>),
+}
 
 /// A stored notification shared by every connection that receives it.
 #[derive(Debug)]
@@ -19,6 +29,8 @@ pub struct Delivery {
     pub message: StoredMessage,
     /// The payload's `type` (`unknown` when it has none).
     pub kind: String,
+    /// Set on a reminder: the notification again, still waiting for acknowledgement (its number).
+    pub repeat: Option<u32>,
     raw: OnceLock<Utf8Bytes>,
     v1: OnceLock<Utf8Bytes>,
     sse_data: OnceLock<Bytes>,
@@ -34,9 +46,18 @@ impl Delivery {
         Delivery {
             message,
             kind,
+            repeat: None,
             raw: OnceLock::new(),
             v1: OnceLock::new(),
             sse_data: OnceLock::new(),
+        }
+    }
+
+    /// Wraps the `n`th reminder of a stored notification.
+    pub fn repeat(message: StoredMessage, n: u32) -> Delivery {
+        Delivery {
+            repeat: Some(n),
+            ..Delivery::new(message)
         }
     }
 
@@ -62,6 +83,7 @@ impl Delivery {
                     &self.kind,
                     m.priority,
                     &self.payload_text(),
+                    self.repeat,
                 ))
             })
             .clone()

@@ -5,8 +5,8 @@
 //! wrapped once into an `Arc<Delivery>` and offered to each subscriber's bounded queue: a full
 //! queue marks that subscriber as lagging and never slows the others.
 
-use crate::broker::{Broker, BrokerError, StoredMessage};
-use crate::delivery::Delivery;
+use crate::broker::{Broker, BrokerError, Live};
+use crate::delivery::{Delivery, Outbound};
 use crate::metrics::Metrics;
 use crate::queue::DeliveryQueue;
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ impl Hub {
     pub fn start(
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
-        mut live: mpsc::Receiver<StoredMessage>,
+        mut live: mpsc::Receiver<Live>,
     ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             broker,
@@ -58,9 +58,22 @@ impl Hub {
         });
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
-            while let Some(message) = live.recv().await {
+            while let Some(live) = live.recv().await {
                 let Some(hub) = weak.upgrade() else { return };
-                hub.dispatch(Arc::new(Delivery::new(message)));
+                let (channel, outbound) = match live {
+                    Live::Message(message) => (
+                        message.channel.clone(),
+                        Outbound::Notification(Arc::new(Delivery::new(message))),
+                    ),
+                    Live::Repeat(message, n) => (
+                        message.channel.clone(),
+                        Outbound::Notification(Arc::new(Delivery::repeat(message, n))),
+                    ),
+                    Live::Receipts(sync) => {
+                        (sync.channel.clone(), Outbound::Receipts(Arc::new(sync)))
+                    }
+                };
+                hub.dispatch(&channel, outbound);
             }
         });
         hub
@@ -158,9 +171,9 @@ impl Hub {
         &self.membership[hasher.finish() as usize % self.membership.len()]
     }
 
-    fn dispatch(&self, delivery: Arc<Delivery>) {
+    fn dispatch(&self, channel: &Channel, delivery: Outbound) {
         let map = self.channels.read().expect("hub lock");
-        let Some(subscribers) = map.get(&delivery.message.channel) else {
+        let Some(subscribers) = map.get(channel) else {
             return;
         };
         let mut delivered = 0;

@@ -12,7 +12,10 @@
 //!   every transport;
 //! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
 //!   seed 004) and SSE;
-//! - [`http`]: publishing, stats, receipts, health, and metrics on their own listener;
+//! - [`escalation`]: the acknowledge-or-escalate loop every node runs: reminders, escalations to
+//!   backups, emails, each step once across nodes; receipts that end or hasten it;
+//! - [`http`]: publishing, stats, receipts, a notification's trail, health, and metrics on their
+//!   own listener;
 //! - [`openapi`]: `GET /v1/openapi.json`, generated from the handlers;
 //! - [`serve`]: the HTTP/1.1 server under the routes: accepting through a full file table, each
 //!   connection's header and write deadlines;
@@ -35,6 +38,7 @@ pub mod connection_caps;
 pub mod data_dir;
 pub mod delivery;
 pub mod error;
+pub mod escalation;
 pub mod http;
 pub mod hub;
 pub mod keys;
@@ -84,6 +88,8 @@ pub struct AppState {
     pub receipt_limiter: Arc<RateLimiter<String>>,
     /// Becomes `true` when the relay starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The escalation loop's mailer and settings.
+    pub escalation: escalation::Escalation,
 }
 
 impl AppState {
@@ -112,6 +118,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/receipts",
             get(http::receipts::receipts).post(http::receipts::record_receipts),
         )
+        .route("/v1/messages", get(http::messages::open_messages))
+        .route("/v1/messages/{channel}/{id}", get(http::messages::message))
         .route("/v1/openapi.json", get(openapi::openapi))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
@@ -172,6 +180,9 @@ impl Relay {
                     config.recorder,
                     live_tx,
                     metrics.clone(),
+                    config
+                        .escalation
+                        .default_for(wardline_protocol::Priority::Critical),
                 )
                 .await?,
             ),
@@ -179,6 +190,14 @@ impl Relay {
         };
         tracing::info!(broker = broker.kind(), data_dir = %config.data_dir.display(), "broker ready");
         let hub = Hub::start(broker, metrics, live_rx);
+        let escalation = escalation::Escalation {
+            mailer: config
+                .smtp_url
+                .as_ref()
+                .map(|url| escalation::email::Mailer::new(url.expose(), &config.smtp_from))
+                .transpose()?,
+            email_retry: config.escalation.email_retry,
+        };
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
             hub,
@@ -195,6 +214,7 @@ impl Relay {
             ),
             config: Arc::new(config),
             shutdown,
+            escalation,
         };
         Ok(Relay {
             state,
@@ -254,6 +274,12 @@ impl Relay {
         let metrics = state.metrics().clone();
         let broker = state.hub.broker().clone();
         let mut stopping = state.shutdown.clone();
+        tokio::spawn(escalation::run(
+            broker.clone(),
+            state.escalation.clone(),
+            metrics.clone(),
+            state.shutdown.clone(),
+        ));
         let router = app(state);
         let graceful = {
             let metrics = metrics.clone();

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub rate_limited_total: AtomicU64,
     /// Resumes that found a gap.
     pub gaps_total: AtomicU64,
+    /// Escalation steps run (reminders, escalations, emails, including emails that failed).
+    pub escalation_steps_total: AtomicU64,
+    /// Escalation steps that could not run (the broker failed them); they run again.
+    pub escalation_failures_total: AtomicU64,
     /// Resumes from a cursor beyond the channel's end, started from the end instead.
     pub future_cursors_total: AtomicU64,
     /// Plain PUBLISHes not recorded: too large or nested too deep.
@@ -280,6 +284,16 @@ impl Metrics {
                 "wardline_rate_limited_total",
                 "Connections refused by the per-address rate limit, and receipt requests by the per-user one.",
                 &self.rate_limited_total,
+            ),
+            (
+                "wardline_escalation_steps_total",
+                "Escalation steps run: reminders, escalations and emails (a failed email's is in its trail).",
+                &self.escalation_steps_total,
+            ),
+            (
+                "wardline_escalation_failures_total",
+                "Escalation steps the broker failed; each runs again when its claim runs out.",
+                &self.escalation_failures_total,
             ),
             (
                 "wardline_gaps_total",

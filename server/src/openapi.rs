@@ -20,6 +20,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::http::publish::publish,
         crate::http::receipts::receipts,
         crate::http::receipts::record_receipts,
+        crate::http::messages::message,
+        crate::http::messages::open_messages,
         crate::http::me::me,
         crate::http::stats::stats,
         crate::http::stats::test_notification,

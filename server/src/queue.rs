@@ -8,25 +8,25 @@
 //! is lost. A full queue turns into "lagging" for good: the hub offers nothing more, the session
 //! closes the connection (4008) and the client resumes from its cursor.
 
-use crate::delivery::Delivery;
+use crate::delivery::Outbound;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::Poll;
 
 /// What the consumer gets next.
 #[derive(Debug)]
 pub enum Next {
-    /// A notification.
-    Delivery(Arc<Delivery>),
+    /// A notification, or receipts for the user's devices.
+    Delivery(Outbound),
     /// The queue overflowed; nothing more will come.
     Lagging,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    items: VecDeque<Arc<Delivery>>,
+    items: VecDeque<Outbound>,
     lagging: bool,
 }
 
@@ -50,7 +50,7 @@ impl DeliveryQueue {
 
     /// Queues a notification; returns false if it was not queued because the queue is (or just
     /// became) lagging.
-    pub fn offer(&self, delivery: Arc<Delivery>) -> bool {
+    pub fn offer(&self, delivery: Outbound) -> bool {
         let accepted = {
             let mut inner = self.inner.lock().expect("queue lock");
             if inner.lagging {
@@ -105,22 +105,25 @@ impl DeliveryQueue {
 mod tests {
     use super::*;
     use crate::broker::StoredMessage;
+    use crate::delivery::Delivery;
     use bytes::Bytes;
+    use std::sync::Arc;
     use wardline_protocol::{Channel, Cursor, Priority};
 
-    fn delivery(n: u64) -> Arc<Delivery> {
-        Arc::new(Delivery::new(StoredMessage {
+    fn delivery(n: u64) -> Outbound {
+        Outbound::Notification(Arc::new(Delivery::new(StoredMessage {
             id: Cursor::new(n, 0),
             channel: Channel::system_alerts(),
             priority: Priority::Normal,
             ttl: None,
             payload: Bytes::from_static(b"{}"),
-        }))
+        })))
     }
 
     fn id(next: Next) -> u64 {
         match next {
-            Next::Delivery(d) => d.message.id.ms,
+            Next::Delivery(Outbound::Notification(d)) => d.message.id.ms,
+            Next::Delivery(Outbound::Receipts(_)) => panic!("receipts"),
             Next::Lagging => panic!("lagging"),
         }
     }

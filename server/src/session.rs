@@ -8,8 +8,9 @@
 //! `next_event` returns.
 
 use crate::auth::Claims;
+use crate::broker::tracking::ReceiptSync;
 use crate::broker::{BrokerError, BrokerHealth, now_ms};
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Outbound};
 use crate::hub::{Hub, Subscriber};
 use crate::queue::Next;
 use std::sync::Arc;
@@ -25,8 +26,10 @@ const REPLAY_PAGE: usize = 100;
 /// What a transport must do next.
 #[derive(Debug)]
 pub enum SessionEvent {
-    /// Send this notification.
+    /// Send this notification (or reminder of one).
     Notification(Arc<Delivery>),
+    /// Tell the client what its user did on a device (`wardline.v1` and SSE; other wires skip it).
+    Receipts(Arc<ReceiptSync>),
     /// The queue overflowed: close with 4008; the client resumes from its cursor.
     SlowConsumer,
     /// The broker went away: close with 1013; the client resumes later.
@@ -95,6 +98,8 @@ impl SessionError {
 pub struct Session {
     hub: Arc<Hub>,
     claims: Claims,
+    /// The installation the client said it is (`?device=`), for receipts and their trail.
+    device: Option<String>,
     subscriber: Arc<Subscriber>,
     // The channels joined, each with the last id sent (zero until one is): a few per session, and a
     // vector costs far less than a map's nodes.
@@ -105,12 +110,23 @@ pub struct Session {
 impl Session {
     /// Opens a session for a verified token, with a queue of `capacity` notifications.
     pub fn open(hub: &Arc<Hub>, claims: Claims, capacity: usize) -> Session {
+        Session::open_device(hub, claims, None, capacity)
+    }
+
+    /// Opens a session for a verified token from the installation `device`.
+    pub fn open_device(
+        hub: &Arc<Hub>,
+        claims: Claims,
+        device: Option<String>,
+        capacity: usize,
+    ) -> Session {
         let subscriber = hub.subscriber(capacity);
         let mut health = hub.broker().health();
         health.borrow_and_update();
         Session {
             hub: hub.clone(),
             claims,
+            device,
             subscriber,
             positions: Vec::new(),
             health,
@@ -312,10 +328,24 @@ impl Session {
                 biased;
                 next = self.subscriber.queue.next() => {
                     let delivery = match next {
-                        Next::Delivery(delivery) => delivery,
+                        Next::Delivery(Outbound::Notification(delivery)) => delivery,
+                        Next::Delivery(Outbound::Receipts(sync)) => {
+                            if sync.everyone || sync.user == self.claims.sub {
+                                return SessionEvent::Receipts(sync);
+                            }
+                            continue;
+                        }
                         Next::Lagging => return SessionEvent::SlowConsumer,
                     };
                     let message = &delivery.message;
+                    // A reminder is the notification again, whatever the position: the device may
+                    // hold it already, and alerts again.
+                    if delivery.repeat.is_some() {
+                        if message.expired_at(now_ms()) {
+                            continue;
+                        }
+                        return SessionEvent::Notification(delivery);
+                    }
                     let position = self.position_mut(&message.channel);
                     if message.id <= *position || (message.ttl.is_some() && message.expired_at(now_ms())) {
                         continue;
@@ -359,11 +389,15 @@ impl Session {
             .iter()
             .map(|id| id.parse())
             .collect::<Result<Vec<Cursor>, _>>()?;
-        let recorded = self
-            .hub
-            .broker()
-            .record_receipts(&channel, &ids, &self.claims.sub, kind)
-            .await?;
+        let recorded = crate::escalation::record_receipts(
+            self.hub.broker().as_ref(),
+            &channel,
+            &ids,
+            &self.claims.sub,
+            self.device.as_deref(),
+            kind,
+        )
+        .await?;
         let unknown = ids
             .into_iter()
             .filter(|id| !recorded.contains(id))

@@ -226,6 +226,8 @@ async fn the_api_description_covers_every_route_and_says_what_the_handlers_answe
             "/readyz",
             "/sse/{user_id}",
             "/v1/me",
+            "/v1/messages",
+            "/v1/messages/{channel}/{id}",
             "/v1/openapi.json",
             "/v1/publish",
             "/v1/receipts",

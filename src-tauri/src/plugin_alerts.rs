@@ -1,6 +1,7 @@
 //! Alerts through `tauri-plugin-notification`: how the app alerts on mobile (Android notification
-//! channels, iOS notifications). Critical results go to their own high-importance channel with an
-//! "Acknowledge" action; tapping an alert opens the app on its notification.
+//! channels, iOS notifications). Critical results go to their own high-importance channel with
+//! "Acknowledge" and "Decline" actions; tapping an alert opens the app on its notification. Both
+//! channels are private on the lock screen (Android shows that an alert came, not what it says).
 //!
 //! The plugin also runs on desktop, so this path is compiled (and can be tried with
 //! `WARDLINE_ALERTS=plugin`) where no mobile toolchain exists; desktop normally uses the receiver's
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use tauri::{AppHandle, Emitter, Manager};
 use tauri_plugin_notification::{Action, ActionType, NotificationExt};
 use wardline_client::Event;
-use wardline_client::alert::{ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, Urgency};
+use wardline_client::alert::{
+    ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, DECLINE_ACTION, NotificationRef, Urgency,
+};
 use wardline_client::receiver::Receiver;
 use wardline_protocol::{Channel, Cursor};
 
@@ -21,6 +24,8 @@ const CRITICAL_ACTIONS: &str = "critical";
 const CRITICAL_CHANNEL: &str = "critical-results";
 /// The notification channel of everything else (Android).
 const UPDATES_CHANNEL: &str = "updates";
+/// The alert id of the "not receiving critical results" alarm.
+const NOT_RECEIVING_ID: i32 = 1;
 
 /// Raises alerts through the notification plugin.
 pub struct PluginAlerter {
@@ -37,19 +42,21 @@ impl PluginAlerter {
                 ActionType::builder(CRITICAL_ACTIONS)
                     .actions(vec![
                         Action::builder(ACKNOWLEDGE_ACTION, "Acknowledge").build(),
+                        Action::builder(DECLINE_ACTION, "Decline").build(),
                     ])
                     .build(),
             ])
             .map_err(|e| e.to_string())?;
         #[cfg(target_os = "android")]
         {
-            use tauri_plugin_notification::{Channel as AndroidChannel, Importance};
+            use tauri_plugin_notification::{Channel as AndroidChannel, Importance, Visibility};
             for (id, name, importance) in [
                 (CRITICAL_CHANNEL, "Critical results", Importance::High),
                 (UPDATES_CHANNEL, "Updates", Importance::Default),
             ] {
                 let channel = AndroidChannel::builder(id, name)
                     .importance(importance)
+                    .visibility(Visibility::Private)
                     .vibration(true)
                     .build();
                 notifications
@@ -66,13 +73,18 @@ impl PluginAlerter {
                     let id: Cursor = extra.get("id")?.as_str()?.parse().ok()?;
                     Some((channel, id))
                 });
-                match (performed.action_id(), target) {
-                    (ACKNOWLEDGE_ACTION, Some(target)) => {
+                let action_id = performed.action_id();
+                match (action_id, target) {
+                    (ACKNOWLEDGE_ACTION | DECLINE_ACTION, Some(target)) => {
                         // Stored at once, whatever the subscription's state; sent when it can be.
                         if let Some(receiver) = handle.try_state::<Arc<Receiver>>() {
                             let receiver = receiver.inner().clone();
+                            let action = if action_id == DECLINE_ACTION {
+                                AlertAction::Decline(target)
+                            } else {
+                                AlertAction::Acknowledge(target)
+                            };
                             tauri::async_runtime::spawn(async move {
-                                let action = AlertAction::Acknowledge(target);
                                 if let Err(e) = receiver.alert_action(action).await {
                                     tracing::error!(error = %e, "could not acknowledge from the alert");
                                 }
@@ -93,6 +105,17 @@ impl PluginAlerter {
 }
 
 impl Alerter for PluginAlerter {
+    fn withdraw(&self, notification: Option<&NotificationRef>) -> Result<(), String> {
+        let id = match notification {
+            Some((channel, id)) => notification_id(channel, *id),
+            None => NOT_RECEIVING_ID,
+        };
+        self.app
+            .notification()
+            .remove_active(vec![id])
+            .map_err(|e| e.to_string())
+    }
+
     fn raise(&self, alert: &Alert) -> Result<(), String> {
         let critical = alert.urgency == Urgency::Critical;
         let mut builder = self
@@ -107,6 +130,10 @@ impl Alerter for PluginAlerter {
                 UPDATES_CHANNEL
             })
             .auto_cancel();
+        if alert.notification.is_none() && critical {
+            // The "not receiving" alarm: one at a time, withdrawn when connected again.
+            builder = builder.id(NOT_RECEIVING_ID);
+        }
         if let Some((channel, id)) = &alert.notification {
             // The id lets a later alert for the same notification replace this one.
             builder = builder

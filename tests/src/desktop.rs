@@ -57,10 +57,16 @@ pub struct NotifyCall {
     pub sound: Option<String>,
     /// Milliseconds; -1 the server's default, 0 never.
     pub expire_timeout: i32,
+    /// The alert this one replaces (0: none).
+    pub replaces_id: u32,
 }
+
+/// When alerts were withdrawn (`CloseNotification`), by id.
+type Closed = Arc<Mutex<Vec<(u32, std::time::Instant)>>>;
 
 struct Recorder {
     calls: Arc<Mutex<Vec<NotifyCall>>>,
+    closed: Closed,
 }
 
 #[zbus::interface(name = "org.freedesktop.Notifications")]
@@ -69,7 +75,7 @@ impl Recorder {
     async fn notify(
         &self,
         app_name: &str,
-        _replaces_id: u32,
+        replaces_id: u32,
         _app_icon: &str,
         summary: &str,
         body: &str,
@@ -78,7 +84,11 @@ impl Recorder {
         expire_timeout: i32,
     ) -> u32 {
         let mut calls = self.calls.lock().unwrap();
-        let id = calls.len() as u32 + 1;
+        let id = if replaces_id > 0 {
+            replaces_id
+        } else {
+            calls.len() as u32 + 1
+        };
         calls.push(NotifyCall {
             id,
             app_name: app_name.to_owned(),
@@ -92,6 +102,7 @@ impl Recorder {
                 .get("sound-name")
                 .and_then(|v| v.downcast_ref::<String>().ok()),
             expire_timeout,
+            replaces_id,
         });
         id
     }
@@ -111,7 +122,12 @@ impl Recorder {
         )
     }
 
-    fn close_notification(&self, _id: u32) {}
+    fn close_notification(&self, id: u32) {
+        self.closed
+            .lock()
+            .unwrap()
+            .push((id, std::time::Instant::now()));
+    }
 
     #[zbus(signal)]
     async fn action_invoked(
@@ -134,23 +150,55 @@ const PATH: &str = "/org/freedesktop/Notifications";
 pub struct NotificationServer {
     connection: zbus::Connection,
     calls: Arc<Mutex<Vec<NotifyCall>>>,
+    closed: Closed,
 }
 
 impl NotificationServer {
     /// Serves `org.freedesktop.Notifications` on the bus at `address`.
     pub async fn start(address: &str) -> anyhow::Result<NotificationServer> {
         let calls = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(Vec::new()));
         let connection = zbus::connection::Builder::address(address)
             .name("org.freedesktop.Notifications")
             .serve_at(
                 PATH,
                 Recorder {
                     calls: calls.clone(),
+                    closed: closed.clone(),
                 },
             )
             .build()
             .await?;
-        Ok(NotificationServer { connection, calls })
+        Ok(NotificationServer {
+            connection,
+            calls,
+            closed,
+        })
+    }
+
+    /// The `CloseNotification` calls so far (an alert withdrawn), with when each came.
+    pub fn closed(&self) -> Vec<(u32, std::time::Instant)> {
+        self.closed.lock().unwrap().clone()
+    }
+
+    /// Waits until alert `id` is withdrawn; answers when it was.
+    pub async fn wait_for_close(
+        &self,
+        id: u32,
+        within: std::time::Duration,
+    ) -> anyhow::Result<std::time::Instant> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some((_, at)) = self.closed().into_iter().find(|(closed, _)| *closed == id) {
+                return Ok(at);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "alert {id} was not withdrawn within {within:?}; closed: {:?}",
+                self.closed()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// The calls so far.

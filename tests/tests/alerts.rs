@@ -43,8 +43,10 @@ impl Listening {
     }
 }
 
-/// A critical lab result is raised with critical urgency, no timeout, a sound and an "Acknowledge"
-/// action; clicking it acknowledges the result at the relay. An ordinary one is a normal alert.
+/// A critical lab result is raised with critical urgency, no timeout, a sound and "Acknowledge" and
+/// "Decline" actions, saying what kind of result waits and nothing of it (no patient, no test: the
+/// screen may be locked); clicking "Acknowledge" acknowledges the result at the relay. An ordinary
+/// one is a normal alert, as discreet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     let desktop = Listening::start().await;
@@ -55,12 +57,25 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     listener.notifications(1).await.unwrap();
     let call = server.wait_for_calls(1).await.unwrap().remove(0);
     assert_eq!(call.app_name, "Wardline");
-    assert_eq!(call.summary, "Critical lab result — BMP for Bob Wilson");
+    assert_eq!(call.summary, "Critical lab result — open Wardline");
+    for detail in ["Bob", "Wilson", "BMP", "r1"] {
+        assert!(
+            !call.summary.contains(detail) && !call.body.contains(detail),
+            "the alert shows {detail}: {call:?}"
+        );
+    }
     assert_eq!(call.urgency, Some(2), "critical urgency");
     assert_eq!(call.expire_timeout, 0, "never expires");
     assert_eq!(
         call.actions,
-        ["default", "Open", "acknowledge", "Acknowledge"]
+        [
+            "default",
+            "Open",
+            "acknowledge",
+            "Acknowledge",
+            "decline",
+            "Decline"
+        ]
     );
     assert!(call.sound.is_some());
 
@@ -75,7 +90,8 @@ async fn a_critical_result_alerts_loudly_and_its_action_acknowledges_it() {
     relay.publish(DOCTOR_CHANNEL, &json!({"type": "appointment_requested", "patient_name": "Alice Johnson", "reason": "Annual checkup"})).await;
     listener.notifications(1).await.unwrap();
     let call = server.wait_for_calls(2).await.unwrap().remove(1);
-    assert_eq!(call.summary, "Appointment requested by Alice Johnson");
+    assert_eq!(call.summary, "Appointment update — open Wardline");
+    assert!(!call.body.contains("Alice"), "{call:?}");
     assert_eq!(call.urgency, Some(1), "normal urgency");
     assert_eq!(call.expire_timeout, -1, "the server's default timeout");
     assert_eq!(
@@ -152,7 +168,14 @@ async fn alerts_stay_actionable_however_many_are_listed() {
     let calls = server.wait_for_calls(66).await.unwrap();
     assert_eq!(
         calls[0].actions,
-        ["default", "Open", "acknowledge", "Acknowledge"]
+        [
+            "default",
+            "Open",
+            "acknowledge",
+            "Acknowledge",
+            "decline",
+            "Decline"
+        ]
     );
     assert!(
         calls[1..].iter().all(|c| c.actions == ["default", "Open"]),

@@ -330,7 +330,7 @@ async fn the_notification_plugin_path_alerts_and_acknowledges() {
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
     let call = notifications.wait_for_calls(1).await.unwrap().remove(0);
-    assert_eq!(call.summary, "Critical lab result — BMP for Bob Wilson");
+    assert_eq!(call.summary, "Critical lab result — open Wardline");
     assert!(
         call.actions.iter().any(|a| a == "acknowledge"),
         "{:?}",

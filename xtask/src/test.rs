@@ -22,6 +22,8 @@ pub fn run_all() -> Result<(), String> {
         ("redis-cli", "redis-tools"),
         ("dbus-daemon", "dbus"),
         ("gnome-keyring-daemon", "gnome-keyring"),
+        // A real SMTP server for the escalation emails.
+        ("aiosmtpd", "python3-aiosmtpd"),
     ])?;
     ensure_apt(TAURI_PACKAGES)?;
     ensure_apt(&[("chromium", "chromium")])?;

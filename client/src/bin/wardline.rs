@@ -63,6 +63,13 @@ enum Command {
         /// Delete notifications received longer ago than this.
         #[arg(long, env = "WARDLINE_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
         retention: Duration,
+        /// Raise the "not receiving critical results" alarm after this long without a connection.
+        #[arg(long, env = "WARDLINE_OFFLINE_ALARM", default_value = "2m", value_parser = humantime::parse_duration)]
+        offline_alarm: Duration,
+        /// Show what notifications say (patients' names, results) in OS alerts; by default an
+        /// alert says only what kind of notification waits.
+        #[arg(long)]
+        show_details: bool,
     },
     /// List stored notifications, newest first.
     List {
@@ -85,8 +92,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Acknowledge notifications (and tell the relay).
+    /// Acknowledge notifications (and tell the relay): this ends their escalation.
     Ack {
+        /// Ids as listed (or channel/id).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Decline notifications ("not me / cannot now"): the relay escalates them to the backup at once.
+    Decline {
         /// Ids as listed (or channel/id).
         #[arg(required = true)]
         ids: Vec<String>,
@@ -253,6 +266,42 @@ fn describe_event(event: &Event) -> Option<String> {
         Event::Acknowledged { channel, ids } => {
             format!("acknowledged {} on {channel}", ids.len())
         }
+        Event::Declined { channel, ids } => {
+            format!(
+                "declined {} on {channel}: the relay escalates it",
+                ids.len()
+            )
+        }
+        Event::Reminder {
+            notification,
+            repeat,
+        } => format!(
+            "REMINDER {repeat}: {} on {} is still not acknowledged",
+            notification.id, notification.channel
+        ),
+        Event::HandledElsewhere {
+            kind,
+            channel,
+            ids,
+            user,
+            device,
+        } => format!(
+            "{} {} on {channel} by {user}{}",
+            kind.as_str(),
+            ids.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            device
+                .as_deref()
+                .map(|d| format!(" on device {d}"))
+                .unwrap_or_default()
+        ),
+        Event::NotReceiving { offline_since } => format!(
+            "NOT RECEIVING critical results: no connection to the relay for {} s",
+            now_ms().saturating_sub(*offline_since) / 1000
+        ),
+        Event::ReceivingAgain => "receiving again".into(),
         Event::SignedOut => "signed out".into(),
         Event::NotificationStored { .. } | Event::AlertOpened { .. } => return None,
     })
@@ -274,19 +323,38 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// `listen`: the receiver in the foreground, as the app runs it, printing what happens.
-/// `alerts`: `None` for no OS alerts, else quiet hours that override the settings file's.
-async fn listen(
-    cli: &Cli,
+/// How `listen` runs.
+struct ListenRun {
+    /// Notifications received longer ago are deleted.
     retention: Duration,
+    /// JSON lines on stdout.
     json: bool,
+    /// `None` for no OS alerts, else quiet hours that override the settings file's.
     alerts: Option<Option<QuietHours>>,
-) -> anyhow::Result<i32> {
+    /// The "not receiving" alarm's threshold.
+    offline_alarm: Duration,
+    /// Alerts show what notifications say.
+    show_details: bool,
+}
+
+/// `listen`: the receiver in the foreground, as the app runs it, printing what happens.
+async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
+    let ListenRun {
+        retention,
+        json,
+        alerts,
+        offline_alarm,
+        show_details,
+    } = run;
     let (server, user) = server_and_user(cli)?;
     let token = token(&server, &user).await?;
     let db = inbox_path(cli)?;
     let receiver = Receiver::open_with(&db, config::default_path(), trust(cli)?)?;
     receiver.purge_older_than(retention).await?;
+    receiver.set_offline_alarm(offline_alarm);
+    if show_details {
+        receiver.show_details_for_run();
+    }
     let alerts = match alerts {
         None => Alerts::Off,
         Some(quiet_hours) => {
@@ -339,36 +407,53 @@ async fn listen(
     }
 }
 
-async fn ack(cli: &Cli, inbox: InboxHandle, ids: Vec<String>) -> anyhow::Result<i32> {
-    let resolved = inbox
+/// `ack` and `decline`: stored in the inbox first, then told to the relay if signed in (else the
+/// listener tells it when it connects).
+async fn ack(
+    cli: &Cli,
+    inbox: InboxHandle,
+    ids: Vec<String>,
+    kind: ReceiptKind,
+) -> anyhow::Result<i32> {
+    let (resolved, device) = inbox
         .call(move |inbox| {
             let resolved = inbox.resolve(&ids)?;
-            inbox.mark_acked(&resolved)?;
-            Ok(resolved)
+            if kind == ReceiptKind::Declined {
+                inbox.mark_declined(&resolved)?;
+            } else {
+                inbox.mark_acked(&resolved)?;
+            }
+            Ok((resolved, inbox.device_id()?))
         })
         .await?;
+    let done = if kind == ReceiptKind::Declined {
+        "declined"
+    } else {
+        "acknowledged"
+    };
     let signed_in = match server_and_user(cli) {
         Ok((server, user)) => token(&server, &user).await.map(|token| (token, server)),
         Err(e) => Err(e),
     };
     let Ok((token, server)) = signed_in else {
-        eprintln!("wardline: acknowledged here; the listener tells the relay when it connects");
+        eprintln!("wardline: {done} here; the listener tells the relay when it connects");
         return Ok(0);
     };
     let trust = trust(cli)?;
     let client = trust.http();
     for (channel, id) in &resolved {
-        let kind = ReceiptKind::Acknowledged;
-        match http::send_receipts(client, &server, &token, kind, channel, &[*id]).await {
+        let ids = [*id];
+        let sent = http::send_receipts(client, &server, &token, kind, channel, &ids, Some(&device));
+        match sent.await {
             Ok(()) => {
                 let (synced, id) = (channel.clone(), *id);
                 inbox
                     .call(move |inbox| inbox.mark_synced(kind, &synced, &[id]))
                     .await?;
-                println!("acknowledged {id}");
+                println!("{done} {id}");
             }
             Err(reason) => eprintln!(
-                "wardline: acknowledged {id} here, but {reason}; the listener sends it again when connected"
+                "wardline: {done} {id} here, but {reason}; the listener sends it again when connected"
             ),
         }
     }
@@ -466,9 +551,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             no_alerts,
             quiet_hours,
             retention,
+            offline_alarm,
+            show_details,
         } => {
             let alerts = (!*no_alerts).then_some(*quiet_hours);
-            listen(&cli, *retention, *json, alerts).await
+            let run = ListenRun {
+                retention: *retention,
+                json: *json,
+                alerts,
+                offline_alarm: *offline_alarm,
+                show_details: *show_details,
+            };
+            listen(&cli, run).await
         }
         Command::List {
             unread,
@@ -495,7 +589,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Ack { ids } => ack(&cli, open_inbox(&cli).await?, ids.clone()).await,
+        Command::Ack { ids } => {
+            let inbox = open_inbox(&cli).await?;
+            ack(&cli, inbox, ids.clone(), ReceiptKind::Acknowledged).await
+        }
+        Command::Decline { ids } => {
+            let inbox = open_inbox(&cli).await?;
+            ack(&cli, inbox, ids.clone(), ReceiptKind::Declined).await
+        }
         Command::Read { ids } => {
             let ids = ids.clone();
             open_inbox(&cli)

@@ -5,9 +5,10 @@
 //! stored and handed to the hub under that mutex, so live delivery is in id order, and a subscriber
 //! that reads history after subscribing misses nothing in between (see `subscribe`).
 
+use super::tracking::{Chain, ChainState, ClaimedStep, Step, TrailEvent};
 use super::{
-    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, LiveSender, Publish, Published,
-    Receipt, Retention, StoredMessage, now_ms,
+    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, Live, LiveSender, Publish,
+    Published, Receipt, Retention, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,6 +62,70 @@ CREATE TABLE IF NOT EXISTS write_probe (
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))));
 ",
+    "
+-- Escalation chains (see broker::tracking): one per notification published with a policy.
+CREATE TABLE chains (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    policy TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    state TEXT NOT NULL,
+    acknowledged_by TEXT,
+    expires INTEGER,
+    PRIMARY KEY (channel, ms, seq)
+) WITHOUT ROWID;
+CREATE INDEX chains_state ON chains (state, ms);
+-- Their steps still to come, by due time (a claimed step's is moved a lease ahead).
+CREATE TABLE steps (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    due INTEGER NOT NULL,
+    PRIMARY KEY (channel, ms, seq, step)
+) WITHOUT ROWID;
+CREATE INDEX steps_due ON steps (due);
+-- Every notification's trail, one JSON event per row, in the order they happened.
+CREATE TABLE trail (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX trail_message ON trail (channel, ms, seq);
+-- The first receipt of each kind per device: what goes into the trail.
+CREATE TABLE device_receipts (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (channel, ms, seq, user, device, kind)
+) WITHOUT ROWID;
+-- Escalations and the notification each one escalated.
+CREATE TABLE origins (
+    channel TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    origin_channel TEXT NOT NULL,
+    origin_ms INTEGER NOT NULL,
+    origin_seq INTEGER NOT NULL,
+    PRIMARY KEY (channel, ms, seq)
+) WITHOUT ROWID;
+",
+];
+
+/// Tables whose rows belong to one notification (`channel, ms, seq`): trimmed with it.
+const PER_MESSAGE_TABLES: &[&str] = &[
+    "messages",
+    "receipts",
+    "chains",
+    "steps",
+    "trail",
+    "device_receipts",
+    "origins",
 ];
 
 /// Brings a history file to the current schema, in one transaction per version; refuses a file
@@ -316,14 +381,14 @@ fn trim(store: &mut Store, channel: &Channel, retention: Retention) -> Result<()
         return Ok(());
     };
     let tx = store.conn.transaction()?;
-    tx.execute(
-        "DELETE FROM messages WHERE channel = ?1 AND (ms < ?2 OR (ms = ?2 AND seq <= ?3))",
-        params![channel.as_str(), through.ms, through.seq],
-    )?;
-    tx.execute(
-        "DELETE FROM receipts WHERE channel = ?1 AND (ms < ?2 OR (ms = ?2 AND seq <= ?3))",
-        params![channel.as_str(), through.ms, through.seq],
-    )?;
+    for table in PER_MESSAGE_TABLES {
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} WHERE channel = ?1 AND (ms < ?2 OR (ms = ?2 AND seq <= ?3))"
+            ),
+            params![channel.as_str(), through.ms, through.seq],
+        )?;
+    }
     tx.execute(
         "INSERT INTO trimmed (channel, ms, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (channel) DO UPDATE SET ms = excluded.ms, seq = excluded.seq
@@ -331,6 +396,63 @@ fn trim(store: &mut Store, channel: &Channel, retention: Retention) -> Result<()
         params![channel.as_str(), through.ms, through.seq],
     )?;
     tx.commit()
+}
+
+/// Stores a new notification's escalation chain and its first steps, due after its id's time.
+fn start_chain(
+    conn: &Connection,
+    publish: &Publish,
+    id: Cursor,
+    policy: &super::tracking::Policy,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO chains (channel, ms, seq, policy, priority, state, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)",
+        params![
+            publish.channel.as_str(),
+            id.ms,
+            id.seq,
+            serde_json::to_string(policy).expect("policies serialize"),
+            publish.priority.as_str(),
+            publish.ttl.map(|ttl| id.ms + ttl.as_millis() as u64),
+        ],
+    )?;
+    for (step, after) in policy.first_steps() {
+        conn.execute(
+            "INSERT INTO steps (channel, ms, seq, step, due) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                publish.channel.as_str(),
+                id.ms,
+                id.seq,
+                step.to_string(),
+                id.ms + after.as_millis() as u64
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn append_trail(
+    conn: &Connection,
+    channel: &Channel,
+    id: Cursor,
+    event: &TrailEvent,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO trail (channel, ms, seq, event) VALUES (?1, ?2, ?3, ?4)",
+        params![channel.as_str(), id.ms, id.seq, event.to_json()],
+    )
+    .map(|_| ())
+}
+
+/// Closes a chain if it is open; answers whether it was.
+fn close_chain(conn: &Connection, channel: &str, id: Cursor, user: &str) -> rusqlite::Result<bool> {
+    conn.execute(
+        "UPDATE chains SET state = 'acknowledged', acknowledged_by = ?4
+         WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND state = 'open'",
+        params![channel, id.ms, id.seq, user],
+    )
+    .map(|n| n > 0)
 }
 
 fn row_to_message(channel: &Channel, row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -397,6 +519,9 @@ impl Broker for EmbeddedBroker {
                     ],
                 )
                 .map_err(write_failed)?;
+            if let Some(policy) = publish.escalation.as_ref().filter(|p| !p.is_empty()) {
+                start_chain(&store.conn, &publish, id, policy).map_err(write_failed)?;
+            }
             store.last_id = id;
             let writes = store.writes_since_trim.entry(publish.channel.clone()).or_default();
             *writes += 1;
@@ -417,7 +542,7 @@ impl Broker for EmbeddedBroker {
             };
             let is_live = subscribed.lock().expect("subscribed lock").contains(&message.channel);
             // Handed over under the store lock, so live delivery follows id order.
-            if is_live && live.blocking_send(message).is_err() {
+            if is_live && live.blocking_send(Live::Message(message)).is_err() {
                 return Err(BrokerError::Unavailable("the relay is shutting down".into()));
             }
             Ok(Published { id, live_relays: u64::from(is_live), duplicate: false })
@@ -525,9 +650,11 @@ impl Broker for EmbeddedBroker {
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        device: Option<&str>,
         kind: ReceiptKind,
     ) -> Result<Vec<Cursor>, BrokerError> {
         let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
+        let device = device.map(str::to_owned);
         self.blocking(move |store| {
             let tx = store.conn.transaction().map_err(storage)?;
             let now = now_ms();
@@ -550,6 +677,24 @@ impl Broker for EmbeddedBroker {
                     params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
                 )
                 .map_err(storage)?;
+                let first_on_device = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO device_receipts (channel, ms, seq, user, device, kind)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![channel.as_str(), id.ms, id.seq, user, device.as_deref().unwrap_or_default(), kind.as_str()],
+                    )
+                    .map_err(storage)?
+                    > 0;
+                if first_on_device {
+                    let event = TrailEvent {
+                        at_ms: now,
+                        event: kind.into(),
+                        user: Some(user.clone()),
+                        device: device.clone(),
+                        detail: None,
+                    };
+                    append_trail(&tx, &channel, id, &event).map_err(storage)?;
+                }
                 recorded.push(id);
             }
             tx.commit().map_err(storage)?;
@@ -582,6 +727,322 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
+    async fn message(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            store
+                .conn
+                .query_row(
+                    "SELECT ms, seq, priority, ttl_ms, payload FROM messages
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                    params![channel.as_str(), id.ms, id.seq],
+                    |row| row_to_message(&channel, row),
+                )
+                .optional()
+                .map_err(storage)
+        })
+        .await
+    }
+
+    async fn broadcast(&self, live: Live) -> Result<(), BrokerError> {
+        self.live
+            .send(live)
+            .await
+            .map_err(|_| BrokerError::Unavailable("the relay is shutting down".into()))
+    }
+
+    async fn chain(&self, channel: &Channel, id: Cursor) -> Result<Option<Chain>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            store
+                .conn
+                .query_row(
+                    "SELECT policy, priority, state, acknowledged_by, expires FROM chains
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                    params![channel.as_str(), id.ms, id.seq],
+                    |row| {
+                        let policy: String = row.get(0)?;
+                        let priority: String = row.get(1)?;
+                        let state: String = row.get(2)?;
+                        Ok((policy, priority, state, row.get(3)?, row.get(4)?))
+                    },
+                )
+                .optional()
+                .map_err(storage)?
+                .map(|(policy, priority, state, acknowledged_by, expires_ms)| {
+                    Ok(Chain {
+                        policy: serde_json::from_str(&policy).map_err(storage)?,
+                        priority: Priority::parse(&priority).unwrap_or(Priority::Critical),
+                        state: ChainState::parse(&state).unwrap_or(ChainState::Open),
+                        acknowledged_by,
+                        expires_ms,
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn trail(&self, channel: &Channel, id: Cursor) -> Result<Vec<TrailEvent>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            let mut stmt = store
+                .conn
+                .prepare_cached(
+                    "SELECT event FROM trail WHERE channel = ?1 AND ms = ?2 AND seq = ?3 ORDER BY rowid",
+                )
+                .map_err(storage)?;
+            let events = stmt
+                .query_map(params![channel.as_str(), id.ms, id.seq], |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            Ok(events
+                .iter()
+                .filter_map(|e| serde_json::from_str(e).ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn append_trail(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        event: TrailEvent,
+    ) -> Result<(), BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            append_trail(&store.conn, &channel, id, &event).map_err(write_failed)
+        })
+        .await
+    }
+
+    async fn claim_steps(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStep>, BrokerError> {
+        self.blocking(move |store| {
+            let tx = store.conn.transaction().map_err(storage)?;
+            tx.execute(
+                "UPDATE chains SET state = 'expired' WHERE state = 'open' AND expires <= ?1",
+                [now_ms],
+            )
+            .map_err(write_failed)?;
+            tx.execute(
+                "DELETE FROM steps WHERE due <= ?1 AND NOT EXISTS (
+                     SELECT 1 FROM chains c WHERE c.channel = steps.channel AND c.ms = steps.ms
+                     AND c.seq = steps.seq AND c.state = 'open')",
+                [now_ms],
+            )
+            .map_err(write_failed)?;
+            let due: Vec<(String, u64, u64, String, String)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT s.channel, s.ms, s.seq, s.step, c.policy FROM steps s
+                         JOIN chains c ON c.channel = s.channel AND c.ms = s.ms AND c.seq = s.seq
+                         WHERE s.due <= ?1 ORDER BY s.due LIMIT ?2",
+                    )
+                    .map_err(storage)?;
+                stmt.query_map(params![now_ms, limit as u64], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+                })
+                .map_err(storage)?
+                .collect::<Result<_, _>>()
+                .map_err(storage)?
+            };
+            let mut claimed = Vec::with_capacity(due.len());
+            for (channel, ms, seq, step, policy) in due {
+                tx.execute(
+                    "UPDATE steps SET due = ?5 WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND step = ?4",
+                    params![channel, ms, seq, step, now_ms + lease.as_millis() as u64],
+                )
+                .map_err(write_failed)?;
+                let parsed = (|| {
+                    Some(ClaimedStep {
+                        channel: Channel::parse(&channel).ok()?,
+                        id: Cursor::new(ms, seq),
+                        step: step.parse().ok()?,
+                        policy: serde_json::from_str(&policy).ok()?,
+                    })
+                })();
+                match parsed {
+                    Some(step) => claimed.push(step),
+                    None => tracing::warn!(%channel, %step, "unreadable escalation step skipped"),
+                }
+            }
+            tx.commit().map_err(write_failed)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn finish_step(
+        &self,
+        step: &ClaimedStep,
+        event: Option<TrailEvent>,
+        next: Option<(Step, u64)>,
+    ) -> Result<(), BrokerError> {
+        let step = step.clone();
+        self.blocking(move |store| {
+            let tx = store.conn.transaction().map_err(storage)?;
+            let (channel, id) = (step.channel.as_str(), step.id);
+            tx.execute(
+                "DELETE FROM steps WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND step = ?4",
+                params![channel, id.ms, id.seq, step.step.to_string()],
+            )
+            .map_err(write_failed)?;
+            if let Some(event) = &event {
+                append_trail(&tx, &step.channel, id, event).map_err(write_failed)?;
+            }
+            if let Some((next, due)) = next {
+                tx.execute(
+                    "INSERT OR REPLACE INTO steps (channel, ms, seq, step, due)
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM chains
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND state = 'open'",
+                    params![channel, id.ms, id.seq, next.to_string(), due],
+                )
+                .map_err(write_failed)?;
+            }
+            tx.commit().map_err(write_failed)
+        })
+        .await
+    }
+
+    async fn advance_step(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        step: Step,
+        due_ms: u64,
+    ) -> Result<(), BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            store
+                .conn
+                .execute(
+                    "UPDATE steps SET due = ?5
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND step = ?4 AND due > ?5",
+                    params![channel.as_str(), id.ms, id.seq, step.to_string(), due_ms],
+                )
+                .map(|_| ())
+                .map_err(write_failed)
+        })
+        .await
+    }
+
+    async fn acknowledge(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        user: &str,
+    ) -> Result<Vec<(Channel, Cursor)>, BrokerError> {
+        let (channel, user) = (channel.clone(), user.to_owned());
+        self.blocking(move |store| {
+            let tx = store.conn.transaction().map_err(storage)?;
+            let mut closed = Vec::new();
+            if close_chain(&tx, channel.as_str(), id, &user).map_err(write_failed)? {
+                closed.push((channel.clone(), id));
+            }
+            let origin: Option<(String, u64, u64)> = tx
+                .query_row(
+                    "SELECT origin_channel, origin_ms, origin_seq FROM origins
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                    params![channel.as_str(), id.ms, id.seq],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(storage)?;
+            if let Some((origin, ms, seq)) = origin
+                && close_chain(&tx, &origin, Cursor::new(ms, seq), &user).map_err(write_failed)?
+                && let Ok(origin) = Channel::parse(&origin)
+            {
+                closed.push((origin, Cursor::new(ms, seq)));
+            }
+            tx.commit().map_err(write_failed)?;
+            Ok(closed)
+        })
+        .await
+    }
+
+    async fn link_escalation(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        origin: &(Channel, Cursor),
+    ) -> Result<(), BrokerError> {
+        let (channel, origin) = (channel.clone(), origin.clone());
+        self.blocking(move |store| {
+            store
+                .conn
+                .execute(
+                    "INSERT OR REPLACE INTO origins (channel, ms, seq, origin_channel, origin_ms, origin_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![channel.as_str(), id.ms, id.seq, origin.0.as_str(), origin.1.ms, origin.1.seq],
+                )
+                .map(|_| ())
+                .map_err(write_failed)
+        })
+        .await
+    }
+
+    async fn escalation_origin(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<(Channel, Cursor)>, BrokerError> {
+        let channel = channel.clone();
+        self.blocking(move |store| {
+            let origin: Option<(String, u64, u64)> = store
+                .conn
+                .query_row(
+                    "SELECT origin_channel, origin_ms, origin_seq FROM origins
+                     WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                    params![channel.as_str(), id.ms, id.seq],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(storage)?;
+            Ok(origin.and_then(|(channel, ms, seq)| {
+                Some((Channel::parse(&channel).ok()?, Cursor::new(ms, seq)))
+            }))
+        })
+        .await
+    }
+
+    async fn open_chains(&self, limit: usize) -> Result<Vec<(Channel, Cursor)>, BrokerError> {
+        self.blocking(move |store| {
+            let mut stmt = store
+                .conn
+                .prepare_cached(
+                    "SELECT channel, ms, seq FROM chains WHERE state = 'open' ORDER BY ms, seq LIMIT ?1",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([limit as u64], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(storage)?
+                .collect::<Result<Vec<(String, u64, u64)>, _>>()
+                .map_err(storage)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(channel, ms, seq)| {
+                    Some((Channel::parse(&channel).ok()?, Cursor::new(ms, seq)))
+                })
+                .collect())
+        })
+        .await
+    }
+
     fn health(&self) -> watch::Receiver<BrokerHealth> {
         self.health.subscribe()
     }
@@ -606,6 +1067,7 @@ mod tests {
             priority: Priority::Normal,
             ttl: None,
             idempotency_key: None,
+            escalation: None,
         }
     }
 
@@ -651,7 +1113,10 @@ mod tests {
         broker.subscribe(&channel).await.unwrap();
         let published = broker.publish(publish(&channel, 2)).await.unwrap();
         assert_eq!(published.live_relays, 1);
-        assert_eq!(rx.recv().await.unwrap().id, published.id);
+        let Some(Live::Message(live)) = rx.recv().await else {
+            panic!("no live notification")
+        };
+        assert_eq!(live.id, published.id);
         assert!(rx.try_recv().is_err());
     }
 
@@ -700,11 +1165,11 @@ mod tests {
             1
         );
         broker
-            .record_receipts(&channel, &[first.id], "d1", ReceiptKind::Acknowledged)
+            .record_receipts(&channel, &[first.id], "d1", None, ReceiptKind::Acknowledged)
             .await
             .unwrap();
         broker
-            .record_receipts(&channel, &[first.id], "d1", ReceiptKind::Acknowledged)
+            .record_receipts(&channel, &[first.id], "d1", None, ReceiptKind::Acknowledged)
             .await
             .unwrap();
         let receipts = broker.receipts(&channel, first.id).await.unwrap();

@@ -7,11 +7,13 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod tracking;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tracking::{Chain, ClaimedStep, Policy, ReceiptSync, Step, TrailEvent};
 use wardline_protocol::{Channel, Cursor, ErrorCode, Priority, ReceiptKind};
 
 /// A notification as stored: the publisher's payload, untouched, and what the relay knows of it.
@@ -50,6 +52,8 @@ pub struct Publish {
     pub ttl: Option<Duration>,
     /// A key that makes retries of the same publish store it once.
     pub idempotency_key: Option<String>,
+    /// Its escalation chain, started with it (nothing when a retry finds it stored).
+    pub escalation: Option<Policy>,
 }
 
 /// The outcome of a publish.
@@ -154,8 +158,19 @@ impl BrokerError {
     }
 }
 
+/// What the broker hands the hub live.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A notification just stored.
+    Message(StoredMessage),
+    /// A reminder of a stored notification still waiting for acknowledgement: its number.
+    Repeat(StoredMessage, u32),
+    /// A person's receipts on one device, for the user's other devices.
+    Receipts(ReceiptSync),
+}
+
 /// Where live messages go: the hub's inbox.
-pub type LiveSender = mpsc::Sender<StoredMessage>;
+pub type LiveSender = mpsc::Sender<Live>;
 
 /// Stores notifications, replays them, and fans them out to the relay nodes that subscribed.
 #[async_trait]
@@ -184,17 +199,97 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &Channel) -> Result<(), BrokerError>;
 
     /// Records receipts of `user` for these notifications (the first of each kind counts), for those
-    /// the channel holds; returns the ids recorded (the others are no notification of the channel).
+    /// the channel holds, and the first of each kind per device in their trails; returns the ids
+    /// recorded (the others are no notification of the channel).
     async fn record_receipts(
         &self,
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        device: Option<&str>,
         kind: ReceiptKind,
     ) -> Result<Vec<Cursor>, BrokerError>;
 
     /// The receipts of one notification, oldest first.
     async fn receipts(&self, channel: &Channel, id: Cursor) -> Result<Vec<Receipt>, BrokerError>;
+
+    /// One stored notification, if the channel still holds it.
+    async fn message(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<StoredMessage>, BrokerError>;
+
+    /// Hands a reminder or a receipt sync to every node's hub (nothing is stored).
+    async fn broadcast(&self, live: Live) -> Result<(), BrokerError>;
+
+    /// A notification's escalation chain, if it has one.
+    async fn chain(&self, channel: &Channel, id: Cursor) -> Result<Option<Chain>, BrokerError>;
+
+    /// A notification's trail, oldest first.
+    async fn trail(&self, channel: &Channel, id: Cursor) -> Result<Vec<TrailEvent>, BrokerError>;
+
+    /// Adds an event to a notification's trail.
+    async fn append_trail(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        event: TrailEvent,
+    ) -> Result<(), BrokerError>;
+
+    /// Claims up to `limit` steps due at `now_ms` of open chains, hiding each from other claimers
+    /// for `lease` (see [`tracking`]); steps of chains no longer open are dropped, and open chains
+    /// past their expiry become expired.
+    async fn claim_steps(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStep>, BrokerError>;
+
+    /// Finishes a claimed step: records its event and, while the chain is open, schedules `next`.
+    async fn finish_step(
+        &self,
+        step: &ClaimedStep,
+        event: Option<TrailEvent>,
+        next: Option<(Step, u64)>,
+    ) -> Result<(), BrokerError>;
+
+    /// Brings a step still to come of an open chain forward to `due_ms` (never later).
+    async fn advance_step(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        step: Step,
+        due_ms: u64,
+    ) -> Result<(), BrokerError>;
+
+    /// Closes an open chain as acknowledged by `user`, and the chain of the notification this one
+    /// escalated, if any; answers the chains closed, the origin's included.
+    async fn acknowledge(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        user: &str,
+    ) -> Result<Vec<(Channel, Cursor)>, BrokerError>;
+
+    /// Notes that `(channel, id)` is an escalation of `origin`: acknowledging it acknowledges that.
+    async fn link_escalation(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        origin: &(Channel, Cursor),
+    ) -> Result<(), BrokerError>;
+
+    /// The notification `(channel, id)` escalated, if it is an escalation.
+    async fn escalation_origin(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<(Channel, Cursor)>, BrokerError>;
+
+    /// Up to `limit` open chains, oldest first.
+    async fn open_chains(&self, limit: usize) -> Result<Vec<(Channel, Cursor)>, BrokerError>;
 
     /// Follows the broker's health.
     fn health(&self) -> watch::Receiver<BrokerHealth>;

@@ -1,7 +1,8 @@
-//! Plain HTTP endpoints: publishing, receipts, stats, health and metrics.
+//! Plain HTTP endpoints: publishing, receipts, a notification's trail, stats, health and metrics.
 
 pub mod health;
 pub mod me;
+pub mod messages;
 pub mod publish;
 pub mod receipts;
 pub mod stats;

@@ -4,6 +4,8 @@
 
 use crate::AppState;
 use crate::broker::Publish;
+use crate::broker::tracking::Policy;
+use crate::config::EscalationConfig;
 use crate::error::ApiError;
 use crate::http::{authenticate, json_body};
 use crate::metrics::Metrics;
@@ -44,11 +46,88 @@ pub struct PublishRequest {
     /// Retries with the same key store the notification once.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Until a person acknowledges it: send it again, escalate it, email about it. Absent: the
+    /// relay's defaults for a critical notification, nothing for others; `null`: nothing; an
+    /// object: these settings, the relay's defaults for those it leaves out.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Policy>)]
+    pub escalation: Option<Option<Policy>>,
 }
+
+/// Tells `"escalation": null` (`Some(None)`) apart from no `escalation` at all (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Policy>>, D::Error> {
+    Option::<Policy>::deserialize(d).map(Some)
+}
+
+/// Most escalation channels or email addresses one publish may name.
+const MAX_ESCALATION_TARGETS: usize = 10;
 
 /// The longest `ttl_s` a publish may ask for: 366 days. A notification that must outlive that is
 /// not one to expire; longer values would overflow the brokers' millisecond times.
 pub const MAX_TTL_S: u64 = 366 * 24 * 3600;
+
+/// The policy a publish asks for, on top of the relay's defaults; checked.
+fn escalation_policy(
+    config: &EscalationConfig,
+    priority: Priority,
+    requested: Option<Option<Policy>>,
+) -> Result<Option<Policy>, String> {
+    let policy = match requested {
+        None => return Ok(config.default_for(priority)),
+        Some(None) => return Ok(None),
+        Some(Some(requested)) => {
+            let defaults = &config.defaults;
+            Policy {
+                repeat_every_s: requested.repeat_every_s.or(defaults.repeat_every_s),
+                escalate_after_s: requested.escalate_after_s.or(defaults.escalate_after_s),
+                escalate_to: if requested.escalate_to.is_empty() {
+                    defaults.escalate_to.clone()
+                } else {
+                    requested.escalate_to
+                },
+                email_after_s: requested.email_after_s.or(defaults.email_after_s),
+                email_to: if requested.email_to.is_empty() {
+                    defaults.email_to.clone()
+                } else {
+                    requested.email_to
+                },
+            }
+        }
+    };
+    for (name, seconds) in [
+        ("repeat_every_s", policy.repeat_every_s),
+        ("escalate_after_s", policy.escalate_after_s),
+        ("email_after_s", policy.email_after_s),
+    ] {
+        if let Some(seconds) = seconds
+            && !(1..=MAX_TTL_S).contains(&seconds)
+        {
+            return Err(format!(
+                "`escalation.{name}` must be from 1 to {MAX_TTL_S} seconds, not {seconds}"
+            ));
+        }
+    }
+    if policy.escalate_to.len() > MAX_ESCALATION_TARGETS
+        || policy.email_to.len() > MAX_ESCALATION_TARGETS
+    {
+        return Err(format!(
+            "`escalation` may name at most {MAX_ESCALATION_TARGETS} channels and {MAX_ESCALATION_TARGETS} addresses"
+        ));
+    }
+    for channel in &policy.escalate_to {
+        Channel::parse(channel).map_err(|e| format!("`escalation.escalate_to`: {e}"))?;
+    }
+    if let Some(bad) = policy
+        .email_to
+        .iter()
+        .find(|a| !crate::escalation::email::valid_address(a))
+    {
+        return Err(format!(
+            "`escalation.email_to`: not an email address: {bad}"
+        ));
+    }
+    Ok(Some(policy).filter(|p| !p.is_empty()))
+}
 
 /// A stored notification: the HealthHub notification effect's published result.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -204,22 +283,56 @@ async fn try_publish(
             format!("`message` is larger than {MAX_INBOUND_FRAME_BYTES} bytes"),
         ));
     }
+    let priority = request
+        .priority
+        .unwrap_or_else(|| Priority::default_for(&message));
+    let escalation = escalation_policy(&state.config.escalation, priority, request.escalation)
+        .map_err(|reason| fail(name, ErrorCode::InvalidRequest, reason))?;
+    if let Some(policy) = &escalation
+        && let Some(target) = policy
+            .escalate_to
+            .iter()
+            .filter_map(|c| Channel::parse(c).ok())
+            .find(|c| !claims.can_publish(c))
+    {
+        return Err(fail(
+            name,
+            ErrorCode::RoleForbidden,
+            format!("role {} may not escalate to {target}", claims.role),
+        ));
+    }
     let publish = Publish {
-        priority: request
-            .priority
-            .unwrap_or_else(|| Priority::default_for(&message)),
+        priority,
         channel,
         payload: Bytes::from(payload),
         ttl: request.ttl_s.map(Duration::from_secs),
         idempotency_key: request.idempotency_key,
+        escalation: escalation.clone(),
     };
-    let published = state
-        .hub
-        .broker()
+    let channel = publish.channel.clone();
+    let broker = state.hub.broker();
+    let published = broker
         .publish(publish)
         .await
         .map_err(|e| fail(name, e.code(), e.to_string()))?;
     Metrics::inc(&state.metrics().published_total);
+    if published.live_relays == 0
+        && !published.duplicate
+        && matches!(
+            channel.kind(),
+            ChannelKind::Doctor(_) | ChannelKind::Patient(_)
+        )
+        && let Err(e) = crate::escalation::no_device_online(
+            broker.as_ref(),
+            &channel,
+            published.id,
+            escalation.as_ref(),
+        )
+        .await
+    {
+        // Stored and escalating on its usual schedule: the publish stands.
+        tracing::warn!(%channel, id = %published.id, error = %e, "could not record that no device was online");
+    }
     let body = Published {
         status: "published",
         channel: name.to_owned(),

@@ -1,5 +1,6 @@
-//! Receipts: a recipient's device says it stored notifications (`received`), a person says they
-//! acknowledged them (`acknowledged`); publishers (service) and administrators read them back.
+//! Receipts: a recipient's device says it stored notifications (`received`) or alerted for them
+//! (`displayed`), a person says they opened (`read`), acknowledged (`acknowledged`) or declined
+//! (`declined`) them; publishers (service) and administrators read them back.
 
 use crate::AppState;
 use crate::broker::Receipt;
@@ -56,6 +57,23 @@ pub struct Recorded {
     pub unknown: Vec<Cursor>,
 }
 
+/// A device id as a client names its installation: up to 64 letters, digits, `-`, `_` or `.`.
+pub fn checked_device(device: &str) -> Result<&str, ApiError> {
+    let valid = !device.is_empty()
+        && device.len() <= 64
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(device)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`device` must be 1 to 64 letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
 fn parse_channel(name: &str) -> Result<Channel, ApiError> {
     Channel::parse(name).map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))
 }
@@ -100,6 +118,9 @@ pub struct RecordReceipts {
     ids: Vec<String>,
     /// What happened to them.
     kind: ReceiptKind,
+    /// The installation it happened on (the id the app sends as `?device=` when it connects).
+    #[serde(default)]
+    device: Option<String>,
 }
 
 /// `POST /v1/receipts` `{channel, ids, kind}` with the recipient's own token: the same as the
@@ -144,11 +165,16 @@ pub async fn record_receipts(
         .iter()
         .map(|id| parse_id(id))
         .collect::<Result<Vec<_>, _>>()?;
-    let recorded = state
-        .hub
-        .broker()
-        .record_receipts(&channel, &ids, &claims.sub, request.kind)
-        .await?;
+    let device = request.device.as_deref().map(checked_device).transpose()?;
+    let recorded = crate::escalation::record_receipts(
+        state.hub.broker().as_ref(),
+        &channel,
+        &ids,
+        &claims.sub,
+        device,
+        request.kind,
+    )
+    .await?;
     let unknown = ids
         .into_iter()
         .filter(|id| !recorded.contains(id))

@@ -177,6 +177,7 @@ pub async fn test_notification(
             priority: Priority::Low,
             ttl: Some(Duration::from_secs(3600)),
             idempotency_key: None,
+            escalation: None,
         })
         .await?;
     Ok(Json(Published {

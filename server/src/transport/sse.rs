@@ -36,6 +36,8 @@ pub struct SseQuery {
     since: Option<String>,
     /// Comma-separated subset of the readable channels (default: all of them).
     channels: Option<String>,
+    /// The installation's id (stable across runs), named in the trail of its receipts.
+    device: Option<String>,
 }
 
 /// A resume position: a cursor per channel, and the history's epoch they belong to, if known.
@@ -137,7 +139,13 @@ pub async fn user_events(
     let guard = state
         .metrics()
         .connection_opened(Transport::Sse, &claims.sub);
-    let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
+    let device = query
+        .device
+        .as_deref()
+        .map(crate::http::receipts::checked_device)
+        .transpose()?
+        .map(str::to_owned);
+    let mut session = Session::open_device(&state.hub, claims, device, state.config.queue_capacity);
     let mut replays = VecDeque::with_capacity(channels.len());
     for channel in &channels {
         let since = position.cursors.get(channel).map(|c| c.to_string());
@@ -297,7 +305,7 @@ impl SseStream {
                 error_event(ErrorCode::TokenExpired, "token expired: sign in again".into(), close::TOKEN_EXPIRED)
             }
             _ = self.heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
-            event = self.session.next_event() => match event {
+            next = self.session.next_event() => match next {
                 SessionEvent::Notification(delivery) => {
                     let positions: BTreeMap<Channel, Cursor> = self.session.positions().iter().cloned().collect();
                     let id = format!("id: {}\n", format_position(&positions, self.epoch.as_deref()));
@@ -305,6 +313,14 @@ impl SseStream {
                     self.metrics.delivered(delivery.message.id.ms);
                     Bytes::from(id)
                 }
+                // What the user did on a device: an event without an id (it moves no position).
+                SessionEvent::Receipts(sync) => event("receipt", &ServerFrame::Receipt {
+                    kind: sync.kind,
+                    channel: sync.channel.clone(),
+                    ids: sync.ids.clone(),
+                    user: sync.user.clone(),
+                    device: sync.device.clone(),
+                }),
                 SessionEvent::SlowConsumer => {
                     self.finished = true;
                     self.guard.closed_with(close::SLOW_CONSUMER);

@@ -52,6 +52,9 @@ impl Mode {
 pub struct TokenQuery {
     /// The token, for clients that cannot set `Authorization` (a browser's `WebSocket`).
     token: Option<String>,
+    /// The installation's id (stable across runs): receipts sent on this connection name it in the
+    /// notification's trail.
+    device: Option<String>,
 }
 
 /// Query of `/v1/ws/notifications`.
@@ -108,7 +111,13 @@ pub async fn user_socket(
         Some(p) if p == SUBPROTOCOL_V1 => Mode::V1,
         _ => Mode::Raw,
     };
-    let session = open_session(&state, claims, mode).await?;
+    let device = query
+        .device
+        .as_deref()
+        .map(crate::http::receipts::checked_device)
+        .transpose()?
+        .map(str::to_owned);
+    let session = open_session(&state, claims, device, mode).await?;
     Ok(ws.on_upgrade(move |socket| run(socket, state, session, mode, permit)))
 }
 
@@ -136,7 +145,7 @@ pub async fn seed004_socket(
         &headers,
     )
     .await?;
-    let session = open_session(&state, claims, Mode::Seed004).await?;
+    let session = open_session(&state, claims, None, Mode::Seed004).await?;
     Ok(configure(ws, &state)
         .on_upgrade(move |socket| run(socket, state, session, Mode::Seed004, permit)))
 }
@@ -151,8 +160,13 @@ enum Stop {
 
 /// Opens the session before the upgrade completes: clients that never resume (raw, seed 004) are
 /// subscribed by the time they see `101 Switching Protocols`, so nothing published after that is lost.
-async fn open_session(state: &AppState, claims: Claims, mode: Mode) -> Result<Session, ApiError> {
-    let mut session = Session::open(&state.hub, claims, state.config.queue_capacity);
+async fn open_session(
+    state: &AppState,
+    claims: Claims,
+    device: Option<String>,
+    mode: Mode,
+) -> Result<Session, ApiError> {
+    let mut session = Session::open_device(&state.hub, claims, device, state.config.queue_capacity);
     if mode != Mode::V1 {
         session.subscribe_all_live().await?;
     }
@@ -321,6 +335,18 @@ async fn drive(
                     state.metrics().delivered(delivery.message.id.ms);
                     sent
                 }
+                SessionEvent::Receipts(sync) if mode == Mode::V1 => {
+                    let frame = ServerFrame::Receipt {
+                        kind: sync.kind,
+                        channel: sync.channel.clone(),
+                        ids: sync.ids.clone(),
+                        user: sync.user.clone(),
+                        device: sync.device.clone(),
+                    };
+                    send_frame(socket, session, &frame).await
+                }
+                // The published JSON as is and the Diagnoxix frames have no receipts.
+                SessionEvent::Receipts(_) => Ok(()),
                 SessionEvent::SlowConsumer => Err(slow_consumer()),
                 SessionEvent::BrokerDown(reason) => {
                     Err(Stop::Close(close::TRY_AGAIN_LATER, format!("broker unavailable: {reason}")))
@@ -514,6 +540,9 @@ async fn handle_v1(
         }
         ClientFrame::Ack { channel, ids } => {
             record(socket, session, channel, ids, ReceiptKind::Acknowledged).await
+        }
+        ClientFrame::Receipt { channel, ids, kind } => {
+            record(socket, session, channel, ids, kind).await
         }
         ClientFrame::Refresh { token } => {
             let refreshed = match state.auth.verify(&token).await {

@@ -22,9 +22,10 @@
 mod recorder;
 pub mod target;
 
+use super::tracking::{Chain, ChainState, ClaimedStep, Policy, Step, TrailEvent};
 use super::{
-    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, LiveSender, Publish, Published,
-    Receipt, Retention, StoredMessage,
+    Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, Live, LiveSender, Publish,
+    Published, Receipt, Retention, StoredMessage,
 };
 use crate::metrics::{Histogram, Metrics, Seconds};
 use async_trait::async_trait;
@@ -66,8 +67,34 @@ const SUBSCRIBE_BATCH: usize = 1024;
 const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
 /// Records receipts for the notifications the stream holds. KEYS: stream, then each id's receipts
-/// hash. ARGV: field (`<kind>:<user>`), time ms, hash ttl s, then the ids. Returns the ids recorded.
+/// hash. ARGV: field (`<kind>:<user>`), time ms, hash ttl s, the device's field
+/// (`device:<kind>:<device>:<user>`), the trail event (JSON), the trail key's prefix, then the ids.
+/// The first receipt of a kind per user is what `GET /v1/receipts` shows; the first per device goes
+/// into the trail. Returns the ids recorded.
 const RECEIPTS_SCRIPT: &str = include_str!("receipts.lua");
+
+/// Escalation chains (see [`super::tracking`]): a chain is the hash `wardline:{<channel>}:chain:<id>`
+/// (policy, priority, state, acknowledged_by, expires), its due steps are members
+/// `<step>\n<channel>\n<id>` of the sorted set [`STEPS_KEY`] scored by due time, open chains are
+/// members `<channel>\n<id>` of [`OPEN_KEY`], and a trail is the list
+/// `wardline:{<channel>}:trail:<id>` of JSON events. All expire with the history.
+const STEPS_KEY: &str = "wardline:steps";
+const OPEN_KEY: &str = "wardline:open";
+const CHAIN_KEY_HEAD: &str = "wardline:{";
+const CHAIN_KEY_TAIL: &str = "}:chain:";
+
+/// Claims due steps. KEYS: steps, open. ARGV: now ms, lease ms, limit, chain key head and tail.
+/// Returns `[step, channel, id, policy]` per step claimed.
+const CLAIM_SCRIPT: &str = include_str!("claim.lua");
+
+/// Finishes a step. KEYS: steps, chain, trail. ARGV: the step's member, the trail event ('' for
+/// none), the next step's member ('' for none), its due time ms, the trail's ttl s.
+const FINISH_SCRIPT: &str = include_str!("finish.lua");
+
+/// Acknowledges a chain and the one it escalated. KEYS: open, chain, origin key. ARGV: the
+/// chain's member in open, the user, the chain key head and tail (for the origin's chain). Returns
+/// the members of the chains closed.
+const ACKNOWLEDGE_SCRIPT: &str = include_str!("acknowledge.lua");
 
 /// Renews the recorder lease while this node holds it.
 const RENEW_SCRIPT: &str = include_str!("renew.lua");
@@ -101,6 +128,35 @@ fn trimmed_key(channel: &Channel) -> String {
 
 fn receipts_key(channel: &Channel, id: Cursor) -> String {
     format!("wardline:{{{channel}}}:acks:{id}")
+}
+
+fn chain_key(channel: &Channel, id: Cursor) -> String {
+    format!("{CHAIN_KEY_HEAD}{channel}{CHAIN_KEY_TAIL}{id}")
+}
+
+fn trail_key(channel: &Channel, id: Cursor) -> String {
+    format!("wardline:{{{channel}}}:trail:{id}")
+}
+
+fn origin_key(channel: &Channel, id: Cursor) -> String {
+    format!("wardline:{{{channel}}}:origin:{id}")
+}
+
+fn step_member(step: Step, channel: &Channel, id: Cursor) -> String {
+    format!("{step}\n{channel}\n{id}")
+}
+
+fn message_member(channel: &Channel, id: Cursor) -> String {
+    format!("{channel}\n{id}")
+}
+
+fn parse_message_member(member: &str) -> Option<(Channel, Cursor)> {
+    let (channel, id) = member.rsplit_once('\n')?;
+    Some((Channel::parse(channel).ok()?, id.parse().ok()?))
+}
+
+fn storage(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(format!("Redis: {e}"))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -230,12 +286,15 @@ struct Shared {
     node_id: String,
     retention: Retention,
     metrics: Arc<Metrics>,
+    /// The escalation policy of critical notifications recorded from plain PUBLISHes.
+    critical_escalation: Option<Policy>,
 }
 
 impl RedisBroker {
     /// Connects to Redis and starts this node's pub/sub connection and, if `recorder`, its bid for
     /// the recorder lease; `ca` (PEM) is the authority a `rediss://` server is checked with;
-    /// command round trips and refused plain PUBLISHes are counted in `metrics`. Fails if Redis
+    /// command round trips and refused plain PUBLISHes are counted in `metrics`; critical
+    /// notifications recorded from plain PUBLISHes follow `critical_escalation`. Fails if Redis
     /// cannot be reached now.
     pub async fn connect(
         url: &str,
@@ -244,6 +303,7 @@ impl RedisBroker {
         recorder: bool,
         live: LiveSender,
         metrics: Arc<Metrics>,
+        critical_escalation: Option<Policy>,
     ) -> Result<RedisBroker, BrokerError> {
         let target = Arc::new(RedisTarget::parse(url, ca).map_err(BrokerError::Unavailable)?);
         let client = timeout(REDIS_TIMEOUT * 2, target.client())
@@ -260,6 +320,7 @@ impl RedisBroker {
             node_id: node_id.clone(),
             retention,
             metrics,
+            critical_escalation,
         };
         let (health_tx, health) = watch::channel(BrokerHealth::Down("connecting to Redis".into()));
         let (pubsub_tx, pubsub_rx) = mpsc::channel(1024);
@@ -344,11 +405,13 @@ fn publish_command(shared: &Shared, publish: &Publish, fence: bool) -> redis::Cm
     let mut command = redis::cmd("EVAL");
     command
         .arg(PUBLISH_SCRIPT)
-        .arg(4)
+        .arg(6)
         .arg(&stream)
         .arg(idem.as_deref().unwrap_or(&stream))
         .arg(if fence { LEASE_KEY } else { &stream })
         .arg(trimmed_key(&publish.channel))
+        .arg(STEPS_KEY)
+        .arg(OPEN_KEY)
         .arg(publish.payload.as_ref())
         .arg(publish.priority.as_str())
         .arg(
@@ -363,6 +426,23 @@ fn publish_command(shared: &Shared, publish: &Publish, fence: bool) -> redis::Cm
         .arg(shared.retention.max_age.as_secs().max(1))
         .arg(if fence { shared.node_id.as_str() } else { "" })
         .arg(if idem.is_some() { "1" } else { "0" });
+    match publish.escalation.as_ref().filter(|p| !p.is_empty()) {
+        Some(policy) => {
+            command
+                .arg(serde_json::to_string(policy).expect("policies serialize"))
+                .arg(format!(
+                    "{CHAIN_KEY_HEAD}{}{CHAIN_KEY_TAIL}",
+                    publish.channel
+                ))
+                .arg(publish.channel.as_str());
+            for (step, after) in policy.first_steps() {
+                command.arg(step.to_string()).arg(after.as_millis() as u64);
+            }
+        }
+        None => {
+            command.arg("").arg("").arg("");
+        }
+    }
     command
 }
 
@@ -384,8 +464,53 @@ fn published(id: String, live: i64) -> Result<Option<Published>, BrokerError> {
     }))
 }
 
-/// Parses `<id>\n<priority>\n<ttl>\n<payload>` from a live channel.
-fn parse_live(channel: &str, data: &[u8]) -> Option<StoredMessage> {
+/// A reminder or a receipt sync as published on a live channel: `R<n>\n` before a notification's
+/// usual form, or `S\n<json>`.
+fn encode_live(live: &Live) -> (String, Vec<u8>) {
+    match live {
+        Live::Message(message) => (
+            format!("{LIVE_PREFIX}{}", message.channel),
+            live_form(message),
+        ),
+        Live::Repeat(message, n) => {
+            let mut data = format!("R{n}\n").into_bytes();
+            data.extend(live_form(message));
+            (format!("{LIVE_PREFIX}{}", message.channel), data)
+        }
+        Live::Receipts(sync) => {
+            let mut data = b"S\n".to_vec();
+            data.extend(serde_json::to_vec(sync).expect("receipt syncs serialize"));
+            (format!("{LIVE_PREFIX}{}", sync.channel), data)
+        }
+    }
+}
+
+/// `<id>\n<priority>\n<ttl>\n<payload>`, as the publish script sends it.
+fn live_form(message: &StoredMessage) -> Vec<u8> {
+    let ttl = message
+        .ttl
+        .map(|t| t.as_millis().to_string())
+        .unwrap_or_default();
+    let mut data = format!("{}\n{}\n{ttl}\n", message.id, message.priority.as_str()).into_bytes();
+    data.extend_from_slice(&message.payload);
+    data
+}
+
+/// Parses what a live channel carries: a notification (`<id>\n<priority>\n<ttl>\n<payload>`), a
+/// reminder of one, or a receipt sync (see [`encode_live`]).
+fn parse_live(channel: &str, data: &[u8]) -> Option<Live> {
+    if let Some(json) = data.strip_prefix(b"S\n") {
+        return serde_json::from_slice(json).ok().map(Live::Receipts);
+    }
+    if let Some(rest) = data.strip_prefix(b"R") {
+        let newline = rest.iter().position(|b| *b == b'\n')?;
+        let n = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+        return parse_message(channel, &rest[newline + 1..]).map(|m| Live::Repeat(m, n));
+    }
+    parse_message(channel, data).map(Live::Message)
+}
+
+fn parse_message(channel: &str, data: &[u8]) -> Option<StoredMessage> {
     let channel = Channel::parse(channel.strip_prefix(LIVE_PREFIX)?).ok()?;
     let mut parts = data.splitn(4, |b| *b == b'\n');
     let id: Cursor = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
@@ -641,6 +766,33 @@ fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
+/// A stream entry as a stored notification.
+fn entry_message(
+    channel: &Channel,
+    id: &str,
+    fields: &[(String, Vec<u8>)],
+) -> Result<StoredMessage, BrokerError> {
+    let id: Cursor = id
+        .parse()
+        .map_err(|e| BrokerError::Storage(format!("{}: {e}", stream_key(channel))))?;
+    let priority = field(fields, "p")
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .and_then(Priority::parse)
+        .unwrap_or(Priority::Normal);
+    let ttl = field(fields, "x")
+        .and_then(|x| std::str::from_utf8(x).ok())
+        .and_then(|x| x.parse().ok())
+        .map(Duration::from_millis);
+    let payload = Bytes::copy_from_slice(field(fields, "m").unwrap_or_default());
+    Ok(StoredMessage {
+        id,
+        channel: channel.clone(),
+        priority,
+        ttl,
+        payload,
+    })
+}
+
 #[async_trait]
 impl Broker for RedisBroker {
     fn kind(&self) -> &'static str {
@@ -693,26 +845,8 @@ impl Broker for RedisBroker {
         let mut messages = Vec::with_capacity(entries.len().min(limit));
         let mut through = None;
         for (id, fields) in entries.into_iter().take(limit) {
-            let id: Cursor = id
-                .parse()
-                .map_err(|e| BrokerError::Storage(format!("{key}: {e}")))?;
-            through = Some(id);
-            let priority = field(&fields, "p")
-                .and_then(|p| std::str::from_utf8(p).ok())
-                .and_then(Priority::parse)
-                .unwrap_or(Priority::Normal);
-            let ttl = field(&fields, "x")
-                .and_then(|x| std::str::from_utf8(x).ok())
-                .and_then(|x| x.parse().ok())
-                .map(Duration::from_millis);
-            let payload = Bytes::copy_from_slice(field(&fields, "m").unwrap_or_default());
-            let message = StoredMessage {
-                id,
-                channel: channel.clone(),
-                priority,
-                ttl,
-                payload,
-            };
+            let message = entry_message(channel, &id, &fields)?;
+            through = Some(message.id);
             if !message.expired_at(now) {
                 messages.push(message);
             }
@@ -782,11 +916,20 @@ impl Broker for RedisBroker {
         channel: &Channel,
         ids: &[Cursor],
         user: &str,
+        device: Option<&str>,
         kind: ReceiptKind,
     ) -> Result<Vec<Cursor>, BrokerError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let now = super::now_ms();
+        let event = TrailEvent {
+            at_ms: now,
+            event: kind.into(),
+            user: Some(user.to_owned()),
+            device: device.map(str::to_owned),
+            detail: None,
+        };
         // One hash per notification: field `<kind>:<user>`, value the time, first write wins.
         let mut command = redis::cmd("EVAL");
         command
@@ -798,8 +941,15 @@ impl Broker for RedisBroker {
         }
         command
             .arg(format!("{}:{user}", kind.as_str()))
-            .arg(super::now_ms())
-            .arg(self.shared.retention.max_age.as_secs().max(1));
+            .arg(now)
+            .arg(self.shared.retention.max_age.as_secs().max(1))
+            .arg(format!(
+                "device:{}:{}:{user}",
+                kind.as_str(),
+                device.unwrap_or_default()
+            ))
+            .arg(event.to_json())
+            .arg(format!("wardline:{{{channel}}}:trail:"));
         for id in ids {
             command.arg(id.to_string());
         }
@@ -831,6 +981,246 @@ impl Broker for RedisBroker {
             .collect();
         receipts.sort_by_key(|r| r.at_ms);
         Ok(receipts)
+    }
+
+    async fn message(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<StoredMessage>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(stream_key(channel))
+            .arg(id.to_string())
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        entries
+            .first()
+            .map(|(id, fields)| entry_message(channel, id, fields))
+            .transpose()
+    }
+
+    async fn broadcast(&self, live: Live) -> Result<(), BrokerError> {
+        let (channel, data) = encode_live(&live);
+        let mut conn = self.shared.commands.get();
+        conn.publish::<_, _, i64>(channel, data)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn chain(&self, channel: &Channel, id: Cursor) -> Result<Option<Chain>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let fields: std::collections::HashMap<String, String> = conn
+            .hgetall(chain_key(channel, id))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let policy = fields
+            .get("policy")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or_else(|| storage(format!("{}: no policy", chain_key(channel, id))))?;
+        Ok(Some(Chain {
+            policy,
+            priority: fields
+                .get("priority")
+                .and_then(|p| Priority::parse(p))
+                .unwrap_or(Priority::Critical),
+            state: fields
+                .get("state")
+                .and_then(|s| ChainState::parse(s))
+                .unwrap_or(ChainState::Open),
+            acknowledged_by: fields.get("acknowledged_by").cloned(),
+            expires_ms: fields.get("expires").and_then(|e| e.parse().ok()),
+        }))
+    }
+
+    async fn trail(&self, channel: &Channel, id: Cursor) -> Result<Vec<TrailEvent>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let events: Vec<String> = conn
+            .lrange(trail_key(channel, id), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        Ok(events
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect())
+    }
+
+    async fn append_trail(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        event: TrailEvent,
+    ) -> Result<(), BrokerError> {
+        let key = trail_key(channel, id);
+        let mut conn = self.shared.commands.get();
+        redis::pipe()
+            .rpush(&key, event.to_json())
+            .ignore()
+            .expire(&key, self.shared.retention.max_age.as_secs().max(1) as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim_steps(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStep>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let claimed: Vec<(String, String, String, String)> = redis::cmd("EVAL")
+            .arg(CLAIM_SCRIPT)
+            .arg(2)
+            .arg(STEPS_KEY)
+            .arg(OPEN_KEY)
+            .arg(now_ms)
+            .arg(lease.as_millis() as u64)
+            .arg(limit)
+            .arg(CHAIN_KEY_HEAD)
+            .arg(CHAIN_KEY_TAIL)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut steps = Vec::with_capacity(claimed.len());
+        for (step, channel, id, policy) in claimed {
+            let parsed = (|| {
+                Some(ClaimedStep {
+                    step: step.parse().ok()?,
+                    channel: Channel::parse(&channel).ok()?,
+                    id: id.parse().ok()?,
+                    policy: serde_json::from_str::<Policy>(&policy).ok()?,
+                })
+            })();
+            match parsed {
+                Some(claimed) => steps.push(claimed),
+                None => {
+                    tracing::warn!(%step, %channel, %id, "unreadable escalation step left to expire")
+                }
+            }
+        }
+        Ok(steps)
+    }
+
+    async fn finish_step(
+        &self,
+        step: &ClaimedStep,
+        event: Option<TrailEvent>,
+        next: Option<(Step, u64)>,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.shared.commands.get();
+        redis::cmd("EVAL")
+            .arg(FINISH_SCRIPT)
+            .arg(3)
+            .arg(STEPS_KEY)
+            .arg(chain_key(&step.channel, step.id))
+            .arg(trail_key(&step.channel, step.id))
+            .arg(step_member(step.step, &step.channel, step.id))
+            .arg(event.map(|e| e.to_json()).unwrap_or_default())
+            .arg(
+                next.map(|(next, _)| step_member(next, &step.channel, step.id))
+                    .unwrap_or_default(),
+            )
+            .arg(next.map(|(_, due)| due).unwrap_or_default())
+            .arg(self.shared.retention.max_age.as_secs().max(1))
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn advance_step(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        step: Step,
+        due_ms: u64,
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.shared.commands.get();
+        redis::cmd("ZADD")
+            .arg(STEPS_KEY)
+            .arg("XX")
+            .arg("LT")
+            .arg(due_ms)
+            .arg(step_member(step, channel, id))
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn acknowledge(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        user: &str,
+    ) -> Result<Vec<(Channel, Cursor)>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let closed: Vec<String> = redis::cmd("EVAL")
+            .arg(ACKNOWLEDGE_SCRIPT)
+            .arg(3)
+            .arg(OPEN_KEY)
+            .arg(chain_key(channel, id))
+            .arg(origin_key(channel, id))
+            .arg(message_member(channel, id))
+            .arg(user)
+            .arg(CHAIN_KEY_HEAD)
+            .arg(CHAIN_KEY_TAIL)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(closed
+            .iter()
+            .filter_map(|m| parse_message_member(m))
+            .collect())
+    }
+
+    async fn link_escalation(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+        origin: &(Channel, Cursor),
+    ) -> Result<(), BrokerError> {
+        let mut conn = self.shared.commands.get();
+        conn.set_ex::<_, _, ()>(
+            origin_key(channel, id),
+            message_member(&origin.0, origin.1),
+            self.shared.retention.max_age.as_secs().max(1),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn escalation_origin(
+        &self,
+        channel: &Channel,
+        id: Cursor,
+    ) -> Result<Option<(Channel, Cursor)>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let origin: Option<String> = conn
+            .get(origin_key(channel, id))
+            .await
+            .map_err(unavailable)?;
+        Ok(origin.as_deref().and_then(parse_message_member))
+    }
+
+    async fn open_chains(&self, limit: usize) -> Result<Vec<(Channel, Cursor)>, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let members: Vec<String> = conn
+            .zrange(OPEN_KEY, 0, limit.saturating_sub(1) as isize)
+            .await
+            .map_err(unavailable)?;
+        Ok(members
+            .iter()
+            .filter_map(|m| parse_message_member(m))
+            .collect())
     }
 
     fn health(&self) -> watch::Receiver<BrokerHealth> {
@@ -871,23 +1261,59 @@ fn parse_cursor(id: Option<&str>) -> Result<Option<Cursor>, BrokerError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tracking::ReceiptSync;
     use super::*;
 
     #[test]
     fn live_frames_parse_with_newlines_in_the_payload() {
-        let stored = parse_live(
+        let Some(Live::Message(stored)) = parse_live(
             "wardline:live:system:alerts",
             b"5-1\ncritical\n\n{\"a\":\n1}",
-        )
-        .unwrap();
+        ) else {
+            panic!("not a notification")
+        };
         assert_eq!(stored.id, Cursor::new(5, 1));
         assert_eq!(stored.priority, Priority::Critical);
         assert_eq!(stored.ttl, None);
         assert_eq!(&stored.payload[..], b"{\"a\":\n1}");
-        let with_ttl = parse_live("wardline:live:system:alerts", b"5-1\nlow\n1000\n{}").unwrap();
+        let Some(Live::Message(with_ttl)) =
+            parse_live("wardline:live:system:alerts", b"5-1\nlow\n1000\n{}")
+        else {
+            panic!("not a notification")
+        };
         assert_eq!(with_ttl.ttl, Some(Duration::from_secs(1)));
         assert!(parse_live("system:alerts", b"5-1\nlow\n\n{}").is_none());
         assert!(parse_live("wardline:live:system:alerts", b"garbage").is_none());
+    }
+
+    #[test]
+    fn reminders_and_receipt_syncs_read_back_as_encoded() {
+        let channel = Channel::parse("doctor:d1:notifications").unwrap();
+        let message = StoredMessage {
+            id: Cursor::new(7, 0),
+            channel: channel.clone(),
+            priority: Priority::Critical,
+            ttl: Some(Duration::from_secs(60)),
+            payload: Bytes::from_static(b"{\"type\":\"critical_lab_result\"}"),
+        };
+        let (name, data) = encode_live(&Live::Repeat(message.clone(), 3));
+        let Some(Live::Repeat(read, 3)) = parse_live(&name, &data) else {
+            panic!("not the third reminder")
+        };
+        assert_eq!(read, message);
+        let sync = ReceiptSync {
+            channel,
+            ids: vec![Cursor::new(7, 0)],
+            kind: ReceiptKind::Acknowledged,
+            user: "d1".into(),
+            device: Some("phone".into()),
+            everyone: false,
+        };
+        let (name, data) = encode_live(&Live::Receipts(sync.clone()));
+        let Some(Live::Receipts(read)) = parse_live(&name, &data) else {
+            panic!("not a receipt sync")
+        };
+        assert_eq!(read, sync);
     }
 
     #[test]

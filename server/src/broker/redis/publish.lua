@@ -37,5 +37,18 @@ if through then
   redis.call('SET', KEYS[4], through)
 end
 if ARGV[9] == '1' then redis.call('SET', KEYS[2], id .. ' ' .. fingerprint, 'EX', ARGV[7]) end
+if ARGV[10] ~= '' then
+  -- The escalation chain: its state, and its first steps due after the id's time.
+  local id_ms = tonumber(string.match(id, '^(%d+)'))
+  local chain = ARGV[11] .. id
+  local expires = ''
+  if ARGV[3] ~= '' then expires = tostring(id_ms + tonumber(ARGV[3])) end
+  redis.call('HSET', chain, 'policy', ARGV[10], 'priority', ARGV[2], 'state', 'open', 'expires', expires)
+  redis.call('EXPIRE', chain, ARGV[7])
+  for i = 13, #ARGV, 2 do
+    redis.call('ZADD', KEYS[5], id_ms + tonumber(ARGV[i + 1]), ARGV[i] .. '\n' .. ARGV[12] .. '\n' .. id)
+  end
+  redis.call('ZADD', KEYS[6], id_ms, ARGV[12] .. '\n' .. id)
+end
 local n = redis.call('PUBLISH', ARGV[6], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[1])
 return {id, n}

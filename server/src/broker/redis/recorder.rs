@@ -245,6 +245,9 @@ async fn record(shared: &Shared, messages: impl Iterator<Item = LegacyMessage>) 
             priority,
             ttl: None,
             idempotency_key: None,
+            escalation: (priority == Priority::Critical)
+                .then(|| shared.critical_escalation.clone())
+                .flatten(),
         };
         pipe.add_command(publish_command(shared, &publish, true));
         channels.push(publish.channel);
