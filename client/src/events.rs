@@ -101,6 +101,12 @@ pub enum Event {
     },
     /// Connected again after [`Event::NotReceiving`]: the alarm is withdrawn.
     ReceivingAgain,
+    /// This device's clock differs from the relay's by more than a minute: times shown, quiet
+    /// hours and token expiries may be off.
+    ClockSkew {
+        /// Seconds the relay's clock is ahead of this device's (negative: behind).
+        relay_ahead_s: i64,
+    },
     /// Signed out: the subscription stopped and the token left the keychain.
     SignedOut,
     /// The person clicked an OS alert: show this notification (no id: a summary, show the inbox).

@@ -36,6 +36,37 @@ pub async fn send_receipts(
     Err(format!("the relay refused it ({status}: {body})"))
 }
 
+/// A notification's state and trail as the relay keeps them (`GET /v1/messages/{channel}/{id}`):
+/// `{state, acknowledged_by, trail: [{at, event, user?, device?, detail?}]}`.
+pub async fn status(
+    client: &reqwest::Client,
+    server: &str,
+    token: &Sensitive<String>,
+    channel: &Channel,
+    id: Cursor,
+) -> Result<serde_json::Value, String> {
+    let response = client
+        .get(format!(
+            "{}/v1/messages/{channel}/{id}",
+            server.trim_end_matches('/')
+        ))
+        .bearer_auth(token.expose())
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("the relay is unreachable ({})", describe(&e)))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!(
+            "the relay answered {status}: {}",
+            body["message"].as_str().unwrap_or("")
+        ))
+    }
+}
+
 /// Why a token check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenCheckError {

@@ -6,6 +6,7 @@
 //! nothing and (with the unique key on channel and id) stores nothing twice. Receipts go to the relay
 //! only for committed rows, and are remembered until the relay confirms them.
 
+use crate::inbox_key::{self, InboxKey};
 use crate::private;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
@@ -146,6 +147,9 @@ pub enum InboxError {
     /// The inbox cannot be reached any more (a call on it panicked).
     #[error("the inbox stopped working: {0}")]
     Gone(String),
+    /// The inbox's encryption key cannot be had (see [`crate::inbox_key`]).
+    #[error("{0}")]
+    Key(String),
 }
 
 /// A stored notification, as listed.
@@ -266,6 +270,79 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 pub struct Inbox {
     conn: Connection,
     path: String,
+    key: InboxKey,
+}
+
+/// The first bytes of an unencrypted SQLite file.
+const PLAIN_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// What the file at `path` holds: nothing yet, a plain SQLite database, or (anything else) an
+/// encrypted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    Empty,
+    Plain,
+    Encrypted,
+}
+
+fn contents(path: &Path) -> std::io::Result<Contents> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut file) => file.read(&mut header)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(match read {
+        0 => Contents::Empty,
+        _ if &header == PLAIN_HEADER => Contents::Plain,
+        _ => Contents::Encrypted,
+    })
+}
+
+/// A connection to the inbox at `path`, keyed: the key is the first thing said to SQLCipher.
+fn keyed_connection(path: &Path, key: &InboxKey) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // SQLCipher's own log goes to stderr; a key that does not open the file is reported by the
+    // inbox's error instead.
+    conn.execute_batch(&format!(
+        "PRAGMA cipher_log_level = NONE; PRAGMA key = {};",
+        key.sql_literal()
+    ))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Encrypts a plain inbox (written before inboxes were encrypted) in place: copied into a new
+/// encrypted file with SQLCipher's export, its schema version with it, then moved over the old
+/// one. A crash leaves the old file whole (the copy is only renamed once complete).
+fn encrypt_in_place(path: &Path, key: &InboxKey) -> rusqlite::Result<()> {
+    let plain = Connection::open(path)?;
+    plain.busy_timeout(Duration::from_secs(5))?;
+    plain.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let version: i64 = plain.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut copy = path.as_os_str().to_owned();
+    copy.push(".encrypting");
+    let copy = std::path::PathBuf::from(copy);
+    let _ = std::fs::remove_file(&copy);
+    private::private_file(&copy).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    let quoted = copy.display().to_string().replace('\'', "''");
+    plain.execute_batch(&format!(
+        "ATTACH DATABASE '{quoted}' AS encrypted KEY {key};
+         SELECT sqlcipher_export('encrypted');
+         PRAGMA encrypted.user_version = {version};
+         DETACH DATABASE encrypted;",
+        key = key.sql_literal(),
+    ))?;
+    drop(plain);
+    std::fs::rename(&copy, path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(companion));
+    }
+    tracing::info!(inbox = %path.display(), "the inbox is now encrypted at rest");
+    Ok(())
 }
 
 fn classify(path: &str, e: rusqlite::Error) -> InboxError {
@@ -295,8 +372,22 @@ impl From<rusqlite::Error> for InboxError {
 }
 
 impl Inbox {
-    /// Opens (or creates) the inbox at `path` and brings its schema up to date.
+    /// Opens (or creates) the inbox at `path`, encrypted with its key from the OS keychain (see
+    /// [`crate::inbox_key`]), and brings its schema up to date; a plain inbox from before is
+    /// encrypted first.
     pub fn open(path: &Path) -> Result<Inbox, InboxError> {
+        let display = path.display().to_string();
+        let encrypted = contents(path).map_err(|e| InboxError::Corrupt {
+            path: display.clone(),
+            reason: e.to_string(),
+        })? == Contents::Encrypted;
+        let (key, _) =
+            inbox_key::for_inbox(path, encrypted).map_err(|e| InboxError::Key(e.to_string()))?;
+        Inbox::open_encrypted(path, &key)
+    }
+
+    /// Opens (or creates) the inbox at `path` encrypted with `key`.
+    pub fn open_encrypted(path: &Path, key: &InboxKey) -> Result<Inbox, InboxError> {
         let display = path.display().to_string();
         let unusable = |e: std::io::Error| InboxError::Corrupt {
             path: display.clone(),
@@ -315,28 +406,37 @@ impl Inbox {
             companion.push(suffix);
             private::tighten_if_present(Path::new(&companion)).map_err(unusable)?;
         }
-        let conn = Connection::open(path).map_err(|e| classify(&display, e))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| classify(&display, e))?;
+        if contents(path).map_err(unusable)? == Contents::Plain {
+            encrypt_in_place(path, key).map_err(|e| classify(&display, e))?;
+        }
+        let conn = keyed_connection(path, key).map_err(|e| classify(&display, e))?;
         let mut inbox = Inbox {
             conn,
             path: display,
+            key: key.clone(),
         };
-        inbox.migrate()?;
+        inbox.migrate().map_err(|e| match e {
+            // An encrypted file that does not open with this key reads as no database at all.
+            InboxError::Corrupt { path, reason } => InboxError::Corrupt {
+                path,
+                reason: format!("{reason} (damaged, or encrypted with another key)"),
+            },
+            other => other,
+        })?;
         Ok(inbox)
     }
 
     /// A second connection to this inbox for reading only: in WAL mode it reads while the first
     /// writes, so listing and counting never wait for a catch-up's transactions.
     pub fn reader(&self) -> Result<Inbox, InboxError> {
-        let conn = Connection::open(&self.path).map_err(|e| classify(&self.path, e))?;
-        conn.busy_timeout(Duration::from_secs(5))
+        let conn = keyed_connection(Path::new(&self.path), &self.key)
             .map_err(|e| classify(&self.path, e))?;
         conn.execute_batch("PRAGMA query_only = ON;")
             .map_err(|e| classify(&self.path, e))?;
         Ok(Inbox {
             conn,
             path: self.path.clone(),
+            key: self.key.clone(),
         })
     }
 
@@ -897,7 +997,50 @@ fn advance(tx: &Transaction<'_>, channel: &Channel, cursor: Cursor) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbox_key::test_key;
     use serde_json::json;
+
+    #[test]
+    fn a_plain_inbox_is_encrypted_in_place_and_unreadable_without_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox.sqlite3");
+        // An inbox written before inboxes were encrypted: plain SQLite, the whole schema.
+        let conn = Connection::open(&path).unwrap();
+        for migration in MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .unwrap();
+        drop(conn);
+        let mut inbox = Inbox::open_encrypted(&path, &test_key()).unwrap();
+        inbox.store(&[critical(1)]).unwrap();
+        drop(inbox);
+        assert_eq!(contents(&path).unwrap(), Contents::Encrypted);
+        let mut plain = Inbox::open_encrypted(&path, &test_key()).unwrap();
+        assert_eq!(plain.counts().unwrap().total, 1, "rows survive");
+        assert_eq!(
+            plain.list(&Filter::default()).unwrap()[0].title,
+            "Critical lab result — BMP for Bob Wilson"
+        );
+        plain.set_state("probe", "1").unwrap();
+        drop(plain);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"Wilson"),
+            "patient names are not in the file"
+        );
+        let unkeyed = Connection::open(&path).unwrap();
+        let refused = unkeyed.query_row("SELECT count(*) FROM notifications", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        assert!(refused.is_err(), "plain SQLite cannot read it");
+        let other = crate::inbox_key::InboxKey::random();
+        let err = Inbox::open_encrypted(&path, &other).err().expect("refused");
+        assert!(
+            err.to_string().contains("encrypted with another key"),
+            "{err}"
+        );
+    }
 
     fn notification(channel: &str, ms: u64, message: serde_json::Value) -> Notification {
         Notification {
@@ -922,7 +1065,8 @@ mod tests {
     #[test]
     fn rows_and_cursors_are_stored_together_and_duplicates_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         let stored = inbox.store(&[critical(1), critical(2)]).unwrap();
         assert_eq!(stored.len(), 2);
         assert_eq!(stored[0].title, "Critical lab result — BMP for Bob Wilson");
@@ -956,7 +1100,8 @@ mod tests {
     #[test]
     fn filters_and_full_text_search() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         inbox
             .store(&[
                 critical(1),
@@ -1006,7 +1151,8 @@ mod tests {
     #[test]
     fn what_people_type_is_never_an_fts_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         inbox.store(&[critical(1)]).unwrap();
         let search = |text: &str| {
             inbox.list(&Filter {
@@ -1053,7 +1199,8 @@ mod tests {
     #[test]
     fn whole_words_come_first_and_a_last_word_is_also_a_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         let rows: Vec<Notification> = (0..40u64)
             .map(|n| {
                 notification(
@@ -1099,7 +1246,7 @@ mod tests {
             around in "[ \"()*+:^.,-]{0,3}",
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+            let mut inbox = Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
             let note = words.join(" ");
             inbox.store(&[notification(
                 "doctor:d1:notifications",
@@ -1122,7 +1269,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inbox.sqlite3");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-        let err = Inbox::open(&path).err().expect("refused");
+        let err = Inbox::open_encrypted(&path, &test_key())
+            .err()
+            .expect("refused");
         assert!(matches!(err, InboxError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("not a usable inbox"), "{err}");
     }
@@ -1130,7 +1279,8 @@ mod tests {
     #[test]
     fn counts_follow_rows_as_they_come_change_and_go() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         let counts = |inbox: &Inbox| {
             let c = inbox.counts().unwrap();
             (c.total, c.unread, c.unacked_critical)
@@ -1170,14 +1320,15 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let inbox = Inbox::open(&older).unwrap();
+        let inbox = Inbox::open_encrypted(&older, &test_key()).unwrap();
         assert_eq!(counts(&inbox), (1, 1, 1));
     }
 
     #[test]
     fn retention_deletes_old_rows_from_the_index_too() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let mut inbox =
+            Inbox::open_encrypted(&dir.path().join("inbox.sqlite3"), &test_key()).unwrap();
         inbox.store(&[critical(1)]).unwrap();
         assert_eq!(inbox.purge_older_than(Duration::ZERO).unwrap(), 1);
         assert!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use wardline_protocol::Sensitive;
+use wardline_protocol::{ReceiptKind, Sensitive};
 
 /// Why a receiver operation failed, with a stable code for the UI.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum ReceiverError {
     /// The settings file could not be read or written.
     #[error("settings: {0}")]
     Settings(String),
+    /// The relay could not answer (unreachable, or it refused the request).
+    #[error("{0}")]
+    Relay(String),
 }
 
 impl ReceiverError {
@@ -46,6 +49,7 @@ impl ReceiverError {
             ReceiverError::Keychain(_) => "keychain",
             ReceiverError::NotSignedIn => "not_signed_in",
             ReceiverError::Settings(_) => "settings",
+            ReceiverError::Relay(_) => "relay",
         }
     }
 }
@@ -358,6 +362,30 @@ impl Receiver {
         Ok(self.acknowledger.acknowledge(resolved).await?)
     }
 
+    /// Declines notifications ("not me / cannot now"; ids as `channel/id` or bare ids): stored in
+    /// the inbox at once and sent to the relay, which escalates them to the backup at once.
+    pub async fn decline(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
+        let resolved = self.with_inbox(move |inbox| inbox.resolve(&ids)).await?;
+        Ok(self.acknowledger.decline(resolved).await?)
+    }
+
+    /// A notification's state and trail as the relay keeps them (delivered, alerted, read,
+    /// acknowledged, repeated, escalated, emailed), asked with the running subscription's token.
+    pub async fn trail(&self, id: String) -> Result<serde_json::Value, ReceiverError> {
+        let (server, token) = {
+            let running = self.running.lock().expect("receiver lock");
+            let running = running.as_ref().ok_or(ReceiverError::NotSignedIn)?;
+            (running.server.clone(), running.token.current())
+        };
+        let resolved = self.with_inbox(move |inbox| inbox.resolve(&[id])).await?;
+        let (channel, id) = resolved.into_iter().next().ok_or_else(|| {
+            ReceiverError::Inbox(InboxError::NotFound("no such notification".into()))
+        })?;
+        http::status(self.trust.http(), &server, &token, &channel, id)
+            .await
+            .map_err(ReceiverError::Relay)
+    }
+
     /// Carries out what the person did with an OS alert: "Acknowledge" acknowledges (as
     /// [`Receiver::acknowledge`] does, also after the subscription stopped), a click asks the app to
     /// show the notification ([`Event::AlertOpened`]).
@@ -365,13 +393,42 @@ impl Receiver {
         Ok(carry_out(action, &self.acknowledger, &self.events).await?)
     }
 
-    /// Marks notifications read.
+    /// Marks notifications read, and tells the relay when signed in (best effort: the trail
+    /// shows it, and the user's other devices mark them read too).
     pub async fn mark_read(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
-        self.with_inbox(move |inbox| {
-            let resolved = inbox.resolve(&ids)?;
-            inbox.mark_read(&resolved)
-        })
-        .await
+        let (resolved, device) = self
+            .with_inbox(move |inbox| {
+                let resolved = inbox.resolve(&ids)?;
+                inbox.mark_read(&resolved)?;
+                Ok((resolved, inbox.device_id()?))
+            })
+            .await?;
+        let signed_in = {
+            let running = self.running.lock().expect("receiver lock");
+            running
+                .as_ref()
+                .map(|r| (r.server.clone(), r.token.current()))
+        };
+        if let Some((server, token)) = signed_in {
+            let client = self.trust.http().clone();
+            tokio::spawn(async move {
+                for (channel, ids) in crate::subscription::group(resolved) {
+                    let sent = http::send_receipts(
+                        &client,
+                        &server,
+                        &token,
+                        ReceiptKind::Read,
+                        &channel,
+                        &ids,
+                        Some(&device),
+                    );
+                    if let Err(reason) = sent.await {
+                        tracing::warn!(%reason, "the relay was not told of a notification read");
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// The alert settings in force.

@@ -188,6 +188,7 @@ impl Subscription {
             }
             Ok(Ok(response)) => response,
         };
+        self.check_clock(response.headers().get("date").and_then(|d| d.to_str().ok()));
         let status = response.status().as_u16();
         if status != 200 {
             let body = response.bytes().await.unwrap_or_default();
@@ -269,6 +270,7 @@ impl Subscription {
                     }
                     let received = self.handle(frames, &since_of).await?;
                     self.post_receipts(http, ReceiptKind::Received, received).await?;
+                    self.post_receipts(http, ReceiptKind::Displayed, self.take_displayed()).await?;
                     if let Some(outcome) = ended {
                         return Ok(outcome);
                     }
@@ -430,7 +432,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_event_stream_is_left_after_two_heartbeats() {
         let dir = tempfile::tempdir().unwrap();
-        let inbox = crate::inbox::Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let inbox = crate::inbox::Inbox::open_encrypted(
+            &dir.path().join("inbox.sqlite3"),
+            &crate::inbox_key::test_key(),
+        )
+        .unwrap();
         let options = crate::subscription::Options {
             server: "http://relay.test".into(),
             user: "d1".into(),

@@ -196,6 +196,10 @@ pub struct Subscription {
     link: std::sync::Mutex<Link>,
     /// This installation's id, read from the inbox when the subscription runs.
     device: std::sync::OnceLock<String>,
+    /// Notifications alerted for, not yet receipted as `displayed` (best effort: not kept).
+    displayed: std::sync::Mutex<Vec<(Channel, Cursor)>>,
+    /// The clock difference with the relay last reported (seconds the relay is ahead).
+    clock_skew: std::sync::Mutex<Option<i64>>,
 }
 
 /// Gives a running [`Subscription`] a newer token of the same user: an open WebSocket presents it
@@ -206,6 +210,11 @@ pub struct Subscription {
 pub struct TokenHandle(watch::Sender<Sensitive<String>>);
 
 impl TokenHandle {
+    /// The token in use.
+    pub fn current(&self) -> Sensitive<String> {
+        self.0.borrow().clone()
+    }
+
     /// Replaces the token in use.
     pub fn replace(&self, token: Sensitive<String>) {
         self.0.send_replace(token);
@@ -267,6 +276,8 @@ impl Subscription {
                 alarmed: false,
             }),
             device: std::sync::OnceLock::new(),
+            displayed: std::sync::Mutex::new(Vec::new()),
+            clock_skew: std::sync::Mutex::new(None),
         }
     }
 
@@ -371,12 +382,94 @@ impl Subscription {
             std::mem::take(&mut link.alarmed)
         };
         self.emit(Event::Connected { transport });
+        self.catch_up_on_other_devices().await;
         if was_alarmed {
             if let Some((alerter, _)) = self.alerter.clone() {
                 let _ = tokio::task::spawn_blocking(move || alerter.withdraw(None)).await;
             }
             tracing::info!("receiving again");
             self.emit(Event::ReceivingAgain);
+        }
+    }
+
+    /// Compares this device's clock with the relay's `Date` (of the WebSocket handshake or the
+    /// event stream's answer): a difference of more than a minute is reported, once per run and
+    /// again when it changes by another minute.
+    pub(crate) fn check_clock(&self, date: Option<&str>) {
+        let Some(ahead) = date.and_then(|d| crate::clock::relay_ahead_s(d, SystemTime::now()))
+        else {
+            return;
+        };
+        let mut reported = self.clock_skew.lock().expect("clock lock");
+        let changed = reported.is_none_or(|before: i64| before.abs_diff(ahead) > 60);
+        if crate::clock::is_skewed(ahead) && changed {
+            *reported = Some(ahead);
+            tracing::warn!(
+                relay_ahead_s = ahead,
+                "this device's clock differs from the relay's"
+            );
+            self.emit(Event::ClockSkew {
+                relay_ahead_s: ahead,
+            });
+        } else if !crate::clock::is_skewed(ahead) {
+            *reported = None;
+        }
+    }
+
+    /// What was done on other devices while this one was away (live receipts reach connected
+    /// devices only): its unacknowledged critical notifications that someone acknowledged
+    /// meanwhile are marked here and their alerts withdrawn. At most the 50 newest, asked side by
+    /// side for at most 5 s; a relay that cannot say leaves them as they are.
+    async fn catch_up_on_other_devices(&self) {
+        let waiting = self
+            .with_inbox(|inbox| {
+                let critical = crate::inbox::Filter {
+                    priority: Some(wardline_protocol::Priority::Critical),
+                    limit: 50,
+                    ..crate::inbox::Filter::default()
+                };
+                inbox.list(&critical)
+            })
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|row| row.acked_at.is_none());
+        let token = self.token();
+        let asks = waiting.map(|row| {
+            let token = token.clone();
+            async move {
+                let status = crate::http::status(
+                    self.options.trust.http(),
+                    &self.options.server,
+                    &token,
+                    &row.channel,
+                    row.id,
+                )
+                .await
+                .ok()?;
+                (status["state"] == "acknowledged").then(|| {
+                    let by = status["acknowledged_by"].as_str().unwrap_or("").to_owned();
+                    (row.channel, row.id, by)
+                })
+            }
+        });
+        let Ok(answers) =
+            tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(asks))
+                .await
+        else {
+            return;
+        };
+        for (channel, id, by) in answers.into_iter().flatten() {
+            let frame = ServerFrame::Receipt {
+                kind: ReceiptKind::Acknowledged,
+                channel,
+                ids: vec![id],
+                user: by,
+                device: None,
+            };
+            if let Err(e) = self.apply(frame, &|_: &Channel| None).await {
+                tracing::warn!(error = %e, "could not mark a notification acknowledged elsewhere");
+            }
         }
     }
 
@@ -584,17 +677,8 @@ impl Subscription {
                 Ok(rows)
             })
             .await?;
-        if let Some((alerter, settings)) = self.alerter.clone() {
-            let settings = *settings.read().expect("alert settings lock");
-            let just_rows: Vec<Row> = rows.iter().map(|(row, _)| row.clone()).collect();
-            let alerts = alerts_for(&just_rows, &settings, chrono::Local::now());
-            let _ = tokio::task::spawn_blocking(move || {
-                for alert in &alerts {
-                    let _ = alerter.raise(alert);
-                }
-            })
-            .await;
-        }
+        let just_rows: Vec<Row> = rows.iter().map(|(row, _)| row.clone()).collect();
+        self.alert(&just_rows).await;
         for (notification, repeat) in rows {
             self.emit(Event::Reminder {
                 notification,
@@ -603,6 +687,35 @@ impl Subscription {
         }
         Ok(())
     }
+    /// Raises the OS alerts for `rows` under the person's settings now, off the async workers, and
+    /// notes the notifications alerted for (a `displayed` receipt each). The alert is best effort
+    /// (the desktop may have no notification service; the alerter reports its failure once), and
+    /// the notification is stored either way.
+    async fn alert(&self, rows: &[Row]) {
+        let Some((alerter, settings)) = self.alerter.clone() else {
+            return;
+        };
+        let settings = *settings.read().expect("alert settings lock");
+        let alerts = alerts_for(rows, &settings, chrono::Local::now());
+        let shown = tokio::task::spawn_blocking(move || {
+            alerts
+                .iter()
+                .filter(|alert| alerter.raise(alert).is_ok())
+                .filter_map(|alert| alert.notification.clone())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        self.displayed.lock().expect("displayed lock").extend(shown);
+    }
+
+    /// The notifications alerted for since the last call, to receipt as `displayed`.
+    pub(crate) fn take_displayed(&self) -> Grouped {
+        group(std::mem::take(
+            &mut *self.displayed.lock().expect("displayed lock"),
+        ))
+    }
+
     async fn store(
         &self,
         batch: Vec<Notification>,
@@ -618,18 +731,7 @@ impl Subscription {
             .collect();
         let stored = self.with_inbox(move |inbox| inbox.store(&batch)).await?;
         self.remind(reminders, &stored).await?;
-        if let Some((alerter, settings)) = self.alerter.clone() {
-            let settings = *settings.read().expect("alert settings lock");
-            let alerts = alerts_for(&stored, &settings, chrono::Local::now());
-            // The OS alert is best effort (the desktop may have no notification service); the
-            // alerter reports its failure once, and the notification is stored either way.
-            let _ = tokio::task::spawn_blocking(move || {
-                for alert in &alerts {
-                    let _ = alerter.raise(alert);
-                }
-            })
-            .await;
-        }
+        self.alert(&stored).await;
         for row in stored {
             self.emit(Event::NotificationStored { notification: row });
         }

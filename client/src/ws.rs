@@ -87,7 +87,11 @@ impl Subscription {
                 )));
             }
             Ok(Err(e)) => return Ok(failed_handshake(&host, e)),
-            Ok(Ok((socket, _))) => socket,
+            Ok(Ok((socket, response))) => {
+                let date = response.headers().get("date").and_then(|d| d.to_str().ok());
+                self.check_clock(date);
+                socket
+            }
         };
         self.websocket_session(socket).await
     }
@@ -196,8 +200,12 @@ impl Subscription {
                         // Committed either way; unconfirmed receipts go again on the next connection.
                         return Ok(outcome);
                     }
-                    for (channel, ids) in received {
-                        if send(&mut socket, &receipt(ReceiptKind::Received, &channel, &ids)).await.is_err() {
+                    let receipts = received
+                        .into_iter()
+                        .map(|group| (ReceiptKind::Received, group))
+                        .chain(self.take_displayed().into_iter().map(|group| (ReceiptKind::Displayed, group)));
+                    for (kind, (channel, ids)) in receipts {
+                        if send(&mut socket, &receipt(kind, &channel, &ids)).await.is_err() {
                             return Ok(retry("connection lost while sending receipts"));
                         }
                     }
@@ -323,7 +331,11 @@ mod tests {
     use wardline_protocol::{Role, Sensitive};
 
     fn subscription(dir: &tempfile::TempDir) -> Subscription {
-        let inbox = Inbox::open(&dir.path().join("inbox.sqlite3")).unwrap();
+        let inbox = Inbox::open_encrypted(
+            &dir.path().join("inbox.sqlite3"),
+            &crate::inbox_key::test_key(),
+        )
+        .unwrap();
         let options = Options {
             server: "http://relay.test".into(),
             user: "d1".into(),

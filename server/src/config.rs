@@ -711,12 +711,21 @@ mod tests {
         // setting) is taken once.
         let mut seen = std::collections::HashSet::new();
         let mut text = String::new();
+        let mut table = String::new();
         for line in sample.lines() {
             let line = line.strip_prefix("# ").unwrap_or(line);
+            if line.starts_with('[') && line.ends_with(']') {
+                table = line.trim_matches(['[', ']']).to_owned() + ".";
+                text.push_str(line);
+                text.push('\n');
+                continue;
+            }
             let Some((key, _)) = line.split_once(" = ") else {
                 continue;
             };
-            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && seen.insert(key) {
+            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                && seen.insert(format!("{table}{key}"))
+            {
                 text.push_str(line);
                 text.push('\n');
             }
@@ -725,6 +734,8 @@ mod tests {
         assert!(
             file.tls_cert.is_some() && file.jwt_jwks_url.is_some() && file.log_format.is_some()
         );
-        assert_eq!(seen.len(), 32, "every setting, once: {seen:?}");
+        let escalation = file.escalation.expect("the [escalation] table");
+        assert_eq!(escalation.email_to.unwrap().len(), 1);
+        assert_eq!(seen.len(), 34 + 7, "every setting, once: {seen:?}");
     }
 }

@@ -93,6 +93,18 @@ pub async fn acknowledge(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -
     Ok(receiver.acknowledge(ids).await?)
 }
 
+/// Declines notifications (`channel/id`): "not me / cannot now"; the relay escalates them at once.
+#[tauri::command]
+pub async fn decline(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
+    Ok(receiver.decline(ids).await?)
+}
+
+/// A notification's state and trail, from the relay.
+#[tauri::command]
+pub async fn trail(receiver: State<'_, Arc<Receiver>>, id: String) -> Result<serde_json::Value> {
+    Ok(receiver.trail(id).await?)
+}
+
 /// Marks notifications read (`channel/id`).
 #[tauri::command]
 pub async fn mark_read(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {

@@ -115,6 +115,8 @@ pub fn run() {
             commands::sign_out,
             commands::inbox,
             commands::acknowledge,
+            commands::decline,
+            commands::trail,
             commands::mark_read,
             commands::status,
             commands::settings,

@@ -1,8 +1,10 @@
 //! Critical results cannot be missed: an unacknowledged one is sent again, escalated to a backup,
 //! emailed, each step once across relay nodes (one killed with SIGKILL between steps), until a
-//! person acknowledges it; a decline escalates at once; a publish no device hears says so. Real
-//! processes throughout: Redis, relays, `wardline listen` devices, an SMTP server (aiosmtpd), and a
-//! recording notification server on a private D-Bus bus.
+//! person acknowledges it; a decline escalates at once; a publish no device hears says so. Devices
+//! stay in step (an acknowledgement on one withdraws the alert on the others), alerts keep patient
+//! details off the screen, and a device says when it is not receiving or its clock is off. Real
+//! processes throughout: Redis, relays, `wardline listen` devices, an SMTP server (aiosmtpd), a
+//! recording notification server on a private D-Bus bus, libfaketime for a relay's clock.
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use wardline_tests::receiver::{Listener, inbox_path, list, run};
 use wardline_tests::smtp::SmtpServer;
 use wardline_tests::{
     BrokerKind, RedisServer, Relay, WAIT, critical_lab_result, free_port, on_both_brokers, setup,
-    token,
+    token, wrapped_relay_command,
 };
 
 const SMITH: &str = "doctor:dr-smith:notifications";
@@ -316,6 +318,25 @@ async fn a_decline_escalates_at_once(kind: BrokerKind) -> anyhow::Result<()> {
         status["state"], "open",
         "declined is not handled: {status:#}"
     );
+    // The device shows the same trail (`wardline list --trail`).
+    let (code, out, err) = run(
+        &relay.base,
+        "dr-smith",
+        &smith,
+        &inbox_path(&dir_a),
+        &["list", "--json", "--trail"],
+    )
+    .await?;
+    anyhow::ensure!(code == 0, "{out}{err}");
+    let row: Value = serde_json::from_str(out.lines().next().unwrap_or_default())?;
+    let shown: Vec<&str> = row["trail"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|e| e["event"].as_str()).collect())
+        .unwrap_or_default();
+    for event in ["published", "delivered", "declined", "escalated"] {
+        anyhow::ensure!(shown.contains(&event), "{event} missing from {row}");
+    }
+    assert_eq!(row["state"], "open");
     Ok(())
 }
 on_both_brokers!(a_decline_escalates_at_once);
@@ -404,10 +425,18 @@ async fn an_acknowledgement_on_one_device_withdraws_the_alert_on_the_other() {
     let relay = Relay::embedded(&[]).await.unwrap();
     let mut a = Device::start(&relay, "dr-smith", &[]).await;
     let mut b = Device::start(&relay, "dr-smith", &[]).await;
+    let smith = token("dr-smith", "doctor", &[], 3600);
+    // A third device that is off when the result is acknowledged.
+    let dir_c = tempfile::tempdir().unwrap();
+    let mut c = Listener::start(&relay.base, "dr-smith", &smith, &inbox_path(&dir_c))
+        .await
+        .unwrap();
     let (_, reply) = relay.publish(SMITH, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
     a.listener.notifications(1).await.unwrap();
     b.listener.notifications(1).await.unwrap();
+    c.notifications(1).await.unwrap();
+    c.kill9().await;
     let on_a = a.alerts.wait_for_calls(1).await.unwrap().remove(0);
     let on_b = b.alerts.wait_for_calls(1).await.unwrap().remove(0);
     for call in [&on_a, &on_b] {
@@ -454,6 +483,19 @@ async fn an_acknowledgement_on_one_device_withdraws_the_alert_on_the_other() {
         a.alerts.closed().is_empty(),
         "A's own alert went with the click"
     );
+    // The device that was off learns it when it connects again.
+    let mut c = Listener::start(&relay.base, "dr-smith", &smith, &inbox_path(&dir_c))
+        .await
+        .unwrap();
+    let seen = c.wait_for_stderr("by dr-smith").await.unwrap();
+    assert!(
+        seen.last().unwrap().contains(&format!("acknowledged {id}")),
+        "{seen:?}"
+    );
+    let rows = list(&relay.base, "dr-smith", &smith, &inbox_path(&dir_c))
+        .await
+        .unwrap();
+    assert_eq!(rows[0]["acked"], true, "{rows:?}");
 }
 
 /// The last part of done when 4: a device that cannot reach the relay for 2 minutes raises the
@@ -505,4 +547,59 @@ async fn two_minutes_offline_raise_the_not_receiving_alarm_once_until_connected(
         .unwrap();
     assert_eq!(alarms(&device.alerts).len(), 1, "raised once");
     drop(relay);
+}
+
+/// A device compares its clock with the relay's (the `Date` of every answer): a relay 2 minutes
+/// behind (libfaketime) makes it say so, with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_clock_differs_from_the_relays_says_so() {
+    let data = tempfile::tempdir().unwrap();
+    let command = wrapped_relay_command(&[
+        "env",
+        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "FAKETIME=-120s",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+    ]);
+    // Tokens are issued by this (right) clock: the relay 2 minutes behind would refuse them.
+    let relay = Relay::launch_command(
+        command,
+        data.path(),
+        None,
+        &["--jwt-leeway", "5m"],
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = Listener::spawn(
+        &relay.base,
+        "dr-smith",
+        &token("dr-smith", "doctor", &[], 3600),
+        &inbox_path(&dir),
+    )
+    .unwrap();
+    let seen = device.wait_for_stderr("CLOCK").await.unwrap();
+    let said = seen.last().unwrap();
+    assert!(
+        ["119 s", "120 s", "121 s"].iter().any(|s| said.contains(s))
+            && said.contains("ahead of the relay's")
+            && said.contains("set the clock"),
+        "{said}"
+    );
+    // Under a minute apart (the relay on the right clock) it says nothing.
+    let right = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = Listener::spawn(
+        &right.base,
+        "dr-smith",
+        &token("dr-smith", "doctor", &[], 3600),
+        &inbox_path(&dir),
+    )
+    .unwrap();
+    let seen = device
+        .wait_for_stderr("connected (websocket)")
+        .await
+        .unwrap();
+    assert!(!seen.iter().any(|l| l.contains("CLOCK")), "{seen:?}");
 }

@@ -125,3 +125,98 @@ async fn the_token_lives_in_the_keychain_from_login_to_logout() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not signed in as d1"));
 }
+
+/// Done when 4 (the inbox): the inbox is encrypted at rest with a key kept in the OS keychain. Plain
+/// SQLite (Debian's `sqlite3`) cannot read it, nor can `wardline` on a machine whose keychain lacks
+/// the entry; with the entry everything reads as before. No patient detail is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_is_unreadable_without_its_keychain_entry() {
+    let bus = SessionBus::start().await.unwrap();
+    let _keyring = Keyring::start(&bus.address).await.unwrap();
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let env = Env {
+        bus: bus.address.clone(),
+        config: tempfile::tempdir().unwrap(),
+        data: tempfile::tempdir().unwrap(),
+    };
+    let doctor = token("d1", "doctor", &[], 3600);
+    let inbox = env.data.path().join("wardline/inbox.sqlite3");
+    let mut listener = env
+        .command(&["listen", "--json", "--no-alerts"])
+        .env("WARDLINE_SERVER", &relay.base)
+        .env("WARDLINE_USER", "d1")
+        .env("WARDLINE_TOKEN", &doctor)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        listener.stdout.take().unwrap(),
+    ));
+    // Published until one is printed (the listener may still be subscribing).
+    let printed = tokio::time::timeout(WAIT, async {
+        loop {
+            relay
+                .publish(
+                    "doctor:d1:notifications",
+                    &wardline_tests::critical_lab_result(1),
+                )
+                .await;
+            let line =
+                tokio::time::timeout(std::time::Duration::from_millis(500), stdout.next_line())
+                    .await;
+            if let Ok(Ok(Some(line))) = line {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(printed.contains("Bob Wilson"), "{printed}");
+    listener.kill().await.unwrap();
+    let _ = listener.wait().await;
+
+    let bytes = std::fs::read(&inbox).unwrap();
+    assert!(
+        !bytes.windows(6).any(|w| w == b"Wilson") && !bytes.starts_with(b"SQLite format 3"),
+        "the file holds no patient detail and is no plain SQLite database"
+    );
+    assert!(
+        !env.data.path().join("wardline/inbox.sqlite3.key").exists(),
+        "the key is in the keychain, not beside the inbox"
+    );
+    let plain = tokio::process::Command::new("sqlite3")
+        .arg(&inbox)
+        .arg("SELECT title FROM notifications;")
+        .output()
+        .await
+        .expect("sqlite3 is installed (cargo xtask test installs it)");
+    let said = String::from_utf8_lossy(&plain.stdout).into_owned()
+        + &String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && said.contains("not a database"),
+        "plain SQLite reads it: {said}"
+    );
+
+    // With the keychain entry: as before.
+    let listed = env.command(&["list", "--json"]).output().await.unwrap();
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && out.contains("Bob Wilson"),
+        "{out}"
+    );
+    // On a machine without it (another bus, an empty keychain): refused, saying why.
+    let elsewhere = SessionBus::start().await.unwrap();
+    let _empty = Keyring::start(&elsewhere.address).await.unwrap();
+    let listed = env
+        .command(&["list", "--json"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &elsewhere.address)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert!(!listed.status.success(), "read without its key");
+    assert!(
+        said.contains("is encrypted and its key is neither in this OS keychain"),
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).is_empty());
+}

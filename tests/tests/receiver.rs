@@ -213,7 +213,7 @@ async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
         .unwrap();
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("is not a usable inbox") && stderr.contains("Move it away"),
+        stderr.contains("cannot be read here") && stderr.contains("Move it away"),
         "{stderr}"
     );
 
@@ -229,22 +229,30 @@ async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
         .unwrap()
         .to_owned();
     drop(listener);
-    let mut holder = tokio::process::Command::new("python3")
-        .args(["-c", "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(60)"])
-        .arg(&db)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(holder.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    // Another process's exclusive transaction: this test's own connection, with the inbox's key
+    // (beside it: no keychain here), held by a thread until the command has tried.
+    let key = std::fs::read_to_string(wardline_client::inbox_key::key_file(&db)).unwrap();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA key = \"x'{}'\"; BEGIN EXCLUSIVE;",
+                key.trim()
+            ))
+            .unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        })
+    };
+    is_locked.recv().unwrap();
     let (code, _, stderr) = run(&relay.base, "d1", &doctor, &db, &["ack", &id])
         .await
         .unwrap();
+    release.send(()).unwrap();
+    holder.join().unwrap();
     assert_eq!(code, 2);
     assert!(stderr.contains("locked by another process"), "{stderr}");
 }

@@ -1,7 +1,7 @@
 // Every call the window makes, in one place: the Tauri commands and the event stream.
 import { invoke } from "@tauri-apps/api/core";
 import { listen } from "@tauri-apps/api/event";
-import type { AlertSettings, Row, SettingsView, Status, WardlineEvent } from "./model";
+import type { AlertSettings, Row, SettingsView, Status, Trail, WardlineEvent } from "./model";
 
 export interface InboxQuery {
   unread?: boolean;
@@ -15,6 +15,8 @@ export const signOut = () => invoke<void>("sign_out");
 export const inbox = (query: InboxQuery) => invoke<Row[]>("inbox", { query });
 export const acknowledge = (ids: string[]) => invoke<void>("acknowledge", { ids });
 export const markRead = (ids: string[]) => invoke<void>("mark_read", { ids });
+export const decline = (ids: string[]) => invoke<void>("decline", { ids });
+export const trail = (id: string) => invoke<Trail>("trail", { id });
 export const status = () => invoke<Status>("status");
 export const settings = () => invoke<SettingsView>("settings");
 export const setAlertSettings = (alerts: AlertSettings) => invoke<void>("set_alert_settings", { alerts });

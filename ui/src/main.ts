@@ -9,6 +9,7 @@ import {
   localDateTime,
   pausedUntil,
   sortInbox,
+  trailLine,
   splitQuietHours,
   type AlertSettings,
   type Row,
@@ -20,6 +21,8 @@ const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as 
 let rows: Row[] = [];
 let selected: string | null = null;
 let lastEvent: WardlineEvent | null = null;
+/** How far the relay's clock is ahead of this device's, when it is off by more than a minute. */
+let relayAheadS: number | null = null;
 let status: Status | null = null;
 let settingsOpen = false;
 
@@ -28,7 +31,7 @@ const message = (error: unknown) => (error as { message?: string }).message ?? S
 
 function renderBanner() {
   if (!status) return;
-  const b = banner(status, lastEvent, Date.now());
+  const b = banner(status, lastEvent, Date.now(), relayAheadS);
   const el = $("banner");
   el.dataset.kind = b.kind;
   el.textContent = b.text;
@@ -143,7 +146,56 @@ function renderDetail() {
     await api.markRead([key(row)]);
     await refresh();
   });
-  panel.append(h, dl, ack, document.createTextNode(" "), read, failed);
+  panel.append(h, dl, ack, document.createTextNode(" "), read);
+  // "Not me / cannot now": the relay escalates it to the backup at once.
+  if (row.priority === "critical" && row.acked_at === null) {
+    const decline = document.createElement("button");
+    decline.id = "decline";
+    decline.textContent = "Decline — pass to backup";
+    decline.addEventListener("click", async () => {
+      failed.textContent = "";
+      try {
+        await api.decline([key(row)]);
+        decline.disabled = true;
+        decline.textContent = "Declined: passed to the backup";
+      } catch (error) {
+        failed.textContent = `Not declined: ${message(error)}`;
+      }
+    });
+    panel.append(document.createTextNode(" "), decline);
+  }
+  panel.append(failed);
+  const trail = document.createElement("section");
+  trail.id = "trail";
+  trail.setAttribute("aria-label", "What happened to it");
+  panel.append(trail);
+  void showTrail(row, trail);
+}
+
+/** The notification's trail from the relay (delivered, alerted, read, escalated, emailed), under
+ * its detail; where the relay cannot say (offline), says why. */
+async function showTrail(row: Row, into: HTMLElement) {
+  const heading = document.createElement("h3");
+  heading.textContent = "Trail";
+  try {
+    const found = await api.trail(key(row));
+    const list = document.createElement("ol");
+    for (const event of found.trail) {
+      const li = document.createElement("li");
+      li.textContent = trailLine(event);
+      list.append(li);
+    }
+    const state = document.createElement("p");
+    state.className = "meta";
+    state.textContent =
+      found.state === "acknowledged" ? `Acknowledged by ${found.acknowledged_by ?? "someone"}.` : found.state === "expired" ? "Expired." : "Waiting for acknowledgement.";
+    into.replaceChildren(heading, state, list);
+  } catch (error) {
+    const why = document.createElement("p");
+    why.className = "meta";
+    why.textContent = `Trail unavailable: ${message(error)}`;
+    into.replaceChildren(heading, why);
+  }
 }
 
 function select(k: string) {
@@ -218,6 +270,7 @@ async function openSettings() {
     $<HTMLInputElement>("s-quiet").checked = quiet !== null;
     if (quiet) [$<HTMLInputElement>("s-quiet-start").value, $<HTMLInputElement>("s-quiet-end").value] = quiet;
     $<HTMLInputElement>("s-sound").checked = view.alerts.sound;
+    $<HTMLInputElement>("s-details").checked = view.alerts.show_details;
     $("s-autostart-set").hidden = view.start_at_login === null;
     $<HTMLInputElement>("s-autostart").checked = view.start_at_login === true;
     settingsOpen = true;
@@ -243,6 +296,7 @@ async function saveAlertSettings() {
     quiet_hours: $<HTMLInputElement>("s-quiet").checked ? `${start}-${end}` : null,
     sound: $<HTMLInputElement>("s-sound").checked,
     paused_until: status?.alerts.paused_until ?? null,
+    show_details: $<HTMLInputElement>("s-details").checked,
   };
   try {
     await api.setAlertSettings(alerts);
@@ -313,6 +367,7 @@ export async function start() {
   $("f-search").addEventListener("input", refresh);
   await api.onEvent(async (event) => {
     if (aboutConnection(event)) lastEvent = event.event === "signed_out" ? null : event;
+    if (event.event === "clock_skew") relayAheadS = event.relay_ahead_s;
     if (event.event === "alert_opened") await showAlerted(event.channel, event.id);
     else await refreshForEvents();
   });

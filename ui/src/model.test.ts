@@ -6,6 +6,7 @@ import {
   pausedUntil,
   sortInbox,
   splitQuietHours,
+  trailLine,
   type Row,
   type Status,
 } from "./model";
@@ -32,7 +33,7 @@ const status = (over: Partial<Status> = {}): Status => ({
   detail: "",
   counts: { total: 0, unread: 0, unacked_critical: 0, last_received_at: null },
   gaps: [],
-  alerts: { quiet_hours: null, sound: true, paused_until: null },
+  alerts: { quiet_hours: null, sound: true, paused_until: null, show_details: false },
   ...over,
 });
 
@@ -43,7 +44,35 @@ describe("the inbox order", () => {
   });
 });
 
+describe("the trail", () => {
+  it("says what happened, by whom and more, at what time", () => {
+    const at = "2026-12-01T08:30:12.000Z";
+    expect(trailLine({ at, event: "acknowledged", user: "dr-backup", detail: "through its escalation" }, "UTC")).toBe(
+      "08:30:12 Acknowledged by dr-backup (through its escalation)",
+    );
+    expect(trailLine({ at, event: "email_failed", detail: "attempt 1 of 4" }, "UTC")).toBe("08:30:12 Email failed (attempt 1 of 4)");
+    expect(trailLine({ at, event: "something_new" }, "UTC")).toBe("08:30:12 something_new");
+  });
+});
+
 describe("the banner", () => {
+  it("warns of a device clock off by more than a minute, and never hides what matters more", () => {
+    expect(banner(status(), null, 0, -120)).toEqual({
+      kind: "warn",
+      text: "This device's clock is 120 s ahead of the relay's — times shown may be wrong; set the clock",
+    });
+    const waiting = status({ counts: { total: 1, unread: 1, unacked_critical: 1, last_received_at: null } });
+    expect(banner(waiting, null, 0, -120).kind).toBe("critical");
+  });
+
+  it("says when this device is not receiving critical results", () => {
+    const since = new Date(2026, 10, 23, 10, 42).getTime();
+    expect(banner(status(), { event: "not_receiving", offline_since: since }, since + 130000)).toEqual({
+      kind: "critical",
+      text: "You are not receiving critical results — offline since 10:42",
+    });
+  });
+
   it("says when (local time) and why it is offline, and when it retries", () => {
     const offline = new Date(2026, 10, 23, 10, 42).getTime();
     const b = banner(status(), { event: "reconnecting", in_ms: 8000, reason: "connection lost", offline_since: offline }, offline + 5000);
@@ -64,7 +93,7 @@ describe("the banner", () => {
   it("says until when non-critical alerts are paused", () => {
     const now = new Date(2026, 10, 23, 13, 5).getTime();
     const until = new Date(2026, 10, 23, 14, 5).getTime();
-    const paused = status({ alerts: { quiet_hours: null, sound: true, paused_until: until } });
+    const paused = status({ alerts: { quiet_hours: null, sound: true, paused_until: until, show_details: false } });
     expect(banner(paused, null, now)).toEqual({ kind: "ok", text: "Connected — non-critical alerts paused until 14:05" });
     expect(banner(paused, null, until).text).toBe("Connected");
     expect(pausedUntil(paused.alerts, until + 1)).toBeNull();

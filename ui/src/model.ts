@@ -31,6 +31,47 @@ export interface AlertSettings {
   sound: boolean;
   /** Until when (Unix ms) non-critical alerts are paused. */
   paused_until: number | null;
+  /** Whether alerts show what a notification says (names, results); off, only what kind it is. */
+  show_details: boolean;
+}
+
+/** One event of a notification's trail, as the relay keeps it. */
+export interface TrailEvent {
+  at: string;
+  event: string;
+  user?: string;
+  device?: string;
+  detail?: string;
+}
+
+/** A notification's state and trail (`GET /v1/messages/{channel}/{id}`). */
+export interface Trail {
+  state: "open" | "acknowledged" | "expired";
+  acknowledged_by: string | null;
+  trail: TrailEvent[];
+}
+
+const TRAIL_WORDS: Record<string, string> = {
+  published: "Published",
+  delivered: "Delivered",
+  displayed: "Alerted",
+  read: "Read",
+  acknowledged: "Acknowledged",
+  declined: "Declined",
+  repeated: "Sent again",
+  escalated: "Escalated",
+  email_sent: "Emailed",
+  email_failed: "Email failed",
+  no_device_online: "No device online",
+};
+
+/** A trail event in words: "08:30:12 Acknowledged by dr-backup (through its escalation …)". */
+export function trailLine(event: TrailEvent, timeZone?: string): string {
+  const time = new Date(event.at).toLocaleTimeString([], { hour12: false, timeZone });
+  const what = TRAIL_WORDS[event.event] ?? event.event;
+  const who = event.user ? ` by ${event.user}` : "";
+  const detail = event.detail ? ` (${event.detail})` : "";
+  return `${time} ${what}${who}${detail}`;
 }
 
 /** Where the connection stands (the receiver's ConnectionState). */
@@ -65,11 +106,19 @@ export type WardlineEvent =
   | { event: "acknowledged"; channel: string; ids: string[] }
   | { event: "signed_out" }
   | { event: "alert_opened"; channel: string | null; id: string | null }
-  | { event: "alert_settings_changed"; alerts: AlertSettings };
+  | { event: "alert_settings_changed"; alerts: AlertSettings }
+  | { event: "declined"; channel: string; ids: string[] }
+  | { event: "reminder"; notification: Row; repeat: number }
+  | { event: "handled_elsewhere"; kind: string; channel: string; ids: string[]; user: string; device: string | null }
+  | { event: "not_receiving"; offline_since: number }
+  | { event: "receiving_again" }
+  | { event: "clock_skew"; relay_ahead_s: number };
 
 /** Whether an event says something about the connection (what the banner follows). */
 export const aboutConnection = (event: WardlineEvent): boolean =>
-  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "untrusted", "signed_out"].includes(event.event);
+  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "untrusted", "signed_out", "not_receiving", "receiving_again"].includes(
+    event.event,
+  );
 
 /** The key a notification is acknowledged or read by. */
 export const key = (row: Row): string => `${row.channel}/${row.id}`;
@@ -113,9 +162,13 @@ export interface Banner {
 
 /** The status banner: always the truth about the connection, gaps and critical results waiting,
  * followed by a pause of alerts if one runs. */
-export function banner(status: Status, last: WardlineEvent | null, now: number): Banner {
+export function banner(status: Status, last: WardlineEvent | null, now: number, relayAheadS: number | null = null): Banner {
   const paused = pausedUntil(status.alerts, now);
-  const b = connectionBanner(status, last);
+  let b = connectionBanner(status, last);
+  if (relayAheadS !== null && b.kind === "ok") {
+    const way = relayAheadS > 0 ? "behind" : "ahead of";
+    b = { kind: "warn", text: `This device's clock is ${Math.abs(relayAheadS)} s ${way} the relay's — times shown may be wrong; set the clock` };
+  }
   return paused ? { kind: b.kind, text: `${b.text} — non-critical alerts paused until ${paused}` } : b;
 }
 
@@ -123,6 +176,9 @@ function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
   if (status.user === null) return { kind: "warn", text: "Not signed in" };
   if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
   if (last?.event === "untrusted") return { kind: "critical", text: `Not connected: ${last.reason}` };
+  if (last?.event === "not_receiving")
+    return { kind: "critical", text: `You are not receiving critical results — offline since ${time(last.offline_since)}` };
+
   if (last?.event === "reconnecting") {
     const seconds = Math.max(0, Math.round(last.in_ms / 1000));
     return { kind: "warn", text: `Offline since ${time(last.offline_since)} — retrying in ${seconds} s` };

@@ -112,6 +112,26 @@ test("acknowledging a critical result from the detail view", async () => {
   await page.close();
 });
 
+test("the detail view shows the trail from the relay and declines a critical result", async () => {
+  const page = await signedIn();
+  await page.locator("#list li").first().click();
+  await page.locator("#trail li", { hasText: "Escalated (to doctor:dr-backup:notifications (1795400000009-0))" }).waitFor();
+  const lines = await page.locator("#trail li").allTextContents();
+  assert.equal(lines.length, 4);
+  assert.match(lines[1], /^\d\d:\d\d:\d\d Delivered by d1$/);
+  assert.equal(await page.locator("#trail .meta").textContent(), "Waiting for acknowledgement.");
+  await page.screenshot({ path: path.join(out, "trail.png") });
+  await page.click("#decline");
+  await page.locator("#decline", { hasText: "Declined: passed to the backup" }).waitFor();
+  const declines = await page.evaluate(() => window.__wardline.state.calls.filter(([c]) => c === "decline").map(([, a]) => a.ids));
+  assert.deepEqual(declines, [["doctor:d1:notifications/1795400000001-0"]]);
+  // Offline, the trail says why it is not there.
+  await page.evaluate(() => { window.__wardline.state.trailError = "the relay is unreachable (connection refused)"; });
+  await page.locator("#list li").nth(1).click();
+  await page.locator("#trail .meta", { hasText: "Trail unavailable: the relay is unreachable (connection refused)" }).waitFor();
+  await page.close();
+});
+
 test("an acknowledgement that fails says so and leaves the result waiting", async () => {
   const page = await signedIn();
   await page.evaluate(() => { window.__wardline.state.acknowledgeError = "the inbox is locked by another process"; });
@@ -147,10 +167,12 @@ test("settings: quiet hours and sound are saved, a pause shows until when, start
   await page.fill("#s-quiet-start", "21:30");
   await page.fill("#s-quiet-end", "06:45");
   await page.uncheck("#s-sound");
+  assert.equal(await page.locator("#s-details").isChecked(), false, "alerts hide details unless asked");
+  await page.check("#s-details");
   await page.click("#s-save");
   await page.locator("#s-saved", { hasText: "Saved." }).waitFor();
   assert.deepEqual(await page.evaluate(() => window.__wardline.state.alerts),
-    { quiet_hours: "21:30-06:45", sound: false, paused_until: null });
+    { quiet_hours: "21:30-06:45", sound: false, paused_until: null, show_details: true });
   await page.click("#s-pause-hour");
   await page.locator("#s-pause-state", { hasText: "Non-critical alerts paused until" }).waitFor();
   assert.match(await page.locator("#banner").textContent(), /non-critical alerts paused until \d\d:\d\d/);

@@ -14,7 +14,9 @@ const state = {
   signedIn: sessionStorage.getItem("signed-in") === "yes",
   calls: [],
   gaps: [],
-  alerts: { quiet_hours: null, sound: true, paused_until: null },
+  alerts: { quiet_hours: null, sound: true, paused_until: null, show_details: false },
+  // A test sets this to make the relay unreachable for the trail.
+  trailError: null,
   startAtLogin: false,
   // A test sets this to make "start at login" fail as it would without a writable autostart folder.
   autostartError: null,
@@ -57,6 +59,20 @@ mockIPC((cmd, args) => {
       if (state.acknowledgeError) throw { code: "inbox", message: state.acknowledgeError };
       for (const k of args.ids) { const r = byKey(k); r.acked_at = Date.now(); r.read_at ??= Date.now(); } return null;
     case "mark_read": for (const k of args.ids) byKey(k).read_at = Date.now(); return null;
+    case "decline": for (const k of args.ids) byKey(k).read_at ??= Date.now(); return null;
+    case "trail": {
+      if (state.trailError) throw { code: "relay", message: state.trailError };
+      const r = byKey(args.id);
+      return {
+        state: r.acked_at ? "acknowledged" : "open", acknowledged_by: r.acked_at ? "d1" : null,
+        trail: [
+          { at: r.sent_at, event: "published" },
+          { at: r.sent_at, event: "delivered", user: "d1", device: "laptop-1" },
+          { at: r.sent_at, event: "repeated", detail: "reminder 1" },
+          { at: r.sent_at, event: "escalated", detail: "to doctor:dr-backup:notifications (1795400000009-0)" },
+        ],
+      };
+    }
     case "settings": return { server: status().server, user: status().user, alerts: state.alerts, start_at_login: state.startAtLogin };
     case "set_alert_settings": state.alerts = args.alerts; return null;
     case "pause_alerts":

@@ -24,6 +24,10 @@ pub fn run_all() -> Result<(), String> {
         ("gnome-keyring-daemon", "gnome-keyring"),
         // A real SMTP server for the escalation emails.
         ("aiosmtpd", "python3-aiosmtpd"),
+        // A relay whose clock is off (libfaketime), for the device's clock check.
+        ("faketime", "faketime"),
+        // Plain SQLite, to check that the inbox is unreadable without its key.
+        ("sqlite3", "sqlite3"),
     ])?;
     ensure_apt(TAURI_PACKAGES)?;
     ensure_apt(&[("chromium", "chromium")])?;

@@ -91,6 +91,10 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// With each notification, its state and trail as the relay keeps them (published,
+        /// delivered, displayed, read, acknowledged, repeated, escalated, emailed): asks the relay.
+        #[arg(long)]
+        trail: bool,
     },
     /// Acknowledge notifications (and tell the relay): this ends their escalation.
     Ack {
@@ -104,7 +108,8 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Mark notifications read.
+    /// Mark notifications read (and tell the relay: the notification's trail shows it, and your other
+    /// devices mark it read too).
     Read {
         /// Ids as listed (or channel/id).
         #[arg(required = true)]
@@ -196,14 +201,61 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn row_json(row: &Row) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id, "channel": row.channel, "type": row.kind, "priority": row.priority,
+        "title": row.title, "message": row.message, "sent_at": row.sent_at,
+        "read": row.read_at.is_some(), "acked": row.acked_at.is_some(),
+    })
+}
+
+/// `list --trail`: each row with what the relay knows of it (its state, who acknowledged it, its
+/// trail). A row the relay cannot say anything of (pruned, unreachable) says why instead.
+async fn list_with_trails(cli: &Cli, rows: Vec<Row>, json: bool) -> anyhow::Result<i32> {
+    let (server, user) = server_and_user(cli)?;
+    let token = token(&server, &user).await?;
+    let trust = trust(cli)?;
+    for row in rows {
+        let status = http::status(trust.http(), &server, &token, &row.channel, row.id).await;
+        if json {
+            let mut line = row_json(&row);
+            match status {
+                Ok(status) => {
+                    for key in ["state", "acknowledged_by", "trail"] {
+                        line[key] = status[key].clone();
+                    }
+                }
+                Err(reason) => line["trail_error"] = reason.into(),
+            }
+            println!("{line}");
+            continue;
+        }
+        print_row(&row, false);
+        match status {
+            Ok(status) => {
+                for event in status["trail"].as_array().into_iter().flatten() {
+                    let text = |key: &str| event[key].as_str().unwrap_or("").to_owned();
+                    let who = match (text("user"), text("device")) {
+                        (user, _) if user.is_empty() => String::new(),
+                        (user, device) if device.is_empty() => format!(" by {user}"),
+                        (user, device) => format!(" by {user} on {device}"),
+                    };
+                    let detail = Some(text("detail"))
+                        .filter(|d| !d.is_empty())
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default();
+                    println!("    {} {}{who}{detail}", text("at"), text("event"));
+                }
+            }
+            Err(reason) => println!("    (no trail: {reason})"),
+        }
+    }
+    Ok(0)
+}
+
 fn print_row(row: &Row, json: bool) {
     if json {
-        let line = serde_json::json!({
-            "id": row.id, "channel": row.channel, "type": row.kind, "priority": row.priority,
-            "title": row.title, "message": row.message, "sent_at": row.sent_at,
-            "read": row.read_at.is_some(), "acked": row.acked_at.is_some(),
-        });
-        println!("{line}");
+        println!("{}", row_json(row));
     } else {
         let marker = match row.priority {
             Priority::Critical => "‼ CRITICAL",
@@ -302,6 +354,15 @@ fn describe_event(event: &Event) -> Option<String> {
             now_ms().saturating_sub(*offline_since) / 1000
         ),
         Event::ReceivingAgain => "receiving again".into(),
+        Event::ClockSkew { relay_ahead_s } => format!(
+            "CLOCK: this device's clock is {} s {} the relay's; times shown and quiet hours may be wrong: set the clock (or enable network time)",
+            relay_ahead_s.unsigned_abs(),
+            if *relay_ahead_s > 0 {
+                "behind"
+            } else {
+                "ahead of"
+            }
+        ),
         Event::SignedOut => "signed out".into(),
         Event::NotificationStored { .. } | Event::AlertOpened { .. } => return None,
     })
@@ -349,7 +410,12 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
     let (server, user) = server_and_user(cli)?;
     let token = token(&server, &user).await?;
     let db = inbox_path(cli)?;
-    let receiver = Receiver::open_with(&db, config::default_path(), trust(cli)?)?;
+    let trust = trust(cli)?;
+    // Opening the inbox reads its key from the OS keychain: off the async workers.
+    let receiver = tokio::task::spawn_blocking(move || {
+        Receiver::open_with(&db, config::default_path(), trust)
+    })
+    .await??;
     receiver.purge_older_than(retention).await?;
     receiver.set_offline_alarm(offline_alarm);
     if show_details {
@@ -407,8 +473,8 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
     }
 }
 
-/// `ack` and `decline`: stored in the inbox first, then told to the relay if signed in (else the
-/// listener tells it when it connects).
+/// `ack`, `decline` and `read`: stored in the inbox first, then told to the relay if signed in
+/// (else the listener tells it of an acknowledgement or decline when it connects).
 async fn ack(
     cli: &Cli,
     inbox: InboxHandle,
@@ -418,25 +484,31 @@ async fn ack(
     let (resolved, device) = inbox
         .call(move |inbox| {
             let resolved = inbox.resolve(&ids)?;
-            if kind == ReceiptKind::Declined {
-                inbox.mark_declined(&resolved)?;
-            } else {
-                inbox.mark_acked(&resolved)?;
+            match kind {
+                ReceiptKind::Declined => inbox.mark_declined(&resolved)?,
+                ReceiptKind::Read => inbox.mark_read(&resolved)?,
+                _ => inbox.mark_acked(&resolved)?,
             }
             Ok((resolved, inbox.device_id()?))
         })
         .await?;
-    let done = if kind == ReceiptKind::Declined {
-        "declined"
+    let done = match kind {
+        ReceiptKind::Declined => "declined",
+        ReceiptKind::Read => "read",
+        _ => "acknowledged",
+    };
+    // Acknowledgements and declines are kept until the relay confirms them; a read is told once.
+    let later = if kind == ReceiptKind::Read {
+        "the relay was not told"
     } else {
-        "acknowledged"
+        "the listener tells the relay when it connects"
     };
     let signed_in = match server_and_user(cli) {
         Ok((server, user)) => token(&server, &user).await.map(|token| (token, server)),
         Err(e) => Err(e),
     };
     let Ok((token, server)) = signed_in else {
-        eprintln!("wardline: {done} here; the listener tells the relay when it connects");
+        eprintln!("wardline: {done} here; {later}");
         return Ok(0);
     };
     let trust = trust(cli)?;
@@ -452,9 +524,7 @@ async fn ack(
                     .await?;
                 println!("{done} {id}");
             }
-            Err(reason) => eprintln!(
-                "wardline: {done} {id} here, but {reason}; the listener sends it again when connected"
-            ),
+            Err(reason) => eprintln!("wardline: {done} {id} here, but {reason}; {later}"),
         }
     }
     Ok(0)
@@ -571,6 +641,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             search,
             limit,
             json,
+            trail,
         } => {
             let filter = Filter {
                 unread: *unread,
@@ -584,6 +655,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await?
                 .call(move |inbox| inbox.list(&filter))
                 .await?;
+            if *trail {
+                return list_with_trails(&cli, rows, *json).await;
+            }
             for row in rows {
                 print_row(&row, *json);
             }
@@ -598,15 +672,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ack(&cli, inbox, ids.clone(), ReceiptKind::Declined).await
         }
         Command::Read { ids } => {
-            let ids = ids.clone();
-            open_inbox(&cli)
-                .await?
-                .call(move |inbox| {
-                    let resolved = inbox.resolve(&ids)?;
-                    inbox.mark_read(&resolved)
-                })
-                .await?;
-            Ok(0)
+            let inbox = open_inbox(&cli).await?;
+            ack(&cli, inbox, ids.clone(), ReceiptKind::Read).await
         }
         Command::Status { json } => {
             let json = *json;

@@ -26,6 +26,10 @@ use wardline_protocol::{Channel, ChannelKind, Cursor, Priority, ReceiptKind};
 /// Attempts at an email: the first and 3 retries.
 pub const EMAIL_ATTEMPTS: u32 = 4;
 
+/// Reminders sent at most (an hour of them at the default 2 minutes): by then the notification was
+/// escalated and emailed, and a device that rings all night for one result is a device people mute.
+pub const MAX_REMINDERS: u32 = 30;
+
 /// Steps claimed per round: a backlog (after an outage) is worked through a batch a second.
 const CLAIM_BATCH: usize = 64;
 
@@ -205,10 +209,13 @@ async fn run_step(
             } else {
                 now + every
             };
-            let event = TrailEvent::relay(now, TrailKind::Repeated, format!("reminder {n}"));
-            broker
-                .finish_step(claimed, Some(event), Some((Step::Repeat(n + 1), next)))
-                .await
+            let (detail, next) = if n >= MAX_REMINDERS {
+                (format!("reminder {n}, the last"), None)
+            } else {
+                (format!("reminder {n}"), Some((Step::Repeat(n + 1), next)))
+            };
+            let event = TrailEvent::relay(now, TrailKind::Repeated, detail);
+            broker.finish_step(claimed, Some(event), next).await
         }
         Step::Escalate => {
             let mut sent = Vec::new();

@@ -85,7 +85,8 @@ pub struct MessageRef {
     pub id: Cursor,
 }
 
-/// `GET /v1/messages/{channel}/{id}` (admin, service): a notification's state and trail.
+/// `GET /v1/messages/{channel}/{id}` (admin, service, or a user who reads the channel: the app's
+/// detail view, `wardline list --trail`): a notification's state and trail.
 #[utoipa::path(get, path = "/v1/messages/{channel}/{id}", tag = "receipts",
     security(("bearer" = [])),
     params(
@@ -102,9 +103,15 @@ pub async fn message(
     headers: HeaderMap,
     Path((channel, id)): Path<(String, String)>,
 ) -> Result<Json<MessageStatus>, ApiError> {
-    require_stats_reader(&authenticate(&state, None, &headers).await?)?;
+    let claims = authenticate(&state, None, &headers).await?;
     let channel = Channel::parse(&channel)
         .map_err(|e| ApiError::new(ErrorCode::UnknownChannel, e.to_string()))?;
+    if !claims.can_read_stats() && !claims.can_read(&channel) {
+        return Err(ApiError::new(
+            ErrorCode::ChannelForbidden,
+            format!("the token does not grant channel {channel}"),
+        ));
+    }
     let id: Cursor = id
         .parse()
         .map_err(|e: CursorError| ApiError::new(ErrorCode::BadCursor, e.to_string()))?;

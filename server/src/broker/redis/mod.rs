@@ -96,6 +96,10 @@ const FINISH_SCRIPT: &str = include_str!("finish.lua");
 /// the members of the chains closed.
 const ACKNOWLEDGE_SCRIPT: &str = include_str!("acknowledge.lua");
 
+/// Lists open chains, oldest first, and forgets those no longer open (acknowledged, expired, or
+/// pruned with the history). KEYS: open. ARGV: limit, chain key head and tail.
+const OPEN_SCRIPT: &str = include_str!("open.lua");
+
 /// Renews the recorder lease while this node holds it.
 const RENEW_SCRIPT: &str = include_str!("renew.lua");
 
@@ -1213,8 +1217,14 @@ impl Broker for RedisBroker {
 
     async fn open_chains(&self, limit: usize) -> Result<Vec<(Channel, Cursor)>, BrokerError> {
         let mut conn = self.shared.commands.get();
-        let members: Vec<String> = conn
-            .zrange(OPEN_KEY, 0, limit.saturating_sub(1) as isize)
+        let members: Vec<String> = redis::cmd("EVAL")
+            .arg(OPEN_SCRIPT)
+            .arg(1)
+            .arg(OPEN_KEY)
+            .arg(limit.max(1))
+            .arg(CHAIN_KEY_HEAD)
+            .arg(CHAIN_KEY_TAIL)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(members
