@@ -93,6 +93,9 @@ pub struct Status {
     pub gaps: Vec<Gap>,
     /// Quiet hours, sound, pause.
     pub alerts: AlertSettings,
+    /// Since when (Unix ms) this device has not been receiving critical results: set when the
+    /// "not receiving" alarm was raised, cleared when connected again.
+    pub not_receiving_since: Option<u64>,
 }
 
 struct Running {
@@ -464,7 +467,7 @@ impl Receiver {
                 running.as_ref().map(|r| r.server.clone()),
             )
         };
-        let (connection, detail, counts, gaps) = self
+        let (connection, detail, counts, gaps, not_receiving) = self
             .inbox
             .read(|inbox| {
                 Ok((
@@ -472,6 +475,7 @@ impl Receiver {
                     inbox.state("detail")?,
                     inbox.counts()?,
                     inbox.gaps()?,
+                    inbox.state(crate::subscription::NOT_RECEIVING_SINCE)?,
                 ))
             })
             .await?;
@@ -486,6 +490,7 @@ impl Receiver {
             counts,
             gaps,
             alerts: self.alert_settings(),
+            not_receiving_since: not_receiving.and_then(|since| since.parse().ok()),
         })
     }
 }

@@ -52,6 +52,10 @@ pub struct Options {
 /// Not connected for this long raises the local alarm, by default.
 pub const OFFLINE_ALARM: Duration = Duration::from_secs(120);
 
+/// The inbox state key that says since when (Unix ms) the device has not been receiving: set with
+/// the alarm, emptied when connected again (for the tray and `wardline status`).
+pub const NOT_RECEIVING_SINCE: &str = "not_receiving_since";
+
 /// Whether the device is connected, and since when it is not.
 #[derive(Debug)]
 struct Link {
@@ -384,6 +388,9 @@ impl Subscription {
         self.emit(Event::Connected { transport });
         self.catch_up_on_other_devices().await;
         if was_alarmed {
+            let _ = self
+                .with_inbox(|inbox| inbox.set_state(NOT_RECEIVING_SINCE, ""))
+                .await;
             if let Some((alerter, _)) = self.alerter.clone() {
                 let _ = tokio::task::spawn_blocking(move || alerter.withdraw(None)).await;
             }
@@ -496,6 +503,9 @@ impl Subscription {
             (offline_for, link.offline_since_ms)
         };
         let (offline_for, since_ms) = offline_for;
+        let _ = self
+            .with_inbox(move |inbox| inbox.set_state(NOT_RECEIVING_SINCE, &since_ms.to_string()))
+            .await;
         tracing::warn!(
             offline_s = offline_for.as_secs(),
             "not connected to the relay: this device is not receiving critical results"

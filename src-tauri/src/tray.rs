@@ -169,6 +169,8 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
     } else {
         let icon = if status.counts.unacked_critical > 0 {
             "critical"
+        } else if status.not_receiving_since.is_some() {
+            "offline"
         } else {
             match status.connection {
                 ConnectionState::Connected => "connected",
@@ -179,11 +181,16 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
                 | ConnectionState::Stopped => "offline",
             }
         };
+        let state = match status.not_receiving_since {
+            Some(since) => format!(
+                "Not receiving critical results (offline since {})",
+                local_time(since)
+            ),
+            None => capitalised(&status.connection.in_words()),
+        };
         let summary = format!(
-            "{} — {} unread, {} critical not acknowledged",
-            capitalised(&status.connection.in_words()),
-            status.counts.unread,
-            status.counts.unacked_critical
+            "{state} — {} unread, {} critical not acknowledged",
+            status.counts.unread, status.counts.unacked_critical
         );
         let mut tooltip = format!("Wardline — {summary}");
         if let Some(until) = paused_until(&status) {
@@ -227,6 +234,13 @@ fn capitalised(text: &str) -> String {
     chars
         .next()
         .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// `HH:MM`, local time, of a Unix time in milliseconds.
+fn local_time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|at| at.with_timezone(&chrono::Local).format("%H:%M").to_string())
         .unwrap_or_default()
 }
 

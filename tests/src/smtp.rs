@@ -19,9 +19,14 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts it and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<SmtpServer> {
+        SmtpServer::start_on(free_port()).await
+    }
+
+    /// Starts it on `port` (one a relay was already told of) and waits until it accepts
+    /// connections.
+    pub async fn start_on(port: u16) -> anyhow::Result<SmtpServer> {
         let dir = tempfile::tempdir()?;
         let maildir = dir.path().join("Maildir");
-        let port = free_port();
         let child = Command::new("aiosmtpd")
             .args(["-n", "-l", &format!("127.0.0.1:{port}")])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])

@@ -531,6 +531,16 @@ async fn two_minutes_offline_raise_the_not_receiving_alarm_once_until_connected(
     let raised = alarms(&device.alerts);
     assert_eq!(raised.len(), 1, "{:?}", device.alerts.calls());
     assert_eq!(raised[0].urgency, Some(2));
+    let (_, status, _) = run(
+        &format!("http://{listen}"),
+        "dr-smith",
+        "",
+        &inbox_path(&device.dir),
+        &["status"],
+    )
+    .await
+    .unwrap();
+    assert!(status.contains("NOT RECEIVING critical results"), "{status}");
     // Back: the device reconnects (its backoff is at most 30 s) and withdraws the alarm.
     let relay = Relay::start_in(data.path(), None, &["--listen", &listen], None)
         .await
@@ -602,4 +612,76 @@ async fn a_device_whose_clock_differs_from_the_relays_says_so() {
         .await
         .unwrap();
     assert!(!seen.iter().any(|l| l.contains("CLOCK")), "{seen:?}");
+}
+
+/// An email that cannot be sent is retried 3 times, `--escalation-email-retry` apart, each attempt in
+/// the trail with why it failed, and the relay's log says so: an SMTP server back in time gets it
+/// once; one that never comes back ends the attempts with "giving up".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
+    let publish = |relay: &Relay| {
+        let relay_publish = relay.publish_as(
+            &service(),
+            &json!({"channel": SMITH, "message": critical_lab_result(1),
+                    "escalation": {"email_after_s": 1, "email_to": ["oncall@hospital.example"]}}),
+        );
+        async move {
+            let (code, reply) = relay_publish.await;
+            assert_eq!(code, 200, "{reply}");
+            reply["message_id"].as_str().unwrap().to_owned()
+        }
+    };
+    // The SMTP server is down at first, and comes back.
+    let port = free_port();
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let relay = Relay::embedded(&["--smtp-url", &smtp_url, "--escalation-email-retry", "2s"])
+        .await
+        .unwrap();
+    let id = publish(&relay).await;
+    let failed = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
+        !events(s, "email_failed").is_empty()
+    })
+    .await;
+    let detail = events(&failed, "email_failed")[0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("attempt 1 of 4") && detail.contains("retrying in 2 s"),
+        "{detail}"
+    );
+    let smtp = SmtpServer::start_on(port).await.unwrap();
+    let sent = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
+        !events(s, "email_sent").is_empty()
+    })
+    .await;
+    assert_eq!(smtp.wait_for_messages(1, WAIT).await.unwrap().len(), 1);
+    assert!(events(&sent, "email_failed").len() < 4, "{sent:#}");
+    assert!(
+        relay.log().contains("escalation email failed"),
+        "the relay's log says it"
+    );
+
+    // Never back: four attempts, the last one giving up, then nothing more.
+    let nowhere = format!("smtp://127.0.0.1:{}", free_port());
+    let relay = Relay::embedded(&["--smtp-url", &nowhere, "--escalation-email-retry", "1s"])
+        .await
+        .unwrap();
+    let id = publish(&relay).await;
+    let gave_up = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
+        events(s, "email_failed").len() == 4
+    })
+    .await;
+    let last = events(&gave_up, "email_failed")[3]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        last.contains("attempt 4 of 4") && last.contains("giving up"),
+        "{last}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = status(&relay, SMITH, &id).await;
+    assert_eq!(events(&later, "email_failed").len(), 4, "{later:#}");
+    assert!(events(&later, "email_sent").is_empty());
 }

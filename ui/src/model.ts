@@ -85,6 +85,8 @@ export interface Status {
   counts: { total: number; unread: number; unacked_critical: number; last_received_at: number | null };
   gaps: Gap[];
   alerts: AlertSettings;
+  /** Since when (Unix ms) this device has not been receiving critical results, if it is not. */
+  not_receiving_since?: number | null;
 }
 
 /** What the settings screen shows; start_at_login is null where there is none (mobile). */

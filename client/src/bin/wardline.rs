@@ -8,6 +8,7 @@ use std::time::Duration;
 use wardline_client::alert::QuietHours;
 use wardline_client::config::{self, Settings};
 use wardline_client::http;
+use wardline_client::subscription;
 use wardline_client::inbox::now_ms;
 use wardline_client::private;
 use wardline_client::receiver::{Alerts, Receiver};
@@ -551,11 +552,15 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
         connection = format!("not running (last seen as {connection})");
     }
     let detail = state("detail").unwrap_or_default();
+    let not_receiving_since: Option<u64> = state(subscription::NOT_RECEIVING_SINCE)
+        .and_then(|v| v.parse().ok())
+        .filter(|_| !ended);
     if json {
         let value = serde_json::json!({
             "connection": connection, "detail": detail, "changed_at": state("changed_at").and_then(|v| v.parse::<u64>().ok()),
             "total": counts.total, "unread": counts.unread, "unacked_critical": counts.unacked_critical,
             "last_received_at": counts.last_received_at, "gaps": gaps,
+            "not_receiving_since": not_receiving_since,
         });
         println!("{value}");
     } else {
@@ -567,6 +572,10 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
                 format!(" — {detail}")
             }
         );
+        if let Some(since) = not_receiving_since {
+            let for_s = Duration::from_millis(now_ms().saturating_sub(since)).as_secs();
+            println!("NOT RECEIVING critical results: no connection to the relay for {for_s} s");
+        }
         println!(
             "notifications: {} stored, {} unread, {} critical not acknowledged",
             counts.total, counts.unread, counts.unacked_critical
