@@ -540,7 +540,10 @@ async fn two_minutes_offline_raise_the_not_receiving_alarm_once_until_connected(
     )
     .await
     .unwrap();
-    assert!(status.contains("NOT RECEIVING critical results"), "{status}");
+    assert!(
+        status.contains("NOT RECEIVING critical results"),
+        "{status}"
+    );
     // Back: the device reconnects (its backoff is at most 30 s) and withdraws the alarm.
     let relay = Relay::start_in(data.path(), None, &["--listen", &listen], None)
         .await
@@ -614,30 +617,31 @@ async fn a_device_whose_clock_differs_from_the_relays_says_so() {
     assert!(!seen.iter().any(|l| l.contains("CLOCK")), "{seen:?}");
 }
 
+/// Publishes a critical result to be emailed 1 s later; answers its id.
+async fn publish_emailing(relay: &Relay) -> String {
+    let (code, reply) = relay
+        .publish_as(
+            &service(),
+            &json!({"channel": SMITH, "message": critical_lab_result(1),
+                    "escalation": {"email_after_s": 1, "email_to": ["oncall@hospital.example"]}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    reply["message_id"].as_str().unwrap().to_owned()
+}
+
 /// An email that cannot be sent is retried 3 times, `--escalation-email-retry` apart, each attempt in
 /// the trail with why it failed, and the relay's log says so: an SMTP server back in time gets it
 /// once; one that never comes back ends the attempts with "giving up".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
-    let publish = |relay: &Relay| {
-        let relay_publish = relay.publish_as(
-            &service(),
-            &json!({"channel": SMITH, "message": critical_lab_result(1),
-                    "escalation": {"email_after_s": 1, "email_to": ["oncall@hospital.example"]}}),
-        );
-        async move {
-            let (code, reply) = relay_publish.await;
-            assert_eq!(code, 200, "{reply}");
-            reply["message_id"].as_str().unwrap().to_owned()
-        }
-    };
     // The SMTP server is down at first, and comes back.
     let port = free_port();
     let smtp_url = format!("smtp://127.0.0.1:{port}");
     let relay = Relay::embedded(&["--smtp-url", &smtp_url, "--escalation-email-retry", "2s"])
         .await
         .unwrap();
-    let id = publish(&relay).await;
+    let id = publish_emailing(&relay).await;
     let failed = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
         !events(s, "email_failed").is_empty()
     })
@@ -667,7 +671,7 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     let relay = Relay::embedded(&["--smtp-url", &nowhere, "--escalation-email-retry", "1s"])
         .await
         .unwrap();
-    let id = publish(&relay).await;
+    let id = publish_emailing(&relay).await;
     let gave_up = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
         events(s, "email_failed").len() == 4
     })

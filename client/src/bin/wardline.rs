@@ -8,11 +8,11 @@ use std::time::Duration;
 use wardline_client::alert::QuietHours;
 use wardline_client::config::{self, Settings};
 use wardline_client::http;
-use wardline_client::subscription;
 use wardline_client::inbox::now_ms;
 use wardline_client::private;
 use wardline_client::receiver::{Alerts, Receiver};
 use wardline_client::secrets;
+use wardline_client::subscription;
 use wardline_client::{ConnectionState, Event, Filter, Inbox, InboxHandle, Row, Trust};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 
