@@ -104,6 +104,9 @@ impl Subscription {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Followed from before the relay's welcome: a newer token handed over from here on (while
+        // subscribing, or while catching up on other devices) is presented on this connection.
+        let mut new_tokens = self.new_tokens();
         let welcome = async {
             loop {
                 match next_frame(&mut socket).await? {
@@ -172,7 +175,6 @@ impl Subscription {
         // The relay pings every `heartbeat` and answers ours: its silence for two heartbeats is a
         // dead link. Only frames from the relay push this deadline back.
         let mut silence = Silence::new(silence_limit(heartbeat.min(ping_every)));
-        let mut new_tokens = self.new_tokens();
         loop {
             tokio::select! {
                 incoming = next_frame(&mut socket) => {

@@ -284,7 +284,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("  doctor token ({DOCTOR}): {doctor}");
         println!("  patient token ({PATIENT}): {patient}");
         println!(
-            "  any seed 001 client works as written: ws://{address}/ws/{DOCTOR}?token=<doctor token>"
+            "  the HealthHub client tutorial's WebSocket clients work as written: ws://{address}/ws/{DOCTOR}?token=<doctor token>"
         );
         println!("  Ctrl-C stops the demo\n");
     }

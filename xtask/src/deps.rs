@@ -119,15 +119,16 @@ pub const TAURI_PACKAGES: &[(&str, &str)] = &[
     ("", "dbus-x11"),
 ];
 
-/// Installs the UI's npm packages as the lock file pins them (`npm install`: `npm ci` refuses a lock
-/// file that leaves out other platforms' optional packages) and builds `ui/dist`, which the app embeds.
+/// Installs the UI's npm packages exactly as the lock file pins them (`npm ci`: the lock file holds
+/// every platform's optional packages, so it works anywhere and is never rewritten) and builds
+/// `ui/dist`, which the app embeds.
 pub fn build_ui() -> Result<(), String> {
     let ui = workspace_root().join("ui");
     if !have("npm") {
         ensure_apt(&[("npm", "npm")])?;
     }
     run(Command::new("npm").current_dir(&ui).args([
-        "install",
+        "ci",
         "--no-audit",
         "--no-fund",
         "--loglevel=error",
@@ -151,7 +152,9 @@ pub fn ensure_python_websockets() -> Result<(), String> {
     if import() {
         return Ok(());
     }
-    eprintln!("xtask: installing the Python websockets package (seed 001's client)");
+    eprintln!(
+        "xtask: installing the Python websockets package (the HealthHub client tutorial's Python client)"
+    );
     let pip = run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "websockets"]));
     if pip.is_err() && is_root() {
         ensure_apt(&[("", "python3-websockets")])?;

@@ -13,8 +13,37 @@ fn cargo() -> Command {
     command
 }
 
-/// Installs the test dependencies, then runs fmt, clippy, the demo smoke run and every test.
+/// What `git status` says of the checkout (`None` outside a git checkout).
+fn checkout_status() -> Option<String> {
+    let output = Command::new("git")
+        .current_dir(workspace_root())
+        .args(["status", "--porcelain", "--untracked-files=all"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Installs the test dependencies, then runs fmt, clippy, the demo smoke run and every test, and
+/// checks that the run left the checkout as it found it (no tracked file rewritten, nothing new
+/// outside `.gitignore`).
 pub fn run_all() -> Result<(), String> {
+    let before = checkout_status();
+    run_steps()?;
+    let after = checkout_status();
+    if before != after {
+        return Err(format!(
+            "the test run changed the checkout; `git status` before:\n{}\nafter:\n{}",
+            before.unwrap_or_default(),
+            after.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+fn run_steps() -> Result<(), String> {
     // Real parts for the end-to-end tests: Redis, a D-Bus bus for OS alerts, a keychain; and what
     // the Tauri app builds with.
     ensure_apt(&[
