@@ -414,7 +414,7 @@ impl Alerter for DesktopAlerter {
             let mut failed = self.failed_once.lock().expect("alerter lock");
             if !*failed {
                 *failed = true;
-                tracing::error!(error = %e, "OS alerts are unavailable; notifications are still stored");
+                tracing::warn!(error = %e, "OS alerts are unavailable; notifications are still stored");
             }
         }
         shown

@@ -27,7 +27,7 @@ pub async fn send_receipts(
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("the relay is unreachable ({})", describe(&e)))?;
+        .map_err(|e| unreachable(server, &e))?;
     if response.status().is_success() {
         return Ok(());
     }
@@ -54,7 +54,7 @@ pub async fn status(
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("the relay is unreachable ({})", describe(&e)))?;
+        .map_err(|e| unreachable(server, &e))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if status.is_success() {
@@ -105,10 +105,7 @@ pub async fn whoami(
         .map_err(
             |e| match crate::tls::certificate_problem(crate::tls::host_of(server), &e) {
                 Some(problem) => TokenCheckError::Untrusted(problem),
-                None => TokenCheckError::Unreachable(format!(
-                    "cannot reach the relay at {server}: {}",
-                    describe(&e)
-                )),
+                None => TokenCheckError::Unreachable(unreachable(server, &e)),
             },
         )?;
     let status = response.status().as_u16();
@@ -143,6 +140,38 @@ pub async fn whoami(
 pub(crate) fn relay_error_code(body: &serde_json::Value) -> Option<ErrorCode> {
     let code = u32::try_from(body["code"].as_u64()?).ok()?;
     ErrorCode::try_from(code).ok()
+}
+
+/// Why the relay at `server` could not be reached, and what to check: a refused connection means
+/// nothing listens there, a timeout that the address or the network is wrong.
+pub fn unreachable(server: &str, error: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut refused = false;
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = cause.source();
+    }
+    let place = crate::tls::host_of(server);
+    let port = server
+        .rsplit_once(':')
+        .map(|(_, port)| port.trim_end_matches('/'))
+        .filter(|port| port.bytes().all(|b| b.is_ascii_digit()));
+    let address = match port {
+        Some(port) => format!("{place}:{port}"),
+        None => place.to_owned(),
+    };
+    if refused {
+        format!("connection refused by {address} — is the relay running there, on that port?")
+    } else if error.is_timeout() {
+        format!(
+            "no answer from {address} within {} s — is the address right, and the network up?",
+            TIMEOUT.as_secs()
+        )
+    } else {
+        format!("cannot reach the relay at {server}: {}", describe(error))
+    }
 }
 
 /// An error with its causes, which reqwest's own message leaves out ("error sending request").

@@ -674,9 +674,11 @@ impl Inbox {
                 Some((channel, id)) => (Some(channel), id),
                 None => (None, text.as_str()),
             };
-            let cursor: Cursor = id
-                .parse()
-                .map_err(|e| InboxError::NotFound(format!("{e}")))?;
+            let cursor: Cursor = id.parse().map_err(|_| {
+                InboxError::NotFound(format!(
+                    "{text} is not a notification id (they look like 1764500000000-0): see `wardline list`"
+                ))
+            })?;
             let mut stmt = self.conn.prepare_cached(
                 "SELECT channel FROM notifications WHERE id_ms = ?1 AND id_seq = ?2",
             )?;
@@ -694,7 +696,7 @@ impl Inbox {
                 )),
                 [] => {
                     return Err(InboxError::NotFound(format!(
-                        "no notification {text} in the inbox"
+                        "no notification {text} in the inbox: see `wardline list`"
                     )));
                 }
                 many => {

@@ -96,6 +96,8 @@ pub fn run() {
             tracing_subscriber::EnvFilter::try_from_env("WARDLINE_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
+        // Colour for a person at a terminal, never escape codes in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let mut builder = tauri::Builder::default().plugin(tauri_plugin_notification::init());
     #[cfg(desktop)]

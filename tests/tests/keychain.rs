@@ -68,7 +68,10 @@ async fn the_token_lives_in_the_keychain_from_login_to_logout() {
     let (code, said) = env
         .login(&relay.base, "d1", &forged_token("d1", "doctor"))
         .await;
-    assert_eq!(code, 2, "{said}");
+    assert_eq!(
+        code, 3,
+        "a refused token: sign in again, as from listen: {said}"
+    );
     assert!(said.contains("refused the token"), "{said}");
     let (code, said) = env
         .login(&relay.base, "d2", &token("d1", "doctor", &[], 3600))

@@ -138,11 +138,14 @@ pub fn build_ui() -> Result<(), String> {
         .args(["run", "--silent", "build"]))
 }
 
-/// Makes sure `python3` can import `websockets` (seed 001's Python client), installing it with pip.
+/// Makes sure `python3` can import `websockets` (the HealthHub client tutorial's Python client),
+/// installing it with pip.
 pub fn ensure_python_websockets() -> Result<(), String> {
+    // Asked quietly: a missing module is an answer here, not a traceback for the person to read.
     let import = || {
         Command::new("python3")
             .args(["-c", "import websockets"])
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };

@@ -20,7 +20,10 @@ use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 #[command(
     name = "wardline",
     version,
-    about = "Wardline receiver: never miss a clinical notification"
+    about = "Wardline receiver: never miss a clinical notification",
+    after_help = "Exit codes: 0 done; 2 an error (the message says what happened and what to do); \
+                  3 the relay refused the token: sign in again (`wardline login`); \
+                  4 the relay's certificate cannot be trusted (give the hospital's CA with --ca-file)."
 )]
 struct Cli {
     /// The relay's base URL, e.g. http://127.0.0.1:8851.
@@ -150,7 +153,42 @@ fn server_and_user(cli: &Cli) -> anyhow::Result<(String, String)> {
     let user = cli.user.clone().or(settings.user).context(
         "no user: run `wardline login --server URL --user ID`, or give --user / WARDLINE_USER",
     )?;
-    Ok((server, user))
+    Ok((relay_url(&server)?, user))
+}
+
+/// The relay's base URL as given, checked: `http://HOST:PORT` or `https://HOST[:PORT]`, and what to
+/// give instead when it is not.
+fn relay_url(given: &str) -> anyhow::Result<String> {
+    let url = given.trim().trim_end_matches('/');
+    for ws in ["ws://", "wss://"] {
+        if let Some(rest) = url.strip_prefix(ws) {
+            let http = if ws == "ws://" { "http" } else { "https" };
+            bail!(
+                "{url} is a WebSocket address: give the relay's base URL instead, {http}://{}",
+                rest.split('/').next().unwrap_or(rest)
+            );
+        }
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!(
+            "no scheme in {url:?}: use http://HOST:PORT (e.g. http://{url}), or https://HOST for a relay with TLS"
+        );
+    }
+    anyhow::ensure!(
+        !wardline_client::tls::host_of(url).is_empty(),
+        "no host in {url:?}: use http://HOST:PORT or https://HOST"
+    );
+    Ok(url.to_owned())
+}
+
+/// An exit code for an error: 3 when the relay refused the token (sign in again), 4 when its
+/// certificate cannot be trusted, 2 otherwise (see `--help`).
+fn exit_code(error: &anyhow::Error) -> i32 {
+    match error.downcast_ref::<http::TokenCheckError>() {
+        Some(http::TokenCheckError::Expired | http::TokenCheckError::Refused { .. }) => 3,
+        Some(http::TokenCheckError::Untrusted(_)) => 4,
+        _ => 2,
+    }
 }
 
 /// The token: `WARDLINE_TOKEN` (for servers and CI; the keychain is then not touched), else the
@@ -161,7 +199,10 @@ async fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
     {
         return Ok(Sensitive::new(token.trim().to_owned()));
     }
-    match secrets::load_token(server, user).await? {
+    let stored = secrets::load_token(server, user).await.map_err(|e| {
+        anyhow::anyhow!("{e}: without a keychain on this machine, set WARDLINE_TOKEN instead")
+    })?;
+    match stored {
         Some(token) => Ok(token),
         None => bail!(
             "not signed in as {user} at {server}: run `wardline login` (or set WARDLINE_TOKEN)"
@@ -170,13 +211,19 @@ async fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
 }
 
 async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
-    let server = cli
-        .server
-        .clone()
-        .context("give --server URL (the relay's base URL)")?;
+    let server = relay_url(
+        &cli.server
+            .clone()
+            .context("give --server URL (the relay's base URL, e.g. http://127.0.0.1:8851)")?,
+    )?;
     let user = cli.user.clone().context("give --user ID")?;
     let token = match given {
         Some(token) => token,
+        // On a terminal: asked for, and not shown as it is typed (nor kept in the shell's history).
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password(format!("Token for {user} at {server} (not shown): "))
+                .context("reading the token")?
+        }
         None => {
             let mut line = String::new();
             std::io::stdin()
@@ -191,7 +238,13 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     if me["user"].as_str() != Some(user.as_str()) {
         bail!("the token is for user {}, not {user}", me["user"]);
     }
-    secrets::store_token(&server, &user, &token).await?;
+    secrets::store_token(&server, &user, &token)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: there is no usable keychain on this machine; set WARDLINE_TOKEN instead (the token is then never stored)"
+            )
+        })?;
     Settings::update(&config::default_path(), |settings| {
         settings.server = Some(server.clone());
         settings.user = Some(user.clone());
@@ -610,8 +663,20 @@ fn inbox_path(cli: &Cli) -> anyhow::Result<PathBuf> {
 }
 
 /// The inbox a one-shot command works on (SQLite off the async runtime's threads).
+/// The inbox that `listen` made; the commands that read it never make an empty one.
 async fn open_inbox(cli: &Cli) -> anyhow::Result<InboxHandle> {
-    Ok(InboxHandle::open(&inbox_path(cli)?).await?)
+    Ok(InboxHandle::open(&existing_inbox(cli)?).await?)
+}
+
+/// Where the inbox is, if `listen` has made it.
+fn existing_inbox(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let path = inbox_path(cli)?;
+    anyhow::ensure!(
+        path.exists(),
+        "no inbox yet at {}: run `wardline listen` first (it makes the inbox and fills it)",
+        path.display()
+    );
+    Ok(path)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -686,7 +751,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Status { json } => {
             let json = *json;
-            let inbox = inbox_path(&cli)?;
+            let inbox = existing_inbox(&cli)?;
             tokio::task::spawn_blocking(move || status(&Inbox::open(&inbox)?, json)).await?
         }
     }
@@ -700,12 +765,14 @@ async fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, never escape codes in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wardline: {e:#}");
-            2
+            exit_code(&e)
         }
     };
     std::process::exit(code);
