@@ -1,8 +1,11 @@
 //! The window's commands: each calls the receiver and maps its errors to `{code, message}`. All are
 //! async: they run on the async runtime, never on the main thread, and the receiver does its SQLite,
 //! keychain and file work on blocking threads, so the window stays responsive during a catch-up.
+//! A command that comes while the receiver is still opening waits for it (`inbox_unavailable` if it
+//! could not be opened).
 
 use crate::AppAlerts;
+use crate::opening::AppReceiver;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tauri::{AppHandle, Manager, State};
@@ -38,6 +41,16 @@ impl CommandError {
 
 type Result<T> = std::result::Result<T, CommandError>;
 
+/// The receiver, waiting while it opens; why it could not be opened otherwise.
+async fn opened(receiver: &AppReceiver) -> Result<Arc<Receiver>> {
+    receiver.get().await.map_err(|e| {
+        CommandError::new(
+            "inbox_unavailable",
+            format!("the inbox could not be opened: {e}"),
+        )
+    })
+}
+
 /// What the inbox view asks for.
 #[derive(Debug, Default, Deserialize)]
 pub struct InboxQuery {
@@ -56,26 +69,27 @@ pub struct InboxQuery {
 /// Signs in with a token (checked with the relay, kept in the OS keychain).
 #[tauri::command]
 pub async fn sign_in(
-    receiver: State<'_, Arc<Receiver>>,
+    receiver: State<'_, AppReceiver>,
     alerts: State<'_, AppAlerts>,
     server: String,
     user: String,
     token: String,
 ) -> Result<()> {
-    Ok(receiver
+    Ok(opened(&receiver)
+        .await?
         .sign_in(&server, &user, Sensitive::new(token), alerts.0.clone())
         .await?)
 }
 
 /// Signs out.
 #[tauri::command]
-pub async fn sign_out(receiver: State<'_, Arc<Receiver>>) -> Result<()> {
-    Ok(receiver.sign_out().await?)
+pub async fn sign_out(receiver: State<'_, AppReceiver>) -> Result<()> {
+    Ok(opened(&receiver).await?.sign_out().await?)
 }
 
 /// The inbox, newest first.
 #[tauri::command]
-pub async fn inbox(receiver: State<'_, Arc<Receiver>>, query: InboxQuery) -> Result<Vec<Row>> {
+pub async fn inbox(receiver: State<'_, AppReceiver>, query: InboxQuery) -> Result<Vec<Row>> {
     let filter = Filter {
         unread: query.unread,
         priority: query.critical.then_some(Priority::Critical),
@@ -84,37 +98,37 @@ pub async fn inbox(receiver: State<'_, Arc<Receiver>>, query: InboxQuery) -> Res
         limit: query.limit.unwrap_or(200),
         ..Filter::default()
     };
-    Ok(receiver.list(filter).await?)
+    Ok(opened(&receiver).await?.list(filter).await?)
 }
 
 /// Acknowledges notifications (`channel/id`): stored at once, sent to the relay when it can be.
 #[tauri::command]
-pub async fn acknowledge(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
-    Ok(receiver.acknowledge(ids).await?)
+pub async fn acknowledge(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
+    Ok(opened(&receiver).await?.acknowledge(ids).await?)
 }
 
 /// Declines notifications (`channel/id`): "not me / cannot now"; the relay escalates them at once.
 #[tauri::command]
-pub async fn decline(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
-    Ok(receiver.decline(ids).await?)
+pub async fn decline(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
+    Ok(opened(&receiver).await?.decline(ids).await?)
 }
 
 /// A notification's state and trail, from the relay.
 #[tauri::command]
-pub async fn trail(receiver: State<'_, Arc<Receiver>>, id: String) -> Result<serde_json::Value> {
-    Ok(receiver.trail(id).await?)
+pub async fn trail(receiver: State<'_, AppReceiver>, id: String) -> Result<serde_json::Value> {
+    Ok(opened(&receiver).await?.trail(id).await?)
 }
 
 /// Marks notifications read (`channel/id`).
 #[tauri::command]
-pub async fn mark_read(receiver: State<'_, Arc<Receiver>>, ids: Vec<String>) -> Result<()> {
-    Ok(receiver.mark_read(ids).await?)
+pub async fn mark_read(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
+    Ok(opened(&receiver).await?.mark_read(ids).await?)
 }
 
 /// Connection state, counts and gaps.
 #[tauri::command]
-pub async fn status(receiver: State<'_, Arc<Receiver>>) -> Result<Status> {
-    Ok(receiver.status().await?)
+pub async fn status(receiver: State<'_, AppReceiver>) -> Result<Status> {
+    Ok(opened(&receiver).await?.status().await?)
 }
 
 /// What the settings screen shows.
@@ -129,8 +143,8 @@ pub struct SettingsView {
 
 /// The settings: relay and user signed in, alert settings, start at login.
 #[tauri::command]
-pub async fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Result<SettingsView> {
-    let status = receiver.status().await?;
+pub async fn settings(app: AppHandle, receiver: State<'_, AppReceiver>) -> Result<SettingsView> {
+    let status = opened(&receiver).await?.status().await?;
     Ok(SettingsView {
         server: status.server,
         user: status.user,
@@ -142,16 +156,17 @@ pub async fn settings(app: AppHandle, receiver: State<'_, Arc<Receiver>>) -> Res
 /// Changes quiet hours, sound and pause at once.
 #[tauri::command]
 pub async fn set_alert_settings(
-    receiver: State<'_, Arc<Receiver>>,
+    receiver: State<'_, AppReceiver>,
     alerts: AlertSettings,
 ) -> Result<()> {
-    Ok(receiver.set_alert_settings(alerts).await?)
+    Ok(opened(&receiver).await?.set_alert_settings(alerts).await?)
 }
 
 /// Pauses non-critical alerts for an hour or until morning, or resumes them.
 #[tauri::command]
-pub async fn pause_alerts(receiver: State<'_, Arc<Receiver>>, pause: Pause) -> Result<()> {
-    Ok(receiver
+pub async fn pause_alerts(receiver: State<'_, AppReceiver>, pause: Pause) -> Result<()> {
+    Ok(opened(&receiver)
+        .await?
         .pause_alerts(pause.until(chrono::Local::now()))
         .await?)
 }

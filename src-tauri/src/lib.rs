@@ -3,16 +3,19 @@
 //! - `commands`: the few-line commands the window calls, errors mapped to `{code, message}`;
 //! - `tray` (desktop): the tray icon and menu, which always show the connection's truth;
 //! - `plugin_alerts`: alerts through the notification plugin (mobile);
+//! - `opening`: the receiver, opened off the main thread, which commands wait for;
 //! - `forward`: the receiver's events to the window and the tray, paced during a catch-up;
 //! - `run`: the builder — single instance, start at login, close-to-tray, events forwarded to the
 //!   window, a clicked alert opening the window on its notification.
 
 mod commands;
 mod forward;
+mod opening;
 mod plugin_alerts;
 #[cfg(desktop)]
 mod tray;
 
+use opening::AppReceiver;
 use std::sync::Arc;
 use tauri::Manager;
 use wardline_client::receiver::{Alerts, Receiver};
@@ -86,6 +89,32 @@ fn without_gpu_disable_compositing() {
     eprintln!("wardline-app: could not restart without compositing: {error}");
 }
 
+/// Once the receiver is open: its events to the window and the tray, and the subscription.
+/// WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests), as they
+/// do for the CLI; otherwise the last sign-in resumes.
+async fn start(handle: tauri::AppHandle, receiver: Arc<Receiver>, alerts: Alerts) {
+    forward::spawn(handle, receiver.events());
+    let started = match (
+        std::env::var("WARDLINE_SERVER"),
+        std::env::var("WARDLINE_USER"),
+        std::env::var("WARDLINE_TOKEN"),
+    ) {
+        (Ok(server), Ok(user), Ok(token)) if !token.is_empty() => {
+            receiver.start(
+                &server,
+                &user,
+                wardline_protocol::Sensitive::new(token),
+                alerts,
+            );
+            Ok(true)
+        }
+        _ => receiver.resume(alerts).await,
+    };
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "could not resume the last sign-in");
+    }
+}
+
 /// Runs the app.
 #[cfg_attr(mobile, tauri::mobile_entry_point)]
 pub fn run() {
@@ -127,40 +156,26 @@ pub fn run() {
             commands::set_start_at_login,
         ])
         .setup(|app| {
-            let receiver = Arc::new(Receiver::open(&inbox_path(app.handle()))?);
-            forward::spawn(app.handle().clone(), receiver.events());
             let alerts = choose_alerts(app.handle());
             app.manage(AppAlerts(alerts.clone()));
-            // WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests),
-            // as they do for the CLI; otherwise the last sign-in resumes. On Tauri's runtime, not
-            // the main thread: the keychain may take a while.
-            {
-                let receiver = receiver.clone();
-                tauri::async_runtime::spawn(async move {
-                    let started = match (
-                        std::env::var("WARDLINE_SERVER"),
-                        std::env::var("WARDLINE_USER"),
-                        std::env::var("WARDLINE_TOKEN"),
-                    ) {
-                        (Ok(server), Ok(user), Ok(token)) if !token.is_empty() => {
-                            receiver.start(
-                                &server,
-                                &user,
-                                wardline_protocol::Sensitive::new(token),
-                                alerts,
-                            );
-                            Ok(true)
-                        }
-                        _ => receiver.resume(alerts).await,
-                    };
-                    if let Err(e) = started {
-                        tracing::warn!(error = %e, "could not resume the last sign-in");
-                    }
-                });
-            }
+            // Opening reads the inbox's key from the keychain and opens SQLite: not on this, the
+            // main thread. Commands wait for it; what follows runs once it is open.
+            let (receiver, opening) = AppReceiver::open(inbox_path(app.handle()));
             app.manage(receiver);
             #[cfg(desktop)]
             tray::build(app.handle())?;
+            // After the tray, so that a failure to open shows in it.
+            let handle = app.handle().clone();
+            tauri::async_runtime::spawn(async move {
+                match opening.await {
+                    Ok(receiver) => start(handle, receiver, alerts).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the inbox could not be opened: nothing is received");
+                        #[cfg(desktop)]
+                        tray::show_unavailable(&handle, &e);
+                    }
+                }
+            });
             // The window starts hidden (tauri.conf.json) so that a start at login stays in the tray.
             let hidden = cfg!(desktop) && std::env::args().any(|arg| arg == HIDDEN_FLAG);
             if !hidden {

@@ -8,14 +8,13 @@
 //! own alerter, which can set critical urgency.
 
 use crate::EVENT;
-use std::sync::Arc;
+use crate::opening::AppReceiver;
 use tauri::{AppHandle, Emitter, Manager};
 use tauri_plugin_notification::{Action, ActionType, NotificationExt};
 use wardline_client::Event;
 use wardline_client::alert::{
     ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, DECLINE_ACTION, NotificationRef, Urgency,
 };
-use wardline_client::receiver::Receiver;
 use wardline_protocol::{Channel, Cursor};
 
 /// The action type of critical alerts (offers "Acknowledge").
@@ -77,8 +76,9 @@ impl PluginAlerter {
                 match (action_id, target) {
                     (ACKNOWLEDGE_ACTION | DECLINE_ACTION, Some(target)) => {
                         // Stored at once, whatever the subscription's state; sent when it can be.
-                        if let Some(receiver) = handle.try_state::<Arc<Receiver>>() {
-                            let receiver = receiver.inner().clone();
+                        if let Some(receiver) =
+                            handle.try_state::<AppReceiver>().and_then(|r| r.now())
+                        {
                             let action = if action_id == DECLINE_ACTION {
                                 AlertAction::Decline(target)
                             } else {

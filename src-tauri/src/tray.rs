@@ -4,7 +4,8 @@
 //! morning) or Resume them, Sign out, Quit.
 
 use crate::commands::show_main_window;
-use std::sync::{Arc, Mutex};
+use crate::opening::AppReceiver;
+use std::sync::Mutex;
 use tauri::image::Image;
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem};
 use tauri::tray::TrayIconBuilder;
@@ -12,7 +13,7 @@ use tauri::{AppHandle, Manager};
 use wardline_client::ConnectionState;
 use wardline_client::Event;
 use wardline_client::alert::{MORNING_HOUR, Pause};
-use wardline_client::receiver::{Receiver, Status};
+use wardline_client::receiver::Status;
 
 const TRAY: &str = "wardline";
 
@@ -106,7 +107,7 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
     }
     // Menu events arrive on the main thread: what touches the receiver runs on the async runtime.
     tray.on_menu_event(|app, event| {
-        let receiver = app.try_state::<Arc<Receiver>>().map(|r| r.inner().clone());
+        let receiver = app.try_state::<AppReceiver>().and_then(|r| r.now());
         let pause = |pause: Pause| {
             let Some(receiver) = receiver.clone() else {
                 return;
@@ -137,14 +138,18 @@ pub fn build(app: &AppHandle) -> tauri::Result<()> {
         }
     })
     .build(app)?;
-    if let Some(receiver) = app.try_state::<Arc<Receiver>>() {
-        let (receiver, app) = (receiver.inner().clone(), app.clone());
-        tauri::async_runtime::spawn(async move {
-            if let Ok(status) = receiver.status().await {
-                show_pause(&app, &status);
-            }
-        });
-    }
+    // Once the receiver is open, the menu shows whether alerts are paused.
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        let Some(slot) = app.try_state::<AppReceiver>() else {
+            return;
+        };
+        if let Ok(receiver) = slot.get().await
+            && let Ok(status) = receiver.status().await
+        {
+            show_pause(&app, &status);
+        }
+    });
     Ok(())
 }
 
@@ -153,7 +158,7 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
     let Some(tray) = app.tray_by_id(TRAY) else {
         return;
     };
-    let Some(receiver) = app.try_state::<Arc<Receiver>>().map(|r| r.inner().clone()) else {
+    let Some(receiver) = app.try_state::<AppReceiver>().and_then(|r| r.now()) else {
         return;
     };
     let Ok(status) = receiver.status().await else {
@@ -226,6 +231,22 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
         .any(|e| matches!(e, Event::AlertSettingsChanged { .. }))
     {
         show_pause(app, &status);
+    }
+}
+
+/// Says in the tray that nothing will be received: the inbox could not be opened.
+pub fn show_unavailable(app: &AppHandle, reason: &str) {
+    let Some(tray) = app.tray_by_id(TRAY) else {
+        return;
+    };
+    let _ = tray.set_icon(icon("offline"));
+    let _ = tray.set_tooltip(Some(&format!(
+        "Wardline — not receiving: the inbox could not be opened ({reason})"
+    )));
+    if let Some(items) = app.try_state::<TrayItems>() {
+        let _ = items
+            .status
+            .set_text("Not receiving: the inbox could not be opened");
     }
 }
 

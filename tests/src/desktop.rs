@@ -23,9 +23,11 @@ impl SessionBus {
         let mut daemon = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("dbus-daemon is not installed (cargo xtask test installs the dbus package)")?;
+        crate::show_stderr_on_failure(daemon.stderr.take().expect("piped"), "dbus-daemon");
         let mut lines = BufReader::new(daemon.stdout.take().expect("piped")).lines();
         let address = tokio::time::timeout(crate::WAIT, lines.next_line())
             .await
@@ -287,5 +289,55 @@ impl Keyring {
             _daemon: daemon,
             _home: home,
         })
+    }
+}
+
+/// The OS keychain's D-Bus API (`org.freedesktop.secrets`) that never answers, as a keychain
+/// waiting to be unlocked looks to a caller: it counts the sessions it was asked to open.
+pub struct HangingKeychain {
+    _connection: zbus::Connection,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct NeverAnswers {
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Secret.Service")]
+impl NeverAnswers {
+    /// The first call of every secret-service client; answered never.
+    async fn open_session(
+        &self,
+        _algorithm: &str,
+        _input: OwnedVariant,
+    ) -> (OwnedVariant, zbus::OwnedObjectPath) {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+impl HangingKeychain {
+    /// Owns `org.freedesktop.secrets` on the bus at `address` (so no real keychain is started).
+    pub async fn start(address: &str) -> anyhow::Result<HangingKeychain> {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connection = zbus::connection::Builder::address(address)
+            .name("org.freedesktop.secrets")
+            .serve_at(
+                "/org/freedesktop/secrets",
+                NeverAnswers {
+                    asked: asked.clone(),
+                },
+            )
+            .build()
+            .await?;
+        Ok(HangingKeychain {
+            _connection: connection,
+            asked,
+        })
+    }
+
+    /// How many sessions it was asked to open.
+    pub fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -644,7 +644,18 @@ impl Relay {
     }
 }
 
-/// A seed notification of each type, numbered.
+/// Passes a child process's stderr (its activation messages, its warnings) through the test's own
+/// output, which the test harness shows only when the test fails.
+pub fn show_stderr_on_failure(stderr: tokio::process::ChildStderr, name: &'static str) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{name}] {line}");
+        }
+    });
+}
+
+/// A HealthHub notification of each type, numbered.
 pub fn critical_lab_result(n: usize) -> Value {
     json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("r{n}"),
            "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true})

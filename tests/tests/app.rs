@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use wardline_tests::desktop::{NotificationServer, SessionBus};
+use wardline_tests::desktop::{HangingKeychain, NotificationServer, SessionBus};
 use wardline_tests::tray::TrayHost;
 use wardline_tests::webdriver::{Display, Driver, Session};
 use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, token};
@@ -349,4 +349,43 @@ async fn the_notification_plugin_path_alerts_and_acknowledges() {
         .await
         .unwrap();
     desktop.app.close().await.unwrap();
+}
+
+/// Opening the inbox asks the OS keychain for its key, and a keychain may take its time (one
+/// waiting to be unlocked never answers until someone does): the window opens and answers
+/// meanwhile, because the app opens its inbox off the main thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_answers_while_the_keychain_does_not() {
+    let _one = ONE_APP_AT_A_TIME.lock().await;
+    let display = Display::start().await.unwrap();
+    let bus = SessionBus::start().await.unwrap();
+    let keychain = HangingKeychain::start(&bus.address).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("inbox.sqlite3");
+    let config = home.path().join("config");
+    let env = [
+        ("DISPLAY", display.name.as_str()),
+        ("DBUS_SESSION_BUS_ADDRESS", bus.address.as_str()),
+        ("WARDLINE_DB", db.to_str().unwrap()),
+        ("XDG_CONFIG_HOME", config.to_str().unwrap()),
+        ("HOME", home.path().to_str().unwrap()),
+    ];
+    let driver = Driver::start(&env).await.unwrap();
+    let app = tokio::time::timeout(Duration::from_secs(30), driver.session())
+        .await
+        .expect("the window did not open while the keychain was not answering")
+        .unwrap();
+    let title = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.execute_async("arguments[arguments.length - 1](document.title);"),
+    )
+    .await
+    .expect("the window did not answer while the keychain was not answering")
+    .unwrap();
+    assert_eq!(title, "Wardline");
+    assert!(
+        keychain.asked() >= 1,
+        "the app never asked the keychain, so this proved nothing"
+    );
+    app.close().await.unwrap();
 }
