@@ -1,4 +1,4 @@
-//! Reconnection delays: exponential with full jitter, from 1 s up to 30 s (seed 001's bounds).
+//! Reconnection delays: exponential with full jitter, from 1 s up to 30 s (the HealthHub client tutorial's bounds).
 //!
 //! Full jitter (a random delay between the floor and the current ceiling) keeps a ward's worth of
 //! devices from reconnecting in lockstep after a relay restart.
@@ -15,7 +15,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Seed 001's bounds: 1 s to 30 s.
+    /// The HealthHub client tutorial's bounds: 1 s to 30 s.
     pub fn new() -> Backoff {
         Backoff::with_bounds(Duration::from_secs(1), Duration::from_secs(30))
     }

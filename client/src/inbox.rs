@@ -304,9 +304,10 @@ fn contents(path: &Path) -> std::io::Result<Contents> {
 fn keyed_connection(path: &Path, key: &InboxKey) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // SQLCipher's own log goes to stderr; a key that does not open the file is reported by the
-    // inbox's error instead.
+    // inbox's error instead. Silenced by source: SQLCipher resets a log level of NONE to WARN
+    // whenever it is activated again, but leaves the source filter alone.
     conn.execute_batch(&format!(
-        "PRAGMA cipher_log_level = NONE; PRAGMA key = {};",
+        "PRAGMA cipher_log_source = NONE; PRAGMA key = {};",
         key.sql_literal()
     ))?;
     conn.busy_timeout(Duration::from_secs(5))?;

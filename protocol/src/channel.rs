@@ -1,6 +1,6 @@
 //! Channel names and the channels each role may read by default.
 //!
-//! The names are the ones hospital backends already publish to (seed 000): anything else is refused,
+//! The names are the ones hospital backends already publish to (the HealthHub notification effect's): anything else is refused,
 //! so a typo in a subscription is an error rather than a silent, forever-empty channel.
 
 use serde::{Deserialize, Serialize};
@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_channel_names_parse_into_their_kinds() {
+    fn healthhub_channel_names_parse_into_their_kinds() {
         let doctor = Channel::parse("doctor:abc123:notifications").unwrap();
         assert_eq!(doctor.kind(), ChannelKind::Doctor("abc123"));
         let patient = Channel::parse("patient:def456:notifications").unwrap();

@@ -1,4 +1,4 @@
-//! The `wardline.v1` WebSocket frames, in both directions, and the seed 004 frame shape.
+//! The `wardline.v1` WebSocket frames, in both directions, and the Diagnoxix notification service's frame shape.
 //!
 //! Every frame is one JSON object with an `op` field. `protocol/README.md` shows each with an example.
 
@@ -306,9 +306,9 @@ pub fn encode_notification(
     )
 }
 
-/// A notification in seed 004's shape, for `/v1/ws/notifications`.
+/// A notification in the Diagnoxix notification service's shape, for `/v1/ws/notifications`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Seed004Frame {
+pub struct DiagnoxixFrame {
     /// The payload's type.
     #[serde(rename = "type")]
     pub kind: String,

@@ -3,8 +3,8 @@
 //! No I/O lives here, only the vocabulary both sides must agree on:
 //! - [`channel`]: channel names (`doctor:{id}:notifications`, …) and which ones a role reads by default;
 //! - [`cursor`]: a position in one channel's history (`<ms>-<seq>`, a Redis stream id);
-//! - [`message`]: priorities and the seed notification types, with readable titles and bodies;
-//! - [`frame`]: the `wardline.v1` WebSocket frames and the seed 004 frame shape;
+//! - [`message`]: priorities and HealthHub's notification types, with readable titles and bodies;
+//! - [`frame`]: the `wardline.v1` WebSocket frames and the Diagnoxix frame shape;
 //! - [`error`]: stable numeric error codes and WebSocket close codes;
 //! - [`sensitive`]: `Sensitive<T>`, which keeps secrets out of `Debug` and logs.
 //!
@@ -29,7 +29,7 @@ pub use sensitive::Sensitive;
 
 /// The WebSocket subprotocol of Wardline's envelope protocol.
 pub const SUBPROTOCOL_V1: &str = "wardline.v1";
-/// The WebSocket subprotocol a browser names to get seed-compatible raw frames while it passes its
+/// The WebSocket subprotocol a browser names to get raw frames, as HealthHub's clients read them, while it passes its
 /// token as a `bearer.<jwt>` subprotocol (browsers cannot set headers on a WebSocket).
 pub const SUBPROTOCOL_RAW: &str = "wardline.raw";
 /// Prefix of the subprotocol entry that carries a token.

@@ -1,4 +1,4 @@
-//! Priorities and the seed notification types, with titles and bodies a person can read.
+//! Priorities and HealthHub's notification types, with titles and bodies a person can read.
 //!
 //! Payloads stay the publisher's JSON, untouched; these functions only look into them.
 
@@ -67,7 +67,7 @@ fn field<'a>(message: &'a Value, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// A readable title and body for a notification, for OS alerts, inbox rows and seed 004 frames.
+/// A readable title and body for a notification, for OS alerts, inbox rows and Diagnoxix frames.
 pub fn describe(message: &Value) -> (String, String) {
     let get = |name: &str| field(message, name).unwrap_or("?");
     match message_type(message) {
@@ -77,7 +77,11 @@ pub fn describe(message: &Value) -> (String, String) {
                 get("test_type"),
                 get("patient_name")
             ),
-            "Requires review now.".to_owned(),
+            // The value, where the laboratory's backend sends one (a field beyond HealthHub's).
+            match field(message, "value") {
+                Some(value) => format!("{} {value} — requires review now.", get("test_type")),
+                None => "Requires review now.".to_owned(),
+            },
         ),
         Some("lab_result_available") => {
             let reviewed = message.get("reviewed").and_then(Value::as_bool) == Some(true);
@@ -162,12 +166,21 @@ mod tests {
     }
 
     #[test]
-    fn seed_types_read_as_sentences() {
+    fn healthhub_types_read_as_sentences() {
         let critical = json!({"type": "critical_lab_result", "urgent": true, "result_id": "r1",
             "patient_name": "Bob Wilson", "test_type": "BMP", "requires_review": true});
         assert_eq!(
-            describe(&critical).0,
-            "Critical lab result — BMP for Bob Wilson"
+            describe(&critical),
+            (
+                "Critical lab result — BMP for Bob Wilson".into(),
+                "Requires review now.".into()
+            )
+        );
+        let with_value = json!({"type": "critical_lab_result", "patient_name": "Bob Wilson",
+            "test_type": "Potassium", "value": "6.8 mmol/L"});
+        assert_eq!(
+            describe(&with_value).1,
+            "Potassium 6.8 mmol/L — requires review now."
         );
         let rx = json!({"type": "new_prescription", "medication": "Amoxicillin", "doctor_name": "Dr. Smith"});
         assert_eq!(

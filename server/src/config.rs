@@ -1,6 +1,7 @@
 //! The relay's configuration: command-line flags, `WARDLINE_*` environment variables, a TOML file,
-//! then defaults, in that order of precedence. Redis also falls back to seed 002's `REDIS_URL` and
-//! seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
+//! then defaults, in that order of precedence. Redis also falls back to the `REDIS_URL` of the
+//! hospital's Celery notification service and the HealthHub notification effect's
+//! `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
 
 use crate::broker::tracking::Policy;
 use crate::client_addr::Cidr;
@@ -384,7 +385,8 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Redis from seed 000's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB` or seed 002's `REDIS_URL`.
+/// Redis from the HealthHub notification effect's `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB` or the
+/// Celery notification service's `REDIS_URL`.
 fn redis_url_from_legacy_env() -> Option<String> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return Some(url);

@@ -2,7 +2,7 @@
 //!
 //! Server-to-client WebSocket frames are not masked, so a frame's text is the same for every
 //! recipient: a broadcast to 10,000 connections encodes its JSON once and hands out reference-counted
-//! copies. The seed 004 frame names its recipient and SSE ids carry each stream's own positions, so
+//! copies. The Diagnoxix frame names its recipient and SSE ids carry each stream's own positions, so
 //! those parts are encoded per connection.
 
 use crate::broker::StoredMessage;
@@ -10,7 +10,7 @@ use crate::broker::tracking::ReceiptSync;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
-use wardline_protocol::frame::{Seed004Frame, encode_notification, rfc3339_millis};
+use wardline_protocol::frame::{DiagnoxixFrame, encode_notification, rfc3339_millis};
 use wardline_protocol::message::describe;
 
 /// What the hub queues for a connection.
@@ -65,7 +65,7 @@ impl Delivery {
         String::from_utf8_lossy(&self.message.payload).into_owned()
     }
 
-    /// The published text itself, byte for byte (seed-compatible frames).
+    /// The published text itself, byte for byte (the frames HealthHub's clients read).
     pub fn raw_frame(&self) -> Utf8Bytes {
         self.raw
             .get_or_init(|| Utf8Bytes::from(self.payload_text()))
@@ -101,12 +101,12 @@ impl Delivery {
             .clone()
     }
 
-    /// The notification in seed 004's shape, addressed to `user`.
-    pub fn seed004_frame(&self, user: &str) -> Utf8Bytes {
+    /// The notification in the Diagnoxix notification service's shape, addressed to `user`.
+    pub fn diagnoxix_frame(&self, user: &str) -> Utf8Bytes {
         let data = serde_json::from_slice(&self.message.payload)
             .unwrap_or_else(|_| serde_json::Value::String(self.payload_text()));
         let (title, message) = describe(&data);
-        let frame = Seed004Frame {
+        let frame = DiagnoxixFrame {
             kind: self.kind.clone(),
             user_id: user.to_owned(),
             title,
@@ -115,7 +115,7 @@ impl Delivery {
             timestamp: rfc3339_millis(self.message.id.ms),
             id: self.message.id.to_string(),
         };
-        Utf8Bytes::from(serde_json::to_string(&frame).expect("seed 004 frames serialize"))
+        Utf8Bytes::from(serde_json::to_string(&frame).expect("Diagnoxix frames serialize"))
     }
 }
 
@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_and_seed004_frames_carry_id_and_payload() {
+    fn envelopes_and_diagnoxix_frames_carry_id_and_payload() {
         let d = delivery(
             r#"{"type":"critical_lab_result","patient_name":"Bob Wilson","test_type":"BMP"}"#,
         );
@@ -189,10 +189,10 @@ mod tests {
             (n.id, n.priority),
             (Cursor::new(1_700_000_000_000, 3), Priority::Critical)
         );
-        let seed: Seed004Frame = serde_json::from_str(d.seed004_frame("d1").as_str()).unwrap();
-        assert_eq!(seed.title, "Critical lab result — BMP for Bob Wilson");
+        let frame: DiagnoxixFrame = serde_json::from_str(d.diagnoxix_frame("d1").as_str()).unwrap();
+        assert_eq!(frame.title, "Critical lab result — BMP for Bob Wilson");
         assert_eq!(
-            (seed.user_id.as_str(), seed.id.as_str()),
+            (frame.user_id.as_str(), frame.id.as_str()),
             ("d1", "1700000000000-3")
         );
         assert!(d.sse_data().starts_with(b"data: {\"op\":\"notification\""));

@@ -10,8 +10,8 @@
 //! - [`delivery`]: a notification with each wire format encoded at most once;
 //! - [`session`]: one connection's domain state (channels, positions, resume seam), shared by
 //!   every transport;
-//! - [`transport`]: thin encoders from a session to a wire: WebSocket (seed raw, `wardline.v1`,
-//!   seed 004) and SSE;
+//! - [`transport`]: thin encoders from a session to a wire: WebSocket (raw as HealthHub's clients read it,
+//!   `wardline.v1`, Diagnoxix's frames) and SSE;
 //! - [`escalation`]: the acknowledge-or-escalate loop every node runs: reminders, escalations to
 //!   backups, emails, each step once across nodes; receipts that end or hasten it;
 //! - [`http`]: publishing, stats, receipts, a notification's trail, health, and metrics on their
@@ -105,7 +105,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ws/{user_id}", get(transport::ws::user_socket))
         .route("/sse/{user_id}", get(transport::sse::user_events))
-        .route("/v1/ws/notifications", get(transport::ws::seed004_socket))
+        .route("/v1/ws/notifications", get(transport::ws::diagnoxix_socket))
         .route("/v1/publish", post(http::publish::publish))
         .route("/v1/me", get(http::me::me))
         .route("/v1/stats", get(http::stats::stats))

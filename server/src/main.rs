@@ -164,6 +164,19 @@ fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(0)
 }
 
+/// A listener that could not bind, with what to do when another process holds the port.
+fn bind_failed(error: std::io::Error, address: std::net::SocketAddr, flag: &str) -> anyhow::Error {
+    let advice = if error.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            ": another process listens there (`ss -ltnp 'sport = :{}'` names it); stop it or choose another {flag}",
+            address.port()
+        )
+    } else {
+        String::new()
+    };
+    anyhow::Error::new(error).context(format!("binding {address} ({flag}){advice}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -182,16 +195,11 @@ async fn main() -> anyhow::Result<()> {
             }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
-                .with_context(|| format!("binding {}", config.listen))?;
+                .map_err(|e| bind_failed(e, config.listen, "--listen"))?;
             let address = listener.local_addr()?;
             let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
                 .await
-                .with_context(|| {
-                    format!(
-                        "binding the metrics listener {} (--metrics-listen)",
-                        config.metrics_listen
-                    )
-                })?;
+                .map_err(|e| bind_failed(e, config.metrics_listen, "--metrics-listen"))?;
             let metrics_address = metrics_listener.local_addr()?;
             let relay = wardline_relay::Relay::build(config).await?;
             relay.serve_metrics(metrics_listener);

@@ -15,8 +15,8 @@ pub enum Transport {
     WsV1,
     /// `/sse/{user}`.
     Sse,
-    /// `/v1/ws/notifications`, seed 004's frames.
-    Seed004,
+    /// `/v1/ws/notifications`, the Diagnoxix notification service's frames.
+    Diagnoxix,
 }
 
 impl Transport {
@@ -24,7 +24,7 @@ impl Transport {
         Transport::WsRaw,
         Transport::WsV1,
         Transport::Sse,
-        Transport::Seed004,
+        Transport::Diagnoxix,
     ];
 
     /// The label used in metrics and stats.
@@ -33,7 +33,7 @@ impl Transport {
             Transport::WsRaw => "ws_raw",
             Transport::WsV1 => "ws_v1",
             Transport::Sse => "sse",
-            Transport::Seed004 => "seed004",
+            Transport::Diagnoxix => "diagnoxix",
         }
     }
 }

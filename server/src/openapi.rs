@@ -28,7 +28,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::http::health::healthz,
         crate::http::health::readyz,
         crate::transport::ws::user_socket,
-        crate::transport::ws::seed004_socket,
+        crate::transport::ws::diagnoxix_socket,
         crate::transport::sse::user_events,
         openapi,
     ),

@@ -1,4 +1,4 @@
-# Seed 001's Python client (tutorial 07, "Python Client (for testing)"), as written — plus the
+# The HealthHub client tutorial's Python client (tutorial 07, "Python Client (for testing)"), as written — plus the
 # `import json` the tutorial forgets, and, for the test, a base URL, a count to stop after, and each
 # frame printed raw (JSON-quoted) so the test can compare it byte for byte with what was published.
 import asyncio

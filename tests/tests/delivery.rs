@@ -1,5 +1,5 @@
-//! What reaches whom: seed clients byte for byte, resume without gaps or duplicates, several relay
-//! nodes on one Redis, acknowledgements, seed 004's frames.
+//! What reaches whom: HealthHub's clients byte for byte, resume without gaps or duplicates, several relay
+//! nodes on one Redis, acknowledgements, Diagnoxix's frames.
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -15,16 +15,19 @@ use wardline_tests::{
 
 const DOCTOR_CHANNEL: &str = "doctor:d1:notifications";
 
-/// Seed 001's Python client, unchanged but for the harness arguments, receives byte-identical JSON:
+/// The HealthHub client tutorial's Python client, unchanged but for the harness arguments, receives byte-identical JSON:
 /// published with a plain Redis `PUBLISH` (Redis) or `POST /v1/publish` (embedded).
-async fn the_seed_python_client_receives_the_published_bytes(
+async fn the_healthhub_python_client_receives_the_published_bytes(
     kind: BrokerKind,
 ) -> anyhow::Result<()> {
     let (redis, relay) = wardline_tests::setup(kind, &[]).await?;
     if let Some(redis) = &redis {
         wait_for_recorder(redis).await?;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/seed/seed001_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/healthhub_tutorial_client.py"
+    );
     let mut python = tokio::process::Command::new("python3")
         .args([
             script,
@@ -34,13 +37,15 @@ async fn the_seed_python_client_receives_the_published_bytes(
             "3",
         ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("python3 with websockets is needed (cargo xtask test installs it)")?;
+    wardline_tests::show_stderr_on_failure(python.stderr.take().unwrap(), "python client");
     let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(WAIT, lines.next_line()).await??;
     assert_eq!(first.as_deref(), Some("Connected to notifications"));
-    // The seed's own spacing and key order (Python's json.dumps), which must survive untouched.
+    // The tutorial client's own spacing and key order (Python's json.dumps), which must survive untouched.
     let payloads = [
         (
             DOCTOR_CHANNEL,
@@ -92,7 +97,7 @@ async fn the_seed_python_client_receives_the_published_bytes(
     }
     Ok(())
 }
-on_both_brokers!(the_seed_python_client_receives_the_published_bytes);
+on_both_brokers!(the_healthhub_python_client_receives_the_published_bytes);
 
 async fn publish_numbered(
     relay: &Relay,
@@ -483,8 +488,8 @@ async fn idempotent_publishes_store_once(kind: BrokerKind) -> anyhow::Result<()>
 }
 on_both_brokers!(idempotent_publishes_store_once);
 
-/// Seed 004's endpoint: its frame shape and its JSON ping.
-async fn seed004_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()> {
+/// The Diagnoxix notification service's endpoint: its frame shape and its JSON ping.
+async fn diagnoxix_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()> {
     let (_redis, relay) = wardline_tests::setup(kind, &[]).await?;
     let url = relay.ws_url(&format!(
         "/v1/ws/notifications?user_id=d1&token={}",
@@ -514,7 +519,7 @@ async fn seed004_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()
     assert_eq!(frame["title"], "Critical lab result — BMP for Bob Wilson");
     assert_eq!(frame["data"], critical_lab_result(3));
     assert!(frame["timestamp"].as_str().unwrap().ends_with('Z'));
-    // Without a token, unlike the seed, it is refused.
+    // Without a token, unlike Diagnoxix's own server, it is refused.
     let anonymous = relay.ws_url("/v1/ws/notifications?user_id=d1");
     assert!(matches!(
         connect(&anonymous, &[]).await,
@@ -523,7 +528,7 @@ async fn seed004_clients_get_their_frames(kind: BrokerKind) -> anyhow::Result<()
     let _ = socket.next().await;
     Ok(())
 }
-on_both_brokers!(seed004_clients_get_their_frames);
+on_both_brokers!(diagnoxix_clients_get_their_frames);
 
 /// A cursor older than the history kept is reported as a gap, and what is kept is replayed.
 async fn a_cursor_older_than_history_reports_a_gap(kind: BrokerKind) -> anyhow::Result<()> {
@@ -669,7 +674,7 @@ async fn admins_send_test_notifications_to_a_users_channel() {
 }
 
 /// A backend's pretty-printed JSON with non-ASCII text, sent with plain `PUBLISH` (CRLF and LF line
-/// ends): SSE clients parse it as the EventSource standard says, and seed-compatible WebSocket
+/// ends): SSE clients parse it as the EventSource standard says, and raw WebSocket
 /// clients get the published bytes unchanged.
 #[tokio::test]
 async fn a_multi_line_payload_from_plain_publish_reaches_sse_and_websocket_intact()

@@ -100,7 +100,7 @@ async fn bad_frames_get_clear_errors(kind: BrokerKind) -> anyhow::Result<()> {
 }
 on_both_brokers!(bad_frames_get_clear_errors);
 
-/// Bad publish requests get the seed's failed shape with a reason and a code.
+/// Bad publish requests get the HealthHub notification effect's failed shape with a reason and a code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_publishes_fail_with_reasons() {
     let relay = Relay::embedded(&[]).await.unwrap();

@@ -119,7 +119,7 @@ describe("the banner", () => {
 });
 
 describe("the detail view", () => {
-  it("shows the seed payload's fields in words", () => {
+  it("shows a HealthHub payload's fields in words", () => {
     const critical = row("1", {
       message: { type: "critical_lab_result", patient_name: "Bob Wilson", test_type: "BMP", requires_review: true },
     });

@@ -158,7 +158,14 @@ pub fn ensure_python_websockets() -> Result<(), String> {
     eprintln!(
         "xtask: installing the Python websockets package (the HealthHub client tutorial's Python client)"
     );
-    let pip = run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "websockets"]));
+    let pip = run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        "websockets",
+    ]));
     if pip.is_err() && is_root() {
         ensure_apt(&[("", "python3-websockets")])?;
     }

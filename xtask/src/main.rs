@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: the project's two commands and its benchmarks.
 //!
-//! - `demo`: the relay on its embedded broker, a demo publisher and a terminal view of what a
-//!   subscriber receives;
+//! - `demo [--keep-data]`: the relay on its embedded broker, a demo publisher, the receivers' view
+//!   in the terminal and, with a display, the app;
 //! - `test`: installs what the tests need, then formatting, lints and every test;
 //! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`;
 //! - `chaos [--rounds N]`: relays and Redis broken while notifications flow, into `bench/results/chaos.md`;
@@ -11,6 +11,7 @@
 mod bench;
 mod chaos;
 mod demo;
+mod demo_check;
 mod deps;
 mod package;
 mod soak;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
         Some("package") => package::run_package(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [--smoke] | test | bench relay|client|app | chaos [--rounds N] | soak [--minutes N] | package [--debug]"
+                "usage: cargo xtask demo [--keep-data] [--smoke] | test | bench relay|client|app | chaos [--rounds N] | soak [--minutes N] | package [--debug]"
             );
             return ExitCode::from(2);
         }

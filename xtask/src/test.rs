@@ -4,8 +4,13 @@ use crate::deps::{
     TAURI_PACKAGES, build_ui, ensure_apt, ensure_python_websockets, run as run_command,
     workspace_root,
 };
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// Lines of the run's output that a healthy run must not print (tracebacks, ERROR lines, colour
+/// codes), gathered while they are echoed.
+type Alarming = Arc<Mutex<Vec<String>>>;
 
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -31,7 +36,15 @@ fn checkout_status() -> Option<String> {
 /// outside `.gitignore`).
 pub fn run_all() -> Result<(), String> {
     let before = checkout_status();
-    run_steps()?;
+    let alarming = Alarming::default();
+    run_steps(&alarming)?;
+    let alarming = std::mem::take(&mut *alarming.lock().expect("not poisoned"));
+    if !alarming.is_empty() {
+        return Err(format!(
+            "every test passed, but a healthy run should print no traceback, ERROR line or colour code; it printed:\n{}",
+            alarming.join("\n")
+        ));
+    }
     let after = checkout_status();
     if before != after {
         return Err(format!(
@@ -43,7 +56,7 @@ pub fn run_all() -> Result<(), String> {
     Ok(())
 }
 
-fn run_steps() -> Result<(), String> {
+fn run_steps(alarming: &Alarming) -> Result<(), String> {
     // Real parts for the end-to-end tests: Redis, a D-Bus bus for OS alerts, a keychain; and what
     // the Tauri app builds with.
     ensure_apt(&[
@@ -70,71 +83,147 @@ fn run_steps() -> Result<(), String> {
     // The app embeds ui/dist: build it (and run the UI's unit tests) before any cargo step.
     build_ui()?;
     let ui = workspace_root().join("ui");
-    run_command(
+    run_watched(
         Command::new("npm")
             .current_dir(&ui)
             .args(["run", "--silent", "test"]),
+        alarming,
     )?;
     // The built UI in real headless Chromium, Tauri's IPC mocked at the boundary.
-    run_command(
+    run_watched(
         Command::new("npm")
             .current_dir(&ui)
             .args(["run", "--silent", "test:browser"]),
+        alarming,
     )?;
-    run_command(cargo().args(["fmt", "--all", "--check"]))?;
-    run_command(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run_watched(cargo().args(["fmt", "--all", "--check"]), alarming)?;
+    run_watched(
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        alarming,
+    )?;
     // The end-to-end tests start the real binaries: build them first.
-    run_command(cargo().args(["build", "--workspace", "--bins"]))?;
+    run_watched(cargo().args(["build", "--workspace", "--bins"]), alarming)?;
     // The packages' layout is checked by a test (tests/tests/package.rs), on the debug binaries.
     crate::package::run_package(&["--debug".to_owned()])?;
     crate::demo::run(&["--smoke".to_owned()])?;
-    run_tests()
+    crate::demo_check::run()?;
+    run_tests(alarming)
 }
 
-/// Runs `cargo test --workspace`, echoing its output, and ends with one summary line over all test
-/// binaries (cargo's own last line is that of whichever binary ran last, often one with no tests).
-fn run_tests() -> Result<(), String> {
+/// Echoes a pipe line by line to `out`, keeping the lines a healthy run must not print.
+fn echo_watched(
+    pipe: impl Read + Send + 'static,
+    mut out: impl Write + Send + 'static,
+    alarming: &Alarming,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let alarming = Arc::clone(alarming);
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = out.write_all(&line);
+            let _ = out.flush();
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            on_line(text);
+            let found = crate::demo_check::alarming_lines(&[text.to_owned()]);
+            alarming.lock().expect("not poisoned").extend(found);
+            line.clear();
+        }
+    })
+}
+
+/// Runs a command with its output echoed and watched; fails if the command fails.
+fn run_watched(command: &mut Command, alarming: &Alarming) -> Result<(), String> {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{description}: {e}"))?;
+    let out = echo_watched(
+        child.stdout.take().expect("piped"),
+        std::io::stdout(),
+        alarming,
+        |_| {},
+    );
+    let err = echo_watched(
+        child.stderr.take().expect("piped"),
+        std::io::stderr(),
+        alarming,
+        |_| {},
+    );
+    let status = child.wait().map_err(|e| format!("{description}: {e}"))?;
+    let _ = (out.join(), err.join());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{description} failed with {status}"))
+    }
+}
+
+/// Runs `cargo test --workspace`, its output echoed and watched, and ends with one summary line
+/// over all test binaries (cargo's own last line is that of whichever binary ran last, often one
+/// with no tests).
+fn run_tests(alarming: &Alarming) -> Result<(), String> {
     let mut child = cargo()
         .args(["test", "--workspace"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cargo test: {e}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)?
-                            .trim()
-                            .rsplit(' ')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
-        }
-    }
+    let counts = Arc::new(Mutex::new((0u64, 0u64)));
+    let counter = Arc::clone(&counts);
+    let out = echo_watched(
+        child.stdout.take().expect("piped"),
+        std::io::stdout(),
+        alarming,
+        move |line| {
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let mut counts = counter.lock().expect("not poisoned");
+                counts.0 += result_count(rest, " passed");
+                counts.1 += result_count(rest, " failed");
+            }
+        },
+    );
+    let err = echo_watched(
+        child.stderr.take().expect("piped"),
+        std::io::stderr(),
+        alarming,
+        |_| {},
+    );
     let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = (out.join(), err.join());
+    let (passed, failed) = *counts.lock().expect("not poisoned");
     println!("{passed} passed, {failed} failed");
     if status.success() {
         Ok(())
     } else {
         Err(format!("cargo test failed ({status})"))
     }
+}
+
+/// The number before `word` in a `test result:` line (`ok. 12 passed; 0 failed; …`).
+fn result_count(rest: &str, word: &str) -> u64 {
+    rest.split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Entry point of `cargo xtask test`.

@@ -1,4 +1,4 @@
-//! `POST /v1/publish`: store first, then fan out; answers in seed 000's result shapes:
+//! `POST /v1/publish`: store first, then fan out; answers in the HealthHub notification effect's result shapes:
 //! `{"status":"published","channel","message_id","recipients_count"}` or
 //! `{"status":"failed","channel","reason"}` (plus a stable `code`).
 

@@ -52,7 +52,7 @@ pub struct ConnectionCounts {
     /// Server-Sent Events.
     pub sse: i64,
     /// `/v1/ws/notifications`, the Diagnoxix notification service's WebSocket.
-    pub seed004: i64,
+    pub diagnoxix: i64,
 }
 
 /// The broker's state.
@@ -89,7 +89,7 @@ pub async fn stats(
             ws_raw: m.connections(Transport::WsRaw),
             ws_v1: m.connections(Transport::WsV1),
             sse: m.connections(Transport::Sse),
-            seed004: m.connections(Transport::Seed004),
+            diagnoxix: m.connections(Transport::Diagnoxix),
         },
         channels: state.hub.channel_count(),
         broker: BrokerStatus {

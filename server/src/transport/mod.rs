@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use wardline_protocol::ErrorCode;
 
 /// Checks a new connection: not shutting down, within its client address's rate, a valid token whose
-/// subject is the user in the path (seed 000's handler never checked this), a slot under the
+/// subject is the user in the path (the HealthHub notification effect's handler never checked this), a slot under the
 /// connection caps (held by the permit for the connection's life), and a reachable broker.
 pub async fn admit(
     state: &AppState,

@@ -1,8 +1,8 @@
 //! WebSocket transports over one session:
-//! - `/ws/{user_id}` without a subprotocol (or with `wardline.raw`): seed-compatible, each text frame is
+//! - `/ws/{user_id}` without a subprotocol (or with `wardline.raw`): as HealthHub's clients read it, each text frame is
 //!   the published JSON byte for byte, for every channel the user may read, live only;
 //! - `/ws/{user_id}` with `wardline.v1`: envelopes, subscribe with resume, acks, ping;
-//! - `/v1/ws/notifications?user_id=`: seed 004's frames and `{"type":"ping"}` → `{"type":"pong"}`.
+//! - `/v1/ws/notifications?user_id=`: the Diagnoxix notification service's frames and `{"type":"ping"}` → `{"type":"pong"}`.
 
 use crate::AppState;
 use crate::auth::Claims;
@@ -34,7 +34,7 @@ const HARD_FRAME_LIMIT: usize = 1 << 20;
 enum Mode {
     Raw,
     V1,
-    Seed004,
+    Diagnoxix,
 }
 
 impl Mode {
@@ -42,7 +42,7 @@ impl Mode {
         match self {
             Mode::Raw => Transport::WsRaw,
             Mode::V1 => Transport::WsV1,
-            Mode::Seed004 => Transport::Seed004,
+            Mode::Diagnoxix => Transport::Diagnoxix,
         }
     }
 }
@@ -59,7 +59,7 @@ pub struct TokenQuery {
 
 /// Query of `/v1/ws/notifications`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct Seed004Query {
+pub struct DiagnoxixQuery {
     /// The token's user.
     user_id: String,
     /// The token, for clients that cannot set `Authorization`.
@@ -125,15 +125,15 @@ pub async fn user_socket(
 /// is required, unlike there).
 #[utoipa::path(get, path = "/v1/ws/notifications", tag = "devices",
     security(("bearer" = [])),
-    params(Seed004Query),
+    params(DiagnoxixQuery),
     responses(
         (status = 101, description = "A WebSocket with the Diagnoxix service's frames; `{\"type\":\"ping\"}` is answered with a pong"),
         (status = "4XX", description = "Refused: the token, the user or not an upgrade", body = crate::error::ErrorBody),
     ))]
-pub async fn seed004_socket(
+pub async fn diagnoxix_socket(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    Query(query): Query<Seed004Query>,
+    Query(query): Query<DiagnoxixQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -145,9 +145,9 @@ pub async fn seed004_socket(
         &headers,
     )
     .await?;
-    let session = open_session(&state, claims, None, Mode::Seed004).await?;
+    let session = open_session(&state, claims, None, Mode::Diagnoxix).await?;
     Ok(configure(ws, &state)
-        .on_upgrade(move |socket| run(socket, state, session, Mode::Seed004, permit)))
+        .on_upgrade(move |socket| run(socket, state, session, Mode::Diagnoxix, permit)))
 }
 
 /// Why the connection loop ended.
@@ -158,7 +158,7 @@ enum Stop {
     Close(u16, String),
 }
 
-/// Opens the session before the upgrade completes: clients that never resume (raw, seed 004) are
+/// Opens the session before the upgrade completes: clients that never resume (raw, Diagnoxix) are
 /// subscribed by the time they see `101 Switching Protocols`, so nothing published after that is lost.
 async fn open_session(
     state: &AppState,
@@ -219,7 +219,7 @@ fn encode(mode: Mode, delivery: &Delivery, user: &str) -> Utf8Bytes {
     match mode {
         Mode::Raw => delivery.raw_frame(),
         Mode::V1 => delivery.v1_frame(),
-        Mode::Seed004 => delivery.seed004_frame(user),
+        Mode::Diagnoxix => delivery.diagnoxix_frame(user),
     }
 }
 
@@ -442,7 +442,7 @@ async fn handle_inbound(
     }
     match mode {
         Mode::V1 => handle_v1(socket, session, state, text.as_str()).await,
-        Mode::Seed004 => {
+        Mode::Diagnoxix => {
             let is_ping = serde_json::from_str::<serde_json::Value>(text.as_str())
                 .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("ping"));
             if is_ping {
@@ -455,7 +455,7 @@ async fn handle_inbound(
             }
             Ok(())
         }
-        // Seed clients only listen; what they send is ignored, as the seed server did.
+        // HealthHub's and Diagnoxix's clients only listen; what they send is ignored, as their servers did.
         Mode::Raw => Ok(()),
     }
 }

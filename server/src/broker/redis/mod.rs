@@ -7,7 +7,7 @@
 //! - Fan-out: each node holds one pub/sub connection and subscribes to the live channels its clients
 //!   need (the hub counts the references).
 //! - Plain `PUBLISH <channel> <json>` from existing backends: the node holding the recorder lease
-//!   (`wardline:recorder`, renewed every second, expiring after 5 s) pattern-subscribes to the seed
+//!   (`wardline:recorder`, renewed every second, expiring after 5 s) pattern-subscribes to the HealthHub
 //!   channels and runs the same script, fenced on the lease, so each message is stored once. The
 //!   other recorder-enabled nodes see the same messages and keep the last ten seconds of them; the
 //!   node that takes the lease over (≤ 6 s after a holder died without releasing it) first records
@@ -270,7 +270,7 @@ async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager,
     .map_err(unavailable)
 }
 
-/// A plain `PUBLISH` seen on a seed channel, waiting to be recorded.
+/// A plain `PUBLISH` seen on a HealthHub channel, waiting to be recorded.
 struct LegacyMessage {
     channel: String,
     payload: Bytes,
