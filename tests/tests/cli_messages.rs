@@ -141,3 +141,60 @@ async fn a_refused_token_is_exit_code_3_in_every_command() {
         "{help}"
     );
 }
+
+/// On a terminal (a real pseudo-terminal, through util-linux's `script`), `login` asks for the token
+/// and does not show it as it is typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_on_a_terminal_asks_for_the_token_and_does_not_show_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = token("d1", "doctor", &[], 3600);
+    let wardline = wardline_tests::binary("wardline");
+    let mut terminal = tokio::process::Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!("{} login --user d1", wardline.display()))
+        .arg("/dev/null")
+        .env("WARDLINE_SERVER", &relay.base)
+        .env("WARDLINE_DB", inbox_path(&dir))
+        .env_remove("WARDLINE_TOKEN")
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/wardline-test-bus",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut screen = terminal.stdout.take().unwrap();
+    let mut shown = String::new();
+    let mut chunk = [0u8; 4096];
+    while !shown.contains("(not shown): ") {
+        let n = tokio::time::timeout(wardline_tests::WAIT, screen.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no prompt; the terminal showed {shown:?}"))
+            .unwrap();
+        assert!(n > 0, "ended before asking; the terminal showed {shown:?}");
+        shown.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(
+        shown.contains(&format!("Token for d1 at {}", relay.base)),
+        "{shown:?}"
+    );
+    let mut keyboard = terminal.stdin.take().unwrap();
+    keyboard
+        .write_all(format!("{doctor}\r").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(wardline_tests::WAIT, screen.read_to_string(&mut shown))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = terminal.wait().await.unwrap();
+    // No keychain here: the token was read, checked and then had nowhere to be kept.
+    assert!(shown.contains("set WARDLINE_TOKEN instead"), "{shown:?}");
+    assert_eq!(status.code(), Some(2), "{shown:?}");
+    assert!(!shown.contains(&doctor), "the token was shown: {shown:?}");
+    drop(keyboard);
+}
