@@ -212,15 +212,18 @@ fn is_running(pid: u32) -> bool {
     })
 }
 
-/// Lines a healthy run must not print: tracebacks, ERROR lines, colour codes.
+/// Whether a healthy run must not print `line`: a traceback, an ERROR line, a colour code.
+pub fn is_alarming(line: &str) -> bool {
+    line.contains("Traceback (most recent call last)")
+        || line.contains("ERROR")
+        || line.contains('\u{1b}')
+}
+
+/// The lines a healthy run must not print, escaped for showing.
 pub fn alarming_lines(lines: &[String]) -> Vec<String> {
     lines
         .iter()
-        .filter(|line| {
-            line.contains("Traceback (most recent call last)")
-                || line.contains("ERROR")
-                || line.contains('\u{1b}')
-        })
+        .filter(|line| is_alarming(line))
         .map(|line| line.escape_debug().to_string())
         .collect()
 }

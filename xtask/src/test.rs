@@ -134,8 +134,10 @@ fn echo_watched(
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
             on_line(text);
-            let found = crate::demo_check::alarming_lines(&[text.to_owned()]);
-            alarming.lock().expect("not poisoned").extend(found);
+            if crate::demo_check::is_alarming(text) {
+                let shown = text.escape_debug().to_string();
+                alarming.lock().expect("not poisoned").push(shown);
+            }
             line.clear();
         }
     })

@@ -45,9 +45,21 @@ impl Drop for OwnedChild {
     }
 }
 
-/// Who listens on a local TCP port, as `ss` tells it: `wardline-relay (pid 1234)`; `None` when
-/// `ss` cannot say (not installed, or the holder is another user's and this is not root).
-pub fn port_holder(port: u16) -> Option<String> {
+/// A process listening on a port.
+pub struct PortHolder {
+    pub name: String,
+    pub pid: u32,
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.name, self.pid)
+    }
+}
+
+/// Who listens on a local TCP port, as `ss` tells it; `None` when `ss` cannot say (not installed,
+/// or the holder is another user's and this is not root).
+pub fn port_holder(port: u16) -> Option<PortHolder> {
     let output = Command::new("ss")
         .args(["-Hltnp", &format!("sport = :{port}")])
         .output()
@@ -55,8 +67,8 @@ pub fn port_holder(port: u16) -> Option<String> {
     parse_ss_users(&String::from_utf8_lossy(&output.stdout))
 }
 
-/// `… users:(("wardline-relay",pid=1234,fd=9))` → `wardline-relay (pid 1234)`.
-fn parse_ss_users(ss_output: &str) -> Option<String> {
+/// `… users:(("wardline-relay",pid=1234,fd=9))` → wardline-relay, 1234.
+fn parse_ss_users(ss_output: &str) -> Option<PortHolder> {
     let users = ss_output.split_once("users:((\"")?.1;
     let (name, rest) = users.split_once('"')?;
     let pid: String = rest
@@ -64,7 +76,10 @@ fn parse_ss_users(ss_output: &str) -> Option<String> {
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
-    (!pid.is_empty()).then(|| format!("{name} (pid {pid})"))
+    Some(PortHolder {
+        name: name.to_owned(),
+        pid: pid.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -76,14 +91,13 @@ mod tests {
         let line =
             "LISTEN 0 1024 127.0.0.1:8851 0.0.0.0:* users:((\"wardline-relay\",pid=4242,fd=9))\n";
         assert_eq!(
-            parse_ss_users(line).as_deref(),
+            parse_ss_users(line)
+                .map(|holder| holder.to_string())
+                .as_deref(),
             Some("wardline-relay (pid 4242)")
         );
-        assert_eq!(
-            parse_ss_users("LISTEN 0 1024 127.0.0.1:8851 0.0.0.0:*\n"),
-            None
-        );
-        assert_eq!(parse_ss_users(""), None);
+        assert!(parse_ss_users("LISTEN 0 1024 127.0.0.1:8851 0.0.0.0:*\n").is_none());
+        assert!(parse_ss_users("").is_none());
     }
 
     #[test]

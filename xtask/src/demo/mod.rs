@@ -212,9 +212,7 @@ fn check_port_free(port: u16) -> Result<(), String> {
             Err(match children::port_holder(port) {
                 Some(holder) => format!(
                     "port {port} is taken by {holder}: stop it (an earlier demo? `kill {}`) and run the demo again",
-                    holder
-                        .rsplit_once("pid ")
-                        .map_or("", |(_, pid)| pid.trim_end_matches(')'))
+                    holder.pid
                 ),
                 None => format!(
                     "port {port} is taken by another process (`ss -ltnp 'sport = :{port}'` names it): stop it and run the demo again"
