@@ -1,6 +1,7 @@
 //! Installs what the tests and the demo need on Debian: as root through apt, otherwise it prints
 //! the exact command and stops.
 
+use std::io::IsTerminal;
 use std::process::Command;
 
 /// The workspace root (xtask lives one level below it).
@@ -127,15 +128,28 @@ pub fn build_ui() -> Result<(), String> {
     if !have("npm") {
         ensure_apt(&[("npm", "npm")])?;
     }
-    run(Command::new("npm").current_dir(&ui).args([
+    let to_terminal = std::io::stdout().is_terminal();
+    let npm = |args: &[&str]| {
+        let mut npm = Command::new("npm");
+        npm.current_dir(&ui).args(args);
+        if !to_terminal {
+            without_colour(&mut npm);
+        }
+        npm
+    };
+    run(&mut npm(&[
         "ci",
         "--no-audit",
         "--no-fund",
         "--loglevel=error",
     ]))?;
-    run(Command::new("npm")
-        .current_dir(&ui)
-        .args(["run", "--silent", "build"]))
+    run(&mut npm(&["run", "--silent", "build"]))
+}
+
+/// Asks a command not to colour its output. Vite, Vitest and other Node tools colour whenever `CI`
+/// or `FORCE_COLOR` is set, even into a pipe or a file; they all honour `NO_COLOR`.
+pub fn without_colour(command: &mut Command) -> &mut Command {
+    command.env("NO_COLOR", "1").env_remove("FORCE_COLOR")
 }
 
 /// Makes sure `python3` can import `websockets` (the HealthHub client tutorial's Python client),

@@ -2,7 +2,7 @@
 
 use crate::deps::{
     TAURI_PACKAGES, build_ui, ensure_apt, ensure_python_websockets, run as run_command,
-    workspace_root,
+    without_colour, workspace_root,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -143,10 +143,11 @@ fn echo_watched(
     })
 }
 
-/// Runs a command with its output echoed and watched; fails if the command fails.
+/// Runs a command with its output echoed and watched; fails if the command fails. Its output is
+/// a pipe, so it is asked not to colour it.
 fn run_watched(command: &mut Command, alarming: &Alarming) -> Result<(), String> {
     let description = format!("{command:?}");
-    let mut child = command
+    let mut child = without_colour(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -176,7 +177,7 @@ fn run_watched(command: &mut Command, alarming: &Alarming) -> Result<(), String>
 /// over all test binaries (cargo's own last line is that of whichever binary ran last, often one
 /// with no tests).
 fn run_tests(alarming: &Alarming) -> Result<(), String> {
-    let mut child = cargo()
+    let mut child = without_colour(&mut cargo())
         .args(["test", "--workspace"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
