@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// (STARTTLS), smtps://host:port (TLS); user:password@ before the host when it asks.
     #[arg(long, env = "WARDLINE_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
+    /// The certificate authority (PEM) the SMTP server's certificate is checked with, instead of
+    /// the OS's: for a hospital's own CA. Needs a TLS URL (smtps:// or ?tls=required).
+    #[arg(long, env = "WARDLINE_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     /// The sender of escalation emails (default wardline@localhost).
     #[arg(long, env = "WARDLINE_SMTP_FROM")]
     pub smtp_from: Option<String>,
@@ -216,6 +220,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     escalation: Option<EscalationFile>,
     smtp_url: Option<String>,
+    smtp_ca_file: Option<PathBuf>,
     smtp_from: Option<String>,
 }
 
@@ -323,6 +328,8 @@ pub struct Config {
     pub escalation: EscalationConfig,
     /// The SMTP server escalation emails go through.
     pub smtp_url: Option<Sensitive<String>>,
+    /// The certificate authority the SMTP server's certificate is checked with.
+    pub smtp_ca_file: Option<PathBuf>,
     /// The sender of escalation emails.
     pub smtp_from: String,
 }
@@ -580,6 +587,7 @@ impl Config {
                 .unwrap_or(LogFormat::Text),
             escalation,
             smtp_url: args.smtp_url.or(file.smtp_url).map(Sensitive::new),
+            smtp_ca_file: args.smtp_ca_file.or(file.smtp_ca_file),
             smtp_from: args
                 .smtp_from
                 .or(file.smtp_from)

@@ -194,7 +194,13 @@ impl Relay {
             mailer: config
                 .smtp_url
                 .as_ref()
-                .map(|url| escalation::email::Mailer::new(url.expose(), &config.smtp_from))
+                .map(|url| {
+                    escalation::email::Mailer::new(
+                        url.expose(),
+                        config.smtp_ca_file.as_deref(),
+                        &config.smtp_from,
+                    )
+                })
                 .transpose()?,
             email_retry: config.escalation.email_retry,
         };

@@ -1,17 +1,30 @@
 //! A real SMTP server for the escalation emails: `aiosmtpd` (Debian's python3-aiosmtpd, installed by
-//! `cargo xtask test`) on an ephemeral port, delivering every message it accepts into a Maildir.
+//! `cargo xtask test`) on an ephemeral port, delivering every message it accepts into a Maildir;
+//! plain, or over TLS with a certificate from a private CA and a login (`tests/smtp/tls_server.py`).
 
-use crate::{WAIT, free_port};
+use crate::proxy::IssuedCertificate;
+use crate::{WAIT, free_port, show_stderr_on_failure};
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
+
+/// How a TLS SMTP server speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain first, then STARTTLS before anything else (port 587's way).
+    StartTls,
+    /// TLS from the first byte (port 465's way).
+    Smtps,
+}
 
 /// `aiosmtpd` on `127.0.0.1:<port>`, killed on drop.
 pub struct SmtpServer {
     _child: Child,
     /// Its port.
     pub port: u16,
+    url: String,
     maildir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -27,37 +40,97 @@ impl SmtpServer {
     pub async fn start_on(port: u16) -> anyhow::Result<SmtpServer> {
         let dir = tempfile::tempdir()?;
         let maildir = dir.path().join("Maildir");
-        let child = Command::new("aiosmtpd")
+        let mut command = Command::new("aiosmtpd");
+        command
             .args(["-n", "-l", &format!("127.0.0.1:{port}")])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .arg(&maildir);
+        let url = format!("smtp://127.0.0.1:{port}");
+        SmtpServer::spawn(command, port, url, maildir, dir).await
+    }
+
+    /// Starts it over TLS (`tls`) with `certificate`, accepting mail only after the login `user`,
+    /// `password`; waits until it accepts connections.
+    pub async fn start_tls(
+        tls: SmtpTls,
+        certificate: &IssuedCertificate,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<SmtpServer> {
+        let dir = tempfile::tempdir()?;
+        let maildir = dir.path().join("Maildir");
+        let cert = dir.path().join("smtp-cert.pem");
+        let key = dir.path().join("smtp-key.pem");
+        std::fs::write(&cert, &certificate.cert_pem)?;
+        std::fs::write(&key, &certificate.key_pem)?;
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/tls_server.py");
+        let mut command = Command::new(aiosmtpd_python()?);
+        command
+            .arg(script)
+            .args(["--port", &port.to_string()])
+            .args([
+                "--mode",
+                match tls {
+                    SmtpTls::StartTls => "starttls",
+                    SmtpTls::Smtps => "smtps",
+                },
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--user", user, "--password", password])
+            .arg("--maildir")
+            .arg(&maildir);
+        let url = match tls {
+            SmtpTls::StartTls => format!("smtp://{user}:{password}@127.0.0.1:{port}?tls=required"),
+            SmtpTls::Smtps => format!("smtps://{user}:{password}@127.0.0.1:{port}"),
+        };
+        SmtpServer::spawn(command, port, url, maildir, dir).await
+    }
+
+    async fn spawn(
+        mut command: Command,
+        port: u16,
+        url: String,
+        maildir: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<SmtpServer> {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("aiosmtpd is not installed (cargo xtask test installs python3-aiosmtpd)")?;
+        show_stderr_on_failure(child.stderr.take().expect("piped"), "smtp");
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err()
         {
             anyhow::ensure!(
+                child.try_wait()?.is_none(),
+                "the SMTP server on {port} exited (its stderr is above)"
+            );
+            anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "aiosmtpd did not listen on {port}"
+                "the SMTP server did not listen on {port}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(SmtpServer {
             _child: child,
             port,
+            url,
             maildir,
             _dir: dir,
         })
     }
 
-    /// `smtp://127.0.0.1:<port>`, for `--smtp-url`.
+    /// Its URL for `--smtp-url`, with the login when it asks for one.
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
     /// Every message delivered so far, as its raw text.
@@ -96,4 +169,32 @@ impl SmtpServer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The Python interpreter aiosmtpd is installed for (named in the `aiosmtpd` script's first line):
+/// the `python3` first on the PATH may be another one, without aiosmtpd.
+fn aiosmtpd_python() -> anyhow::Result<PathBuf> {
+    let script = which("aiosmtpd")
+        .context("aiosmtpd is not installed (cargo xtask test installs python3-aiosmtpd)")?;
+    let text = std::fs::read_to_string(&script)?;
+    let words: Vec<&str> = text
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("#!"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    match words.as_slice() {
+        [env, program, ..] if env.ends_with("/env") => {
+            which(program).with_context(|| format!("{program} is not on the PATH"))
+        }
+        [interpreter, ..] => Ok(PathBuf::from(interpreter)),
+        [] => anyhow::bail!("{} has no #! line", script.display()),
+    }
+}
+
+/// Where `program` is on the PATH.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }

@@ -9,8 +9,9 @@
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use wardline_tests::desktop::{NotificationServer, SessionBus};
+use wardline_tests::proxy::PrivateCa;
 use wardline_tests::receiver::{Listener, inbox_path, list, run};
-use wardline_tests::smtp::SmtpServer;
+use wardline_tests::smtp::{SmtpServer, SmtpTls};
 use wardline_tests::{
     BrokerKind, RedisServer, Relay, WAIT, critical_lab_result, free_port, on_both_brokers, setup,
     token, wrapped_relay_command,
@@ -688,4 +689,73 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     let later = status(&relay, SMITH, &id).await;
     assert_eq!(events(&later, "email_failed").len(), 4, "{later:#}");
     assert!(events(&later, "email_sent").is_empty());
+}
+
+/// A hospital's SMTP server speaks TLS with a certificate from the hospital's own CA and asks for a
+/// login: over STARTTLS and over TLS from the start, the email goes through with `--smtp-ca-file`
+/// and the login in `--smtp-url`. Without the CA file the certificate is refused, and a wrong
+/// password is refused, each said in the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_login() {
+    let ca = PrivateCa::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path()).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    for tls in [SmtpTls::StartTls, SmtpTls::Smtps] {
+        let certificate = ca.issue("mail.hospital.example").unwrap();
+        let smtp = SmtpServer::start_tls(tls, &certificate, "wardline", "s3cret")
+            .await
+            .unwrap();
+        let url = smtp.url();
+        let relay = Relay::embedded(&["--smtp-url", &url, "--smtp-ca-file", ca_file])
+            .await
+            .unwrap();
+        let id = publish_emailing(&relay).await;
+        let sent = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
+            !events(s, "email_sent").is_empty() || !events(s, "email_failed").is_empty()
+        })
+        .await;
+        assert!(
+            events(&sent, "email_failed").is_empty(),
+            "{tls:?}: the email went through at the first attempt: {sent:#}"
+        );
+        let messages = smtp.wait_for_messages(1, WAIT).await.unwrap();
+        assert_eq!(messages.len(), 1, "{tls:?}");
+        assert!(
+            messages[0].contains("oncall@hospital.example"),
+            "{tls:?}: {}",
+            messages[0]
+        );
+
+        // The OS's certificate authorities do not know the hospital's.
+        let untrusting = Relay::embedded(&["--smtp-url", &url]).await.unwrap();
+        let id = publish_emailing(&untrusting).await;
+        let failed = wait_for_status(&untrusting, SMITH, &id, WAIT, |s| {
+            !events(s, "email_failed").is_empty()
+        })
+        .await;
+        let detail = events(&failed, "email_failed")[0]["detail"].to_string();
+        assert!(
+            detail.to_lowercase().contains("certificate"),
+            "{tls:?}: {detail}"
+        );
+
+        // The right CA, the wrong password.
+        let wrong = url.replace("s3cret", "wrong");
+        let refused = Relay::embedded(&["--smtp-url", &wrong, "--smtp-ca-file", ca_file])
+            .await
+            .unwrap();
+        let id = publish_emailing(&refused).await;
+        let failed = wait_for_status(&refused, SMITH, &id, WAIT, |s| {
+            !events(s, "email_failed").is_empty()
+        })
+        .await;
+        let detail = events(&failed, "email_failed")[0]["detail"].to_string();
+        assert!(detail.contains("535"), "{tls:?}: {detail}");
+        assert_eq!(
+            smtp.messages().len(),
+            1,
+            "{tls:?}: nothing more was delivered"
+        );
+    }
 }

@@ -1,8 +1,13 @@
 //! The escalation email: sent through the hospital's SMTP server (`--smtp-url`), saying only that a
 //! critical result for someone is waiting, never what it is or about whom.
 
+use anyhow::{Context, anyhow, bail};
 use lettre::message::Mailbox;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
 use std::time::Duration;
 
 /// The longest one SMTP exchange may take: well inside a claimed step's lease.
@@ -32,15 +37,19 @@ pub struct Email {
 
 impl Mailer {
     /// A mailer for `url`: `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS),
-    /// `smtps://host:port` (TLS from the start), with `user:password@` for servers that ask.
-    pub fn new(url: &str, from: &str) -> anyhow::Result<Mailer> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .map_err(|e| anyhow::anyhow!("--smtp-url {}: {e}", redacted(url)))?
-            .timeout(Some(SMTP_TIMEOUT))
-            .build();
+    /// `smtps://host:port` (TLS from the start), with `user:password@` for servers that ask. The
+    /// server's certificate is checked with the OS's certificate authorities, or with `ca_file`'s
+    /// only (PEM) when one is given.
+    pub fn new(url: &str, ca_file: Option<&Path>, from: &str) -> anyhow::Result<Mailer> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| anyhow!("--smtp-url {}: {e}", redacted(url)))?;
+        if let Some(ca_file) = ca_file {
+            builder = builder.tls(tls_with_ca(url, ca_file)?);
+        }
+        let transport = builder.timeout(Some(SMTP_TIMEOUT)).build();
         let from = from
             .parse()
-            .map_err(|e| anyhow::anyhow!("--smtp-from {from}: {e}"))?;
+            .map_err(|e| anyhow!("--smtp-from {from}: {e}"))?;
         Ok(Mailer { transport, from })
     }
 
@@ -64,6 +73,51 @@ impl Mailer {
             .map(|_| ())
             .map_err(|e| format!("SMTP: {e}"))
     }
+}
+
+/// The TLS `url` asks for (STARTTLS or TLS from the start), with the server's certificate checked
+/// against the certificate authorities in `ca_file` and no others.
+fn tls_with_ca(url: &str, ca_file: &Path) -> anyhow::Result<Tls> {
+    let shown = redacted(url);
+    let parsed = url::Url::parse(url).map_err(|e| anyhow!("--smtp-url {shown}: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| anyhow!("--smtp-url {shown} names no host"))?;
+    let asked = parsed
+        .query_pairs()
+        .find(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned());
+    let with_tls: fn(TlsParameters) -> Tls = match (parsed.scheme(), asked.as_deref()) {
+        ("smtps", _) => Tls::Wrapper,
+        ("smtp", Some("required")) => Tls::Required,
+        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        _ => bail!(
+            "--smtp-ca-file is for a server spoken to over TLS: use smtps://HOST:PORT or \
+             smtp://HOST:PORT?tls=required in --smtp-url (not {shown})"
+        ),
+    };
+    let pem = std::fs::read(ca_file)
+        .with_context(|| format!("reading the SMTP CA certificate {}", ca_file.display()))?;
+    let authorities = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("--smtp-ca-file {}: {e}", ca_file.display()))?;
+    if authorities.is_empty() {
+        bail!(
+            "--smtp-ca-file {} holds no PEM certificate",
+            ca_file.display()
+        );
+    }
+    let mut parameters =
+        TlsParameters::builder(host.to_owned()).certificate_store(CertificateStore::None);
+    for authority in authorities {
+        let certificate = Certificate::from_der(authority.to_vec())
+            .map_err(|e| anyhow!("--smtp-ca-file {}: {e}", ca_file.display()))?;
+        parameters = parameters.add_root_certificate(certificate);
+    }
+    let parameters = parameters
+        .build_rustls()
+        .map_err(|e| anyhow!("--smtp-ca-file {}: {e}", ca_file.display()))?;
+    Ok(with_tls(parameters))
 }
 
 /// Whether `address` reads as an email address.
@@ -93,6 +147,39 @@ mod tests {
             "smtps://relay:***@mail.example:465"
         );
         assert_eq!(redacted("smtp://mail:25"), "smtp://mail:25");
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url() {
+        let error = Mailer::new(
+            "smtp://mail.example:25",
+            Some(Path::new("/nonexistent/ca.pem")),
+            "wardline@localhost",
+        )
+        .expect_err("a plain URL with a CA file is refused");
+        assert!(error.to_string().contains("smtps://HOST:PORT"), "{error}");
+        let error = Mailer::new(
+            "smtps://mail.example:465",
+            Some(Path::new("/nonexistent/ca.pem")),
+            "wardline@localhost",
+        )
+        .expect_err("a missing file is refused");
+        assert!(
+            format!("{error:#}").contains("reading the SMTP CA certificate /nonexistent/ca.pem"),
+            "{error:#}"
+        );
+        let ca = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(ca.path(), "not a certificate").expect("written");
+        let error = Mailer::new(
+            "smtps://mail.example:465",
+            Some(ca.path()),
+            "wardline@localhost",
+        )
+        .expect_err("a file without a certificate is refused");
+        assert!(
+            error.to_string().contains("holds no PEM certificate"),
+            "{error}"
+        );
     }
 
     #[test]
