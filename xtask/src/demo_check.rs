@@ -109,9 +109,15 @@ impl RunningDemo {
         })
     }
 
-    /// Reads output until a line satisfies `wanted`; fails with what was seen otherwise.
-    fn wait_for(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    /// Reads output until a line satisfies `wanted`, for at most `within`; fails with what was
+    /// seen otherwise.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -232,10 +238,15 @@ pub fn alarming_lines(lines: &[String]) -> Vec<String> {
 /// and the port free.
 fn run_and_stop(signal: &str, desktop: Option<&Desktop>) -> Result<Vec<String>, String> {
     let mut demo = RunningDemo::start(desktop)?;
-    demo.wait_for("a critical lab result for the doctor", |line| {
+    // With a display the demo first builds the app, which on a cold build directory takes minutes
+    // (a build of its own: `-p wardline-app` alone unifies other features than the workspace's).
+    demo.wait_for("that its relay started", BUILD_TIME, |line| {
+        line.starts_with("Wardline demo: relay on")
+    })?;
+    demo.wait_for("a critical lab result for the doctor", RUN_TIME, |line| {
         line.starts_with("[dr-demo]") && line.contains("CRITICAL")
     })?;
-    demo.wait_for("a notification for the patient", |line| {
+    demo.wait_for("a notification for the patient", RUN_TIME, |line| {
         line.starts_with("[pt-demo]") && line.contains("(id ")
     })?;
     let children = children_of(demo.child.id());
@@ -286,6 +297,12 @@ fn run_and_stop(signal: &str, desktop: Option<&Desktop>) -> Result<Vec<String>, 
         .map_err(|e| format!("after {signal} to the demo, port {PORT} is not free: {e}"))?;
     Ok(output)
 }
+
+/// How long the demo may take to build what it runs before its relay starts.
+const BUILD_TIME: Duration = Duration::from_secs(30 * 60);
+
+/// How long the running demo may take to print what a person waits for.
+const RUN_TIME: Duration = Duration::from_secs(120);
 
 /// Entry point, from `cargo xtask test`.
 pub fn run() -> Result<(), String> {

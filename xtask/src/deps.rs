@@ -17,9 +17,9 @@ pub fn workspace_root() -> std::path::PathBuf {
 pub fn build_relay_and_cli(release: bool) -> Result<std::path::PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
+    // cargo's progress shows: on a cold build directory this takes minutes.
     build.current_dir(workspace_root()).args([
         "build",
-        "--quiet",
         "-p",
         "wardline-relay",
         "-p",
