@@ -19,6 +19,10 @@ pub enum ErrorCode {
     BadCursor,
     /// A request that is well-formed but not valid (e.g. a recipient that contradicts the channel).
     InvalidRequest,
+    /// A publish's `escalation.escalate_to` names a channel no escalation may reach: escalations
+    /// go only to clinicians' own channels (`doctor:{id}:notifications`), never to
+    /// `system:alerts`, a patient's or an appointment's channel, nor back to the notification's own.
+    EscalationTargetRefused,
     /// No token was given.
     TokenMissing,
     /// The token's signature, algorithm or claims are wrong.
@@ -33,6 +37,9 @@ pub enum ErrorCode {
     RoleForbidden,
     /// A browser page from an origin the relay does not allow (`--allowed-origins`).
     OriginForbidden,
+    /// A publish's `escalation.email_to` names an address outside the domains the relay may email
+    /// (`--email-allowed-domains`; none until the hospital configures them).
+    EmailNotAllowed,
     /// Nothing is at that path.
     NotFound,
     /// An `idempotency_key` already used for a different notification.
@@ -71,6 +78,7 @@ impl ErrorCode {
             ErrorCode::UnknownChannel => 40003,
             ErrorCode::BadCursor => 40004,
             ErrorCode::InvalidRequest => 40005,
+            ErrorCode::EscalationTargetRefused => 40006,
             ErrorCode::TokenMissing => 40101,
             ErrorCode::TokenInvalid => 40102,
             ErrorCode::TokenExpired => 40103,
@@ -78,6 +86,7 @@ impl ErrorCode {
             ErrorCode::ChannelForbidden => 40302,
             ErrorCode::RoleForbidden => 40303,
             ErrorCode::OriginForbidden => 40304,
+            ErrorCode::EmailNotAllowed => 40305,
             ErrorCode::NotFound => 40401,
             ErrorCode::IdempotencyConflict => 40901,
             ErrorCode::SlowConsumer => 40801,
@@ -99,12 +108,13 @@ impl ErrorCode {
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownChannel,
         ErrorCode::BadCursor,
         ErrorCode::InvalidRequest,
+        ErrorCode::EscalationTargetRefused,
         ErrorCode::TokenMissing,
         ErrorCode::TokenInvalid,
         ErrorCode::TokenExpired,
@@ -112,6 +122,7 @@ impl ErrorCode {
         ErrorCode::ChannelForbidden,
         ErrorCode::RoleForbidden,
         ErrorCode::OriginForbidden,
+        ErrorCode::EmailNotAllowed,
         ErrorCode::NotFound,
         ErrorCode::SlowConsumer,
         ErrorCode::IdempotencyConflict,

@@ -9,7 +9,17 @@ use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wardline_protocol::{Channel, ErrorCode, Role, SUBPROTOCOL_BEARER_PREFIX};
+use wardline_protocol::{Channel, ChannelKind, ErrorCode, Role, SUBPROTOCOL_BEARER_PREFIX};
+
+/// How many years ahead a token's `exp`, `nbf` or `iat` may lie ([`TIME_CLAIM_HORIZON`]).
+pub const TIME_CLAIM_HORIZON_YEARS: u64 = 10;
+
+/// The furthest ahead a token's `exp`, `nbf` or `iat` may lie. Tokens are minted for minutes to
+/// months (a service's for a few years at most); a time beyond this is a forged or broken token,
+/// and timers and sums with it could overflow. (Years of 365¼ days.)
+pub const TIME_CLAIM_HORIZON: Duration = Duration::from_secs(
+    TIME_CLAIM_HORIZON_YEARS * 365 * 24 * 3600 + TIME_CLAIM_HORIZON_YEARS * 6 * 3600,
+);
 
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,10 +161,22 @@ impl Authenticator {
         let now = unix_now();
         let exp = time_claim(&claims, "exp")?
             .ok_or_else(|| AuthError::Invalid("`exp` is required".into()))?;
+        let nbf = time_claim(&claims, "nbf")?;
+        let iat = time_claim(&claims, "iat")?;
+        let horizon = now.saturating_add(TIME_CLAIM_HORIZON.as_secs());
+        for (name, time) in [("exp", Some(exp)), ("nbf", nbf), ("iat", iat)] {
+            if let Some(time) = time
+                && time > horizon
+            {
+                return Err(AuthError::Invalid(format!(
+                    "`{name}` is {time}, more than {TIME_CLAIM_HORIZON_YEARS} years from now: not a time a token may name"
+                )));
+            }
+        }
         if exp.saturating_add(self.leeway_s) <= now {
             return Err(AuthError::Expired);
         }
-        if let Some(nbf) = time_claim(&claims, "nbf")?
+        if let Some(nbf) = nbf
             && nbf > now.saturating_add(self.leeway_s)
         {
             return Err(AuthError::Invalid(format!(
@@ -162,7 +184,7 @@ impl Authenticator {
                 nbf - now
             )));
         }
-        if let Some(iat) = time_claim(&claims, "iat")?
+        if let Some(iat) = iat
             && iat > now.saturating_add(self.leeway_s)
         {
             return Err(AuthError::Invalid(format!(
@@ -199,7 +221,10 @@ impl Authenticator {
         claims.insert("sub".into(), sub.into());
         claims.insert(self.role_claim.clone(), role.as_str().into());
         claims.insert("iat".into(), unix_now().into());
-        claims.insert("exp".into(), (unix_now() + ttl.as_secs()).into());
+        claims.insert(
+            "exp".into(),
+            unix_now().saturating_add(ttl.as_secs()).into(),
+        );
         if !channels.is_empty() {
             let names = channels.iter().map(|c| Value::from(c.as_str())).collect();
             claims.insert("channels".into(), Value::Array(names));
@@ -285,6 +310,27 @@ impl Claims {
     /// Whether this token may read relay statistics and delivery receipts.
     pub fn can_read_stats(&self) -> bool {
         matches!(self.role, Role::Admin | Role::Service)
+    }
+
+    /// Whether this token may record receipts for `channel`'s notifications: those who read it,
+    /// and those who publish to it.
+    pub fn can_record_receipts(&self, channel: &Channel) -> bool {
+        self.can_read(channel) || self.can_publish(channel)
+    }
+
+    /// Whether this token's receipts act on the escalation chains of `channel`'s notifications
+    /// (an acknowledgement ends one for everyone, a decline escalates it at once): the recipient of
+    /// a personal channel (a backup acknowledges an escalation on their own channel), and those who
+    /// publish to the channel (services; administrators on `system:alerts`). Anyone else reading a
+    /// channel many users read (`system:alerts`, an appointment's, a granted one) records receipts
+    /// that are theirs alone: their devices, their trail entries.
+    pub fn can_settle(&self, channel: &Channel) -> bool {
+        let recipient = match channel.kind() {
+            ChannelKind::Doctor(id) => self.role == Role::Doctor && id == self.sub,
+            ChannelKind::Patient(id) => self.role == Role::Patient && id == self.sub,
+            ChannelKind::Appointment(_) | ChannelKind::SystemAlerts => false,
+        };
+        recipient || self.can_publish(channel)
     }
 
     /// Time left before the token expires.
@@ -470,6 +516,46 @@ mod tests {
                 Err(AuthError::Invalid(_))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn time_claims_beyond_the_horizon_are_refused() {
+        let auth = Authenticator::new(&JwtConfig {
+            leeway: Duration::from_secs(30),
+            ..config()
+        })
+        .unwrap();
+        let now = unix_now();
+        let beyond = now + TIME_CLAIM_HORIZON.as_secs() + 1;
+        let within = now + TIME_CLAIM_HORIZON.as_secs() - 60;
+        let token = |times: Value| {
+            let mut claims = serde_json::json!({"sub": "d1", "role": "doctor"});
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(times.as_object().unwrap().clone());
+            sign(claims, b"unit-test-secret-0123456789")
+        };
+        for (times, name) in [
+            (serde_json::json!({"exp": beyond}), "`exp`"),
+            (serde_json::json!({"exp": u64::MAX}), "`exp`"),
+            (
+                serde_json::json!({"exp": now + 60, "iat": u64::MAX}),
+                "`iat`",
+            ),
+            (serde_json::json!({"exp": now + 60, "iat": beyond}), "`iat`"),
+            (serde_json::json!({"exp": now + 60, "nbf": u64::MAX}), "nbf"),
+        ] {
+            assert!(
+                matches!(auth.verify(&token(times.clone())).await, Err(AuthError::Invalid(m)) if m.contains(name)),
+                "{times}"
+            );
+        }
+        let claims = auth
+            .verify(&token(serde_json::json!({"exp": within, "iat": now})))
+            .await
+            .unwrap();
+        assert!(claims.time_left() <= TIME_CLAIM_HORIZON);
     }
 
     #[tokio::test]

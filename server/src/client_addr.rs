@@ -2,16 +2,20 @@
 //!
 //! Behind a reverse proxy every device shares the proxy's address (and so one connection bucket).
 //! With `--trusted-proxies`, a request whose TCP peer is one of them is attributed to the address
-//! the proxies forwarded: `Forwarded: for=…` (RFC 7239) or `X-Forwarded-For`, read from the right,
-//! skipping addresses that are themselves trusted proxies (a chain of them), stopping at the first
-//! that is not. A peer that is not a trusted proxy is taken as it is: its headers change nothing,
-//! so a device cannot pick its own bucket by forging them.
+//! the proxies forwarded in the one header they set (`--forwarded-header`: `X-Forwarded-For` by
+//! default, or RFC 7239's `Forwarded: for=…`), read from the right, skipping addresses that are
+//! themselves trusted proxies (a chain of them), stopping at the first that is not. The other
+//! header is never read: a proxy passes on what the device sent in it, so a device could name any
+//! address there (escaping its own cap, or filling another device's). A peer that is not a trusted
+//! proxy is taken as it is: its headers change nothing, so a device cannot pick its own bucket by
+//! forging them.
 
 use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use wardline_protocol::ErrorCode;
@@ -77,13 +81,30 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the TCP peer, or what trusted proxies forwarded for it.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+/// The header trusted proxies name the client in (`--forwarded-header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx's `$proxy_add_x_forwarded_for`, HAProxy's
+    /// `option forwardfor`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239's `Forwarded: for=client, for=proxy1, …`.
+    Forwarded,
+}
+
+/// The client's address: the TCP peer, or what trusted proxies forwarded for it in `header`.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[Cidr],
+    header: ForwardedHeader,
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
         return peer;
     }
-    let forwarded = forwarded_for(headers);
+    let forwarded = forwarded_for(headers, header);
     // Right to left: the nearest hop first. The first address that is not a trusted proxy is
     // the client; if every one is, the farthest is.
     let mut client = peer;
@@ -96,36 +117,34 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     client
 }
 
-/// The addresses forwarded, nearest last: `Forwarded`'s `for=` if present, else `X-Forwarded-For`.
-/// An entry that is not an address (`unknown`, an obfuscated name) ends the list there: nothing to
-/// its left can be attributed.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let values = |name: &str| -> Vec<String> {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|v| v.trim().to_owned())
-            .collect()
+/// The addresses forwarded in `header`, nearest last (every line of it, in order). An entry that
+/// is not an address (`unknown`, an obfuscated name) ends the list there: nothing to its left can
+/// be attributed.
+fn forwarded_for(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
+    let name = match header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
     };
-    let forwarded = values("forwarded");
-    let entries: Vec<Option<IpAddr>> = if !forwarded.is_empty() {
-        forwarded
-            .iter()
+    let elements = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().ok())
+        // A line that is not text cannot be read: nothing before it is believed.
+        .flat_map(|v| match v {
+            Some(v) => v.split(',').map(|e| Some(e.trim())).collect::<Vec<_>>(),
+            None => vec![None],
+        });
+    let entries: Vec<Option<IpAddr>> = match header {
+        ForwardedHeader::XForwardedFor => elements.map(|e| e.and_then(parse_node)).collect(),
+        ForwardedHeader::Forwarded => elements
             .map(|element| {
-                element
+                element?
                     .split(';')
                     .filter_map(|pair| pair.trim().split_once('='))
-                    .find(|(key, _)| key.eq_ignore_ascii_case("for"))
+                    .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
                     .and_then(|(_, value)| parse_node(value))
             })
-            .collect()
-    } else {
-        values("x-forwarded-for")
-            .iter()
-            .map(|v| parse_node(v))
-            .collect()
+            .collect(),
     };
     let usable = entries
         .iter()
@@ -149,7 +168,8 @@ fn parse_node(value: &str) -> Option<IpAddr> {
         .and_then(|(ip, _)| ip.parse().ok())
 }
 
-/// Extracts the client's address ([`client_ip`] under the relay's `--trusted-proxies`).
+/// Extracts the client's address ([`client_ip`] under the relay's `--trusted-proxies` and
+/// `--forwarded-header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -164,6 +184,7 @@ impl FromRequestParts<AppState> for ClientAddr {
             peer.ip(),
             &parts.headers,
             &state.config.trusted_proxies,
+            state.config.forwarded_header,
         )))
     }
 }
@@ -172,6 +193,8 @@ impl FromRequestParts<AppState> for ClientAddr {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -208,15 +231,15 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let forged = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(
-            client_ip(ip("198.51.100.4"), &forged, &trusted),
+            client_ip(ip("198.51.100.4"), &forged, &trusted, XFF),
             ip("198.51.100.4"),
             "an untrusted peer's header changes nothing"
         );
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &forged, &trusted),
+            client_ip(ip("10.0.0.2"), &forged, &trusted, XFF),
             ip("203.0.113.9")
         );
-        assert_eq!(client_ip(ip("10.0.0.2"), &forged, &[]), ip("10.0.0.2"));
+        assert_eq!(client_ip(ip("10.0.0.2"), &forged, &[], XFF), ip("10.0.0.2"));
     }
 
     #[test]
@@ -225,7 +248,7 @@ mod tests {
         // The device put a forged address first; the hospital's two proxies appended theirs.
         let chain = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.20, 10.0.0.7")]);
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &chain, &trusted),
+            client_ip(ip("10.0.0.2"), &chain, &trusted, XFF),
             ip("198.51.100.20")
         );
         let split = headers(&[
@@ -233,36 +256,90 @@ mod tests {
             ("x-forwarded-for", "198.51.100.20"),
         ]);
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &split, &trusted),
+            client_ip(ip("10.0.0.2"), &split, &trusted, XFF),
             ip("198.51.100.20")
         );
         let unknown = headers(&[("x-forwarded-for", "198.51.100.20, unknown")]);
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &unknown, &trusted),
+            client_ip(ip("10.0.0.2"), &unknown, &trusted, XFF),
             ip("10.0.0.2"),
             "nothing left of an unusable hop is believed"
         );
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
+            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted, XFF),
             ip("10.0.0.2")
         );
     }
 
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
+    fn only_the_header_the_proxy_sets_is_read() {
         let trusted = nets(&["10.0.0.0/8"]);
+        // The device sent a `Forwarded` of its own; the proxy set X-Forwarded-For.
+        let forged_forwarded = headers(&[
+            ("forwarded", "for=203.0.113.66"),
+            ("x-forwarded-for", "198.51.100.20"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &forged_forwarded, &trusted, XFF),
+            ip("198.51.100.20")
+        );
+        // The proxy sets `Forwarded` (appending its element); the device forged X-Forwarded-For.
         let both = headers(&[
             (
                 "forwarded",
-                "for=192.0.2.60;proto=https, for=\"[2001:db8::17]:4711\";by=10.0.0.2",
+                "for=203.0.113.66, for=192.0.2.60;proto=https, for=\"[2001:db8::17]:4711\";by=10.0.0.2",
             ),
             ("x-forwarded-for", "203.0.113.1"),
         ]);
+        let forwarded = ForwardedHeader::Forwarded;
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &both, &trusted),
+            client_ip(ip("10.0.0.2"), &both, &trusted, forwarded),
             ip("2001:db8::17")
         );
         let port = headers(&[("forwarded", "for=192.0.2.60:8080")]);
-        assert_eq!(client_ip(ip("10.0.0.2"), &port, &trusted), ip("192.0.2.60"));
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &port, &trusted, forwarded),
+            ip("192.0.2.60")
+        );
+        let only_xff = headers(&[("x-forwarded-for", "203.0.113.1")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &only_xff, &trusted, forwarded),
+            ip("10.0.0.2"),
+            "the header the proxy does not set is never read"
+        );
+        // A chain of proxies in `Forwarded`, read from the right.
+        let chain = headers(&[
+            ("forwarded", "for=1.2.3.4"),
+            ("forwarded", "for=198.51.100.20, for=10.0.0.7"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &chain, &trusted, forwarded),
+            ip("198.51.100.20")
+        );
+        let obfuscated = headers(&[("forwarded", "for=198.51.100.20, for=_hidden")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &obfuscated, &trusted, forwarded),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn the_setting_reads_as_written() {
+        use clap::ValueEnum;
+        assert_eq!(
+            ForwardedHeader::from_str("x-forwarded-for", false),
+            Ok(ForwardedHeader::XForwardedFor)
+        );
+        assert_eq!(
+            ForwardedHeader::from_str("forwarded", false),
+            Ok(ForwardedHeader::Forwarded)
+        );
+        #[derive(Deserialize)]
+        struct File {
+            forwarded_header: ForwardedHeader,
+        }
+        let file: File = toml::from_str("forwarded_header = \"x-forwarded-for\"").unwrap();
+        assert_eq!(file.forwarded_header, ForwardedHeader::XForwardedFor);
+        assert_eq!(ForwardedHeader::default(), ForwardedHeader::XForwardedFor);
     }
 }

@@ -3,8 +3,9 @@
 //! hospital's Celery notification service and the HealthHub notification effect's
 //! `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
 
-use crate::broker::tracking::Policy;
-use crate::client_addr::Cidr;
+use crate::broker::tracking::{Policy, refused_escalation_target};
+use crate::client_addr::{Cidr, ForwardedHeader};
+use crate::escalation::email;
 use crate::tls::TlsFiles;
 use anyhow::{Context, bail};
 use axum::http::HeaderValue;
@@ -31,10 +32,14 @@ pub struct ServeArgs {
     /// TLS private key (PEM) of --tls-cert.
     #[arg(long, env = "WARDLINE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Reverse proxies (addresses or networks, comma-separated: 10.0.0.0/8,::1) whose
-    /// Forwarded / X-Forwarded-For name the client; from any other peer those headers are ignored.
+    /// Reverse proxies (addresses or networks, comma-separated: 10.0.0.0/8,::1) whose forwarding
+    /// header (--forwarded-header) names the client; from any other peer it is ignored.
     #[arg(long, env = "WARDLINE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<Cidr>>,
+    /// The header --trusted-proxies name the client in: x-forwarded-for or forwarded (default
+    /// x-forwarded-for); the other one is never read (a device can put anything in it).
+    #[arg(long, env = "WARDLINE_FORWARDED_HEADER")]
+    pub forwarded_header: Option<ForwardedHeader>,
     /// Origins whose web pages may use the relay (comma-separated: https://portal.example); any
     /// origin when unset (auth is by bearer token, never a cookie).
     #[arg(long, env = "WARDLINE_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::origins::parse_origin)]
@@ -116,6 +121,10 @@ pub struct ServeArgs {
     /// Devices connected at once per user (default 32); past it, 429 with Retry-After.
     #[arg(long, env = "WARDLINE_MAX_CONNECTIONS_PER_USER")]
     pub max_connections_per_user: Option<usize>,
+    /// Connections from one address waiting for or in a TLS handshake (default 64); past it, a new
+    /// one is closed at once (behind a TCP load balancer every device shares its address).
+    #[arg(long, env = "WARDLINE_MAX_TLS_HANDSHAKES_PER_IP")]
+    pub max_tls_handshakes_per_ip: Option<usize>,
     /// Longest a connection may take to send a complete request head, from its start or its last
     /// response: a half-sent or idle connection is closed then (default 10s).
     #[arg(long, env = "WARDLINE_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -150,6 +159,10 @@ pub struct ServeArgs {
     /// Wait between attempts at an email that failed (3 retries; default 30s).
     #[arg(long, env = "WARDLINE_ESCALATION_EMAIL_RETRY", value_parser = humantime::parse_duration)]
     pub escalation_email_retry: Option<Duration>,
+    /// The domains escalation emails may go to (comma-separated, exact, e.g. hospital.example;
+    /// default none: no email is sent and a publish naming `email_to` is refused).
+    #[arg(long, env = "WARDLINE_EMAIL_ALLOWED_DOMAINS", value_delimiter = ',')]
+    pub email_allowed_domains: Option<Vec<String>>,
     /// The SMTP server escalation emails go through: smtp://host:port, smtp://host:port?tls=required
     /// (STARTTLS), smtps://host:port (TLS); user:password@ before the host when it asks.
     #[arg(long, env = "WARDLINE_SMTP_URL", hide_env_values = true)]
@@ -185,6 +198,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
+    forwarded_header: Option<ForwardedHeader>,
     allowed_origins: Option<Vec<String>>,
     redis_url: Option<String>,
     redis_ca_file: Option<PathBuf>,
@@ -212,6 +226,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     max_connections_per_user: Option<usize>,
+    max_tls_handshakes_per_ip: Option<usize>,
     #[serde(default, with = "humantime_opt")]
     header_timeout: Option<Duration>,
     #[serde(default, with = "humantime_opt")]
@@ -219,6 +234,7 @@ struct FileConfig {
     recorder: Option<bool>,
     log_format: Option<LogFormat>,
     escalation: Option<EscalationFile>,
+    email_allowed_domains: Option<Vec<String>>,
     smtp_url: Option<String>,
     smtp_ca_file: Option<PathBuf>,
     smtp_from: Option<String>,
@@ -284,6 +300,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Peers whose forwarded-for headers are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// The one header they name the client in.
+    pub forwarded_header: ForwardedHeader,
     /// Origins whose pages may use the relay; `None`: any.
     pub allowed_origins: Option<Vec<HeaderValue>>,
     /// Redis URL; `None` runs the embedded broker.
@@ -318,6 +336,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Devices connected at once per user.
     pub max_connections_per_user: usize,
+    /// Connections from one TCP peer address waiting for or in a TLS handshake.
+    pub max_tls_handshakes_per_ip: usize,
     /// Deadlines of each connection's request heads and writes.
     pub deadlines: crate::serve::Deadlines,
     /// Whether this node may record plain Redis PUBLISHes.
@@ -344,6 +364,8 @@ pub struct EscalationConfig {
     pub defaults: Policy,
     /// Wait between attempts at an email.
     pub email_retry: Duration,
+    /// The domains emails may go to; none: no email goes anywhere.
+    pub email_allowed_domains: Vec<String>,
 }
 
 impl EscalationConfig {
@@ -456,18 +478,32 @@ impl Config {
                 .or(table.escalate_to)
                 .unwrap_or_default();
             for channel in &escalate_to {
-                wardline_protocol::Channel::parse(channel)
+                let parsed = wardline_protocol::Channel::parse(channel)
                     .with_context(|| format!("escalation escalate_to {channel}"))?;
+                if let Some(reason) = refused_escalation_target(None, &parsed) {
+                    bail!("escalation escalate_to: {reason}");
+                }
             }
             let email_to = args
                 .escalation_email_to
                 .or(table.email_to)
                 .unwrap_or_default();
+            let email_allowed_domains: Vec<String> = args
+                .email_allowed_domains
+                .or(file.email_allowed_domains)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|domain| domain.trim().to_owned())
+                .filter(|domain| !domain.is_empty())
+                .collect();
             if let Some(bad) = email_to
                 .iter()
-                .find(|a| !crate::escalation::email::valid_address(a))
+                .find(|a| !email::allowed_address(a, &email_allowed_domains))
             {
-                bail!("escalation email_to: not an email address: {bad}");
+                bail!(
+                    "escalation email_to: {}",
+                    email::refusal(bad, &email_allowed_domains)
+                );
             }
             EscalationConfig {
                 critical: args.escalation_critical.or(table.critical).unwrap_or(true),
@@ -494,6 +530,7 @@ impl Config {
                     .escalation_email_retry
                     .or(table.email_retry)
                     .unwrap_or(Duration::from_secs(30)),
+                email_allowed_domains,
             }
         };
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(256);
@@ -511,6 +548,10 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9851))),
             tls,
             trusted_proxies,
+            forwarded_header: args
+                .forwarded_header
+                .or(file.forwarded_header)
+                .unwrap_or_default(),
             allowed_origins,
             redis_url: args
                 .redis_url
@@ -570,6 +611,13 @@ impl Config {
                 .max_connections_per_user
                 .or(file.max_connections_per_user)
                 .unwrap_or(32),
+            max_tls_handshakes_per_ip: match args
+                .max_tls_handshakes_per_ip
+                .or(file.max_tls_handshakes_per_ip)
+            {
+                Some(0) => bail!("max_tls_handshakes_per_ip must be at least 1"),
+                set => set.unwrap_or(crate::tls::HANDSHAKES_PER_ADDRESS),
+            },
             deadlines: crate::serve::Deadlines {
                 header: args
                     .header_timeout
@@ -746,6 +794,6 @@ mod tests {
         );
         let escalation = file.escalation.expect("the [escalation] table");
         assert_eq!(escalation.email_to.unwrap().len(), 1);
-        assert_eq!(seen.len(), 34 + 7, "every setting, once: {seen:?}");
+        assert_eq!(seen.len(), 37 + 7, "every setting, once: {seen:?}");
     }
 }

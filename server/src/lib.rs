@@ -86,6 +86,8 @@ pub struct AppState {
     pub caps: Arc<ConnectionCaps>,
     /// `POST /v1/receipts` per user, at the rate of a connection's frames.
     pub receipt_limiter: Arc<RateLimiter<String>>,
+    /// Publishes naming their own `email_to`, per publisher.
+    pub email_limiter: Arc<RateLimiter<String>>,
     /// Becomes `true` when the relay starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// The escalation loop's mailer and settings.
@@ -203,6 +205,7 @@ impl Relay {
                 })
                 .transpose()?,
             email_retry: config.escalation.email_retry,
+            email_allowed_domains: config.escalation.email_allowed_domains.clone(),
         };
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
@@ -213,6 +216,10 @@ impl Relay {
                 config.connections_per_ip_burst,
             )),
             receipt_limiter: Arc::new(RateLimiter::new(config.frames_per_s, config.frame_burst)),
+            email_limiter: Arc::new(RateLimiter::per_minute(
+                http::publish::EMAIL_PUBLISHES_PER_MINUTE,
+                http::publish::EMAIL_PUBLISHES_PER_MINUTE,
+            )),
             caps: ConnectionCaps::new(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -277,10 +284,11 @@ impl Relay {
         } = self;
         let deadline = state.config.shutdown_deadline;
         let deadlines = state.config.deadlines;
+        let handshakes_per_ip = state.config.max_tls_handshakes_per_ip;
         let metrics = state.metrics().clone();
         let broker = state.hub.broker().clone();
         let mut stopping = state.shutdown.clone();
-        tokio::spawn(escalation::run(
+        let escalation = tokio::spawn(escalation::run(
             broker.clone(),
             state.escalation.clone(),
             metrics.clone(),
@@ -303,7 +311,8 @@ impl Relay {
             match certificates {
                 Some(certificates) => {
                     let config = certificates.server_config()?;
-                    let listener = TlsListener::new(listener, config, metrics.clone())?;
+                    let listener =
+                        TlsListener::new(listener, config, metrics.clone(), handshakes_per_ip)?;
                     serve::serve(listener, router, deadlines, metrics, graceful).await;
                 }
                 None => {
@@ -321,6 +330,9 @@ impl Relay {
             result = server => result?,
             _ = hard_deadline => tracing::warn!(?deadline, "shutdown deadline passed; dropping what is left"),
         }
+        // Escalation steps under way finish first (an email half sent would be sent again by
+        // another node); the loop bounds how long that takes.
+        let _ = escalation.await;
         broker.shutdown().await;
         Ok(())
     }

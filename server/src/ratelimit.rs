@@ -1,4 +1,5 @@
-//! Token buckets: new connections per IP address, frames per connection, receipt requests per user.
+//! Token buckets: new connections per IP address, frames per connection, receipt requests per user,
+//! publishes that name their own email addresses per publisher.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -18,10 +19,26 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket::with_rate(f64::from(rate), burst)
+    }
+
+    /// A full bucket refilled at `rate` tokens a second, fractions allowed.
+    fn with_rate(rate: f64, burst: u32) -> TokenBucket {
         TokenBucket {
             tokens: f64::from(burst),
             last: Instant::now(),
-            rate: f64::from(rate),
+            rate,
+            burst: f64::from(burst),
+        }
+    }
+
+    /// A full bucket of `burst` tokens, refilled with one every `interval` (rates under one a
+    /// second).
+    pub fn one_every(interval: std::time::Duration, burst: u32) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            last: Instant::now(),
+            rate: 1.0 / interval.as_secs_f64().max(f64::MIN_POSITIVE),
             burst: f64::from(burst),
         }
     }
@@ -48,7 +65,8 @@ impl TokenBucket {
 /// A token bucket per key (an address, a user); full buckets are forgotten once there are many.
 pub struct RateLimiter<K> {
     buckets: Mutex<HashMap<K, TokenBucket>>,
-    rate: u32,
+    /// Tokens a second.
+    rate: f64,
     burst: u32,
 }
 
@@ -58,6 +76,15 @@ pub type IpRateLimiter = RateLimiter<IpAddr>;
 impl<K: Hash + Eq> RateLimiter<K> {
     /// A limiter allowing `burst` at once and `rate` per second after that, per key.
     pub fn new(rate: u32, burst: u32) -> RateLimiter<K> {
+        RateLimiter::with_rate(f64::from(rate), burst)
+    }
+
+    /// A limiter allowing `burst` at once and `per_minute` a minute after that, per key.
+    pub fn per_minute(per_minute: u32, burst: u32) -> RateLimiter<K> {
+        RateLimiter::with_rate(f64::from(per_minute) / 60.0, burst)
+    }
+
+    fn with_rate(rate: f64, burst: u32) -> RateLimiter<K> {
         RateLimiter {
             buckets: Mutex::new(HashMap::new()),
             rate,
@@ -73,7 +100,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
         }
         buckets
             .entry(key)
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .or_insert_with(|| TokenBucket::with_rate(self.rate, self.burst))
             .try_take()
     }
 }

@@ -379,7 +379,7 @@ impl Session {
         kind: ReceiptKind,
     ) -> Result<(Channel, Vec<Cursor>, Vec<Cursor>), SessionError> {
         let channel = Channel::parse(name)?;
-        if !self.claims.can_read(&channel) {
+        if !self.claims.can_record_receipts(&channel) {
             return Err(SessionError::Forbidden(channel));
         }
         if ids.len() > MAX_RECEIPT_IDS {
@@ -393,7 +393,7 @@ impl Session {
             self.hub.broker().as_ref(),
             &channel,
             &ids,
-            &self.claims.sub,
+            &self.claims,
             self.device.as_deref(),
             kind,
         )

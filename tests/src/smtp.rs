@@ -1,6 +1,7 @@
 //! A real SMTP server for the escalation emails: `aiosmtpd` (Debian's python3-aiosmtpd, installed by
 //! `cargo xtask test`) on an ephemeral port, delivering every message it accepts into a Maildir;
-//! plain, or over TLS with a certificate from a private CA and a login (`tests/smtp/tls_server.py`).
+//! plain, slow (`tests/smtp/slow_server.py`), or over TLS with a certificate from a private CA and a
+//! login (`tests/smtp/tls_server.py`).
 
 use crate::proxy::IssuedCertificate;
 use crate::{WAIT, free_port, show_stderr_on_failure};
@@ -44,6 +45,24 @@ impl SmtpServer {
         command
             .args(["-n", "-l", &format!("127.0.0.1:{port}")])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir);
+        let url = format!("smtp://127.0.0.1:{port}");
+        SmtpServer::spawn(command, port, url, maildir, dir).await
+    }
+
+    /// Starts one that takes `delay` over each message before accepting it
+    /// (`tests/smtp/slow_server.py`), and waits until it accepts connections.
+    pub async fn start_slow(delay: Duration) -> anyhow::Result<SmtpServer> {
+        let dir = tempfile::tempdir()?;
+        let maildir = dir.path().join("Maildir");
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/slow_server.py");
+        let mut command = Command::new(aiosmtpd_python()?);
+        command
+            .arg(script)
+            .args(["--port", &port.to_string()])
+            .args(["--delay", &delay.as_secs_f64().to_string()])
+            .arg("--maildir")
             .arg(&maildir);
         let url = format!("smtp://127.0.0.1:{port}");
         SmtpServer::spawn(command, port, url, maildir, dir).await

@@ -1,7 +1,7 @@
 //! Who may connect and read what: refusals carry their HTTP status and stable code.
 
 use serde_json::json;
-use wardline_protocol::{ErrorCode, ServerFrame, close};
+use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame, close};
 use wardline_tests::client::{Refused, V1Client, connect, next_text};
 use wardline_tests::{BrokerKind, Relay, forged_token, on_both_brokers, token};
 
@@ -230,4 +230,92 @@ async fn the_token_command_signs_with_the_secret_serve_generated() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 16 bytes"));
+}
+
+/// A token signed with the relay's secret with these claims as they are.
+fn token_with(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(wardline_tests::SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `claims` (without `sub` and `role`) as a doctor's token signed with the relay's secret.
+fn doctor_token_with_times(times: &serde_json::Value) -> String {
+    let mut claims = json!({"sub": "d1", "role": "doctor"});
+    claims
+        .as_object_mut()
+        .unwrap()
+        .extend(times.as_object().unwrap().clone());
+    token_with(claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_claims_past_the_horizon_are_refused_with_the_reason() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let now = wardline_tests::unix_now();
+    let eleven_years = 11 * 366 * 24 * 3600;
+    let cases = [
+        (json!({"exp": u64::MAX - 5}), "`exp`"),
+        (json!({"exp": now + eleven_years}), "`exp`"),
+        (json!({"exp": now + 600, "iat": u64::MAX - 5}), "`iat`"),
+        (
+            json!({"exp": now + 600, "iat": now + eleven_years}),
+            "`iat`",
+        ),
+        // `nbf` that far ahead was refused before too ("not valid yet"); still so.
+        (json!({"exp": now + 600, "nbf": now + eleven_years}), "nbf"),
+    ];
+    for (times, names) in &cases {
+        let (status, body) = relay
+            .get("/v1/me", Some(&doctor_token_with_times(times)))
+            .await;
+        assert_eq!((status, code(&body)), (401, 40102), "{times}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{times}: {message}");
+        if names.starts_with('`') {
+            assert!(message.contains("10 years"), "{times}: {message}");
+        }
+    }
+    // Nine years ahead is still a token (long-lived service tokens exist).
+    let nine_years = json!({"exp": now + 9 * 365 * 24 * 3600});
+    assert_eq!(
+        relay
+            .get("/v1/me", Some(&doctor_token_with_times(&nine_years)))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_an_exp_near_2_64_is_refused_and_the_connection_carries_on() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let mut client = V1Client::connect(&relay.ws_url(""), "d1", &token("d1", "doctor", &[], 600))
+        .await
+        .unwrap();
+    let absurd = doctor_token_with_times(&json!({"exp": u64::MAX - 5}));
+    client
+        .send(&ClientFrame::Refresh { token: absurd })
+        .await
+        .unwrap();
+    let answer = client.frame().await;
+    // A refused refresh leaves the connection as it was: it answers a ping.
+    client.send(&ClientFrame::Ping).await.ok();
+    let pong = client.frame().await;
+    let log = relay.log();
+    assert!(
+        !log.contains("panicked"),
+        "the relay panicked: {answer:?} {pong:?}\n{log}"
+    );
+    match answer.unwrap() {
+        ServerFrame::Error { code, message, .. } => {
+            assert_eq!(code, ErrorCode::TokenInvalid, "{message}");
+            assert!(message.contains("10 years"), "{message}");
+        }
+        other => panic!("expected the refresh refused, got {other:?}"),
+    }
+    assert_eq!(pong.unwrap(), ServerFrame::Pong);
 }

@@ -96,6 +96,8 @@ async fn an_unacknowledged_result_is_repeated_escalated_and_emailed_once_across_
         "9s",
         "--smtp-url",
         &smtp_url,
+        "--email-allowed-domains",
+        "hospital.example",
         "--smtp-from",
         "wardline@hospital.example",
     ];
@@ -639,9 +641,16 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     // The SMTP server is down at first, and comes back.
     let port = free_port();
     let smtp_url = format!("smtp://127.0.0.1:{port}");
-    let relay = Relay::embedded(&["--smtp-url", &smtp_url, "--escalation-email-retry", "2s"])
-        .await
-        .unwrap();
+    let relay = Relay::embedded(&[
+        "--email-allowed-domains",
+        "hospital.example",
+        "--smtp-url",
+        &smtp_url,
+        "--escalation-email-retry",
+        "2s",
+    ])
+    .await
+    .unwrap();
     let id = publish_emailing(&relay).await;
     let failed = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
         !events(s, "email_failed").is_empty()
@@ -669,9 +678,16 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
 
     // Never back: four attempts, the last one giving up, then nothing more.
     let nowhere = format!("smtp://127.0.0.1:{}", free_port());
-    let relay = Relay::embedded(&["--smtp-url", &nowhere, "--escalation-email-retry", "1s"])
-        .await
-        .unwrap();
+    let relay = Relay::embedded(&[
+        "--email-allowed-domains",
+        "hospital.example",
+        "--smtp-url",
+        &nowhere,
+        "--escalation-email-retry",
+        "1s",
+    ])
+    .await
+    .unwrap();
     let id = publish_emailing(&relay).await;
     let gave_up = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
         events(s, "email_failed").len() == 4
@@ -707,9 +723,16 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
             .await
             .unwrap();
         let url = smtp.url();
-        let relay = Relay::embedded(&["--smtp-url", &url, "--smtp-ca-file", ca_file])
-            .await
-            .unwrap();
+        let relay = Relay::embedded(&[
+            "--email-allowed-domains",
+            "hospital.example",
+            "--smtp-url",
+            &url,
+            "--smtp-ca-file",
+            ca_file,
+        ])
+        .await
+        .unwrap();
         let id = publish_emailing(&relay).await;
         let sent = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
             !events(s, "email_sent").is_empty() || !events(s, "email_failed").is_empty()
@@ -728,7 +751,14 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
         );
 
         // The OS's certificate authorities do not know the hospital's.
-        let untrusting = Relay::embedded(&["--smtp-url", &url]).await.unwrap();
+        let untrusting = Relay::embedded(&[
+            "--email-allowed-domains",
+            "hospital.example",
+            "--smtp-url",
+            &url,
+        ])
+        .await
+        .unwrap();
         let id = publish_emailing(&untrusting).await;
         let failed = wait_for_status(&untrusting, SMITH, &id, WAIT, |s| {
             !events(s, "email_failed").is_empty()
@@ -742,9 +772,16 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
 
         // The right CA, the wrong password.
         let wrong = url.replace("s3cret", "wrong");
-        let refused = Relay::embedded(&["--smtp-url", &wrong, "--smtp-ca-file", ca_file])
-            .await
-            .unwrap();
+        let refused = Relay::embedded(&[
+            "--email-allowed-domains",
+            "hospital.example",
+            "--smtp-url",
+            &wrong,
+            "--smtp-ca-file",
+            ca_file,
+        ])
+        .await
+        .unwrap();
         let id = publish_emailing(&refused).await;
         let failed = wait_for_status(&refused, SMITH, &id, WAIT, |s| {
             !events(s, "email_failed").is_empty()

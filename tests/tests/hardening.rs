@@ -1143,6 +1143,8 @@ async fn receipts_are_rate_limited_per_user_and_bounded() -> anyhow::Result<()> 
     );
     let mut client =
         V1Client::connect(&relay.ws_url(""), "p1", &token("p1", "patient", &[], 600)).await?;
+    // Receipt frames draw on the same bucket as the user's HTTP receipts: let it refill.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     client
         .send(&ClientFrame::Received {
             channel: channel.into(),

@@ -1,7 +1,9 @@
 //! The relay behind a hospital's reverse proxy (`--trusted-proxies`): devices behind one proxy
 //! address each get their own connection bucket, a device that opens many connections is still
-//! limited, and a device that forges forwarding headers gains nothing. The proxy is played by the
-//! test from 127.0.0.2 (a loopback address of its own); devices connect from 127.0.0.1.
+//! limited, and a device that forges forwarding headers gains nothing: neither from outside the
+//! proxy nor through it (only the header the proxy sets, `--forwarded-header`, is read). The proxy
+//! is played by the test from 127.0.0.2 (a loopback address of its own); devices connect from
+//! 127.0.0.1.
 
 use std::net::IpAddr;
 use wardline_tests::{Relay, token};
@@ -82,5 +84,139 @@ async fn devices_behind_a_trusted_proxy_get_their_own_buckets_and_forgers_gain_n
     assert!(
         forged.iter().filter(|s| **s == 429).count() >= 14,
         "forged headers gained connections: {forged:?}"
+    );
+}
+
+/// An event stream opened through the proxy with these forwarding headers (what the device sent
+/// and what the proxy added): the open response (kept, so the connection stays counted) or the
+/// refusal's status and code.
+async fn hold_through_proxy(
+    relay: &Relay,
+    user: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Result<reqwest::Response, (u16, u64)>> {
+    let client = reqwest::Client::builder()
+        .local_address(PROXY.parse::<IpAddr>()?)
+        .build()?;
+    let url = format!(
+        "{}/sse/{user}?token={}",
+        relay.base,
+        token(user, "doctor", &[], 600)
+    );
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    if response.status() == 200 {
+        return Ok(Ok(response));
+    }
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    Ok(Err((status, body["code"].as_u64().unwrap_or_default())))
+}
+
+/// A random address in 10.0.0.0/8 (the standard library's randomly keyed hasher, so that each run
+/// forges other ones).
+fn random_address() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::hash::RandomState::new()
+        .build_hasher()
+        .finish()
+        .to_be_bytes();
+    format!("10.{}.{}.{}", bits[0], bits[1], bits[2])
+}
+
+/// Opens `n` event streams through the proxy with the headers `headers_for` gives each; returns
+/// the streams admitted (held open) and every outcome: `(200, 0)` or the refusal's status and code.
+async fn open_many(
+    relay: &Relay,
+    user: &str,
+    n: usize,
+    headers_for: impl Fn() -> Vec<(&'static str, String)>,
+) -> (Vec<reqwest::Response>, Vec<(u16, u64)>) {
+    let (mut held, mut outcomes) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let headers = headers_for();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match hold_through_proxy(relay, user, &headers).await.unwrap() {
+            Ok(stream) => {
+                held.push(stream);
+                outcomes.push((200, 0));
+            }
+            Err(refused) => outcomes.push(refused),
+        }
+    }
+    (held, outcomes)
+}
+
+/// A relay behind the proxy at [`PROXY`] allowing 3 connections per client address.
+async fn relay_capping_at_3(extra: &[&str]) -> Relay {
+    let mut flags = vec!["--trusted-proxies", PROXY, "--max-connections-per-ip", "3"];
+    flags.extend(extra);
+    Relay::embedded(&flags).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_devices_own_forwarded_header_does_not_escape_its_cap() {
+    let relay = relay_capping_at_3(&[]).await;
+    // 12 connections from one device, each with a `Forwarded` header claiming another address;
+    // the proxy's X-Forwarded-For names the device: its cap of 3 holds.
+    let (_held, outcomes) = open_many(&relay, "d1", 12, || {
+        vec![
+            ("forwarded", format!("for={}", random_address())),
+            ("x-forwarded-for", "198.51.100.7".to_owned()),
+        ]
+    })
+    .await;
+    assert!(outcomes[..3].iter().all(|o| *o == (200, 0)), "{outcomes:?}");
+    assert!(
+        outcomes[3..].iter().all(|o| *o == (429, 42903)),
+        "forged Forwarded headers escaped the cap of 3: {outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_forwarded_header_naming_another_device_does_not_lock_it_out() {
+    let relay = relay_capping_at_3(&[]).await;
+    let victim = "198.51.100.50";
+    // A device fills a cap of 3 naming the victim's address in its own `Forwarded` header...
+    let (_held, outcomes) = open_many(&relay, "d2", 3, || {
+        vec![
+            ("forwarded", format!("for={victim}")),
+            ("x-forwarded-for", "198.51.100.8".to_owned()),
+        ]
+    })
+    .await;
+    assert!(outcomes.iter().all(|o| *o == (200, 0)), "{outcomes:?}");
+    // ...and the victim still connects: those connections were counted against their sender.
+    let victims = hold_through_proxy(&relay, "d3", &[("x-forwarded-for", victim)])
+        .await
+        .unwrap();
+    assert!(
+        victims.is_ok(),
+        "the victim was locked out by headers naming it: {:?}",
+        victims.err()
+    );
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_sets_forwarded_a_forged_x_forwarded_for_is_ignored() {
+    let relay = relay_capping_at_3(&["--forwarded-header", "forwarded"]).await;
+    // The device forged both headers; the proxy appended its element to `Forwarded`.
+    let (_held, outcomes) = open_many(&relay, "d1", 6, || {
+        vec![
+            (
+                "forwarded",
+                format!("for={}, for=\"198.51.100.7:4711\"", random_address()),
+            ),
+            ("x-forwarded-for", random_address()),
+        ]
+    })
+    .await;
+    assert!(outcomes[..3].iter().all(|o| *o == (200, 0)), "{outcomes:?}");
+    assert!(
+        outcomes[3..].iter().all(|o| *o == (429, 42903)),
+        "a forged X-Forwarded-For escaped the cap of 3: {outcomes:?}"
     );
 }

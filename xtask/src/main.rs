@@ -4,6 +4,7 @@
 //!   in the terminal and, with a display, the app;
 //! - `test`: installs what the tests need, then formatting, lints and every test;
 //! - `bench relay`: the relay's memory, broadcast and throughput benchmark, into `bench/results/relay.md`;
+//!   `bench receipts`: publishing under a flood of receipt frames, into `bench/results/receipts.md`;
 //! - `chaos [--rounds N]`: relays and Redis broken while notifications flow, into `bench/results/chaos.md`;
 //! - `soak [--minutes N]`: a relay under steady load for a long time, into `bench/results/soak.md`;
 //! - `package [--debug]`: Debian packages of the relay and the CLI, into `<target dir>/dist/`.
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         Some("package") => package::run_package(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [--keep-data] [--smoke] | test | bench relay|client|app | chaos [--rounds N] | soak [--minutes N] | package [--debug]"
+                "usage: cargo xtask demo [--keep-data] [--smoke] | test | bench relay|client|app|receipts | chaos [--rounds N] | soak [--minutes N] | package [--debug]"
             );
             return ExitCode::from(2);
         }

@@ -5,7 +5,9 @@
 //! stored and handed to the hub under that mutex, so live delivery is in id order, and a subscriber
 //! that reads history after subscribing misses nothing in between (see `subscribe`).
 
-use super::tracking::{Chain, ChainState, ClaimedStep, Step, TrailEvent};
+use super::tracking::{
+    Chain, ChainState, ClaimedStep, MAX_TRAIL_DEVICES_PER_USER, Step, TrailEvent,
+};
 use super::{
     Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, Live, LiveSender, Publish,
     Published, Receipt, Retention, StoredMessage, now_ms,
@@ -190,6 +192,96 @@ pub struct EmbeddedBroker {
     live: LiveSender,
     health: watch::Sender<BrokerHealth>,
     retention: Retention,
+    /// Receipts are written one write at a time (waiting here, in turn, not on the store's lock):
+    /// however many devices send receipts at once, a publish waits for at most one of them.
+    receipt_writer: tokio::sync::Semaphore,
+}
+
+/// The device a receipt names in the trail: `device`, unless the user's receipts already named
+/// [`MAX_TRAIL_DEVICES_PER_USER`] others for this notification (then none).
+fn trail_device<'d>(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &Channel,
+    id: Cursor,
+    user: &str,
+    device: Option<&'d str>,
+) -> rusqlite::Result<Option<&'d str>> {
+    let Some(device) = device else {
+        return Ok(None);
+    };
+    let named: Vec<String> = tx
+        .prepare_cached(
+            "SELECT DISTINCT device FROM device_receipts
+             WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND user = ?4 AND device != ''",
+        )?
+        .query_map(params![channel.as_str(), id.ms, id.seq, user], |row| {
+            row.get(0)
+        })?
+        .collect::<Result<_, _>>()?;
+    let known = named.iter().any(|d| d == device);
+    Ok((known || named.len() < MAX_TRAIL_DEVICES_PER_USER).then_some(device))
+}
+
+/// Records `user`'s receipts in one transaction (see [`Broker::record_receipts`]).
+fn record_receipts(
+    store: &mut Store,
+    channel: &Channel,
+    ids: &[Cursor],
+    user: &str,
+    device: Option<&str>,
+    kind: ReceiptKind,
+) -> Result<Vec<Cursor>, BrokerError> {
+    let tx = store.conn.transaction().map_err(storage)?;
+    let now = now_ms();
+    let mut recorded = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let stored = tx
+            .query_row(
+                "SELECT 1 FROM messages WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
+                params![channel.as_str(), id.ms, id.seq],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(storage)?
+            .is_some();
+        if !stored {
+            continue;
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
+        )
+        .map_err(storage)?;
+        let device = trail_device(&tx, channel, id, user, device).map_err(storage)?;
+        let first_on_device = tx
+            .execute(
+                "INSERT OR IGNORE INTO device_receipts (channel, ms, seq, user, device, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    channel.as_str(),
+                    id.ms,
+                    id.seq,
+                    user,
+                    device.unwrap_or_default(),
+                    kind.as_str()
+                ],
+            )
+            .map_err(storage)?
+            > 0;
+        if first_on_device {
+            let event = TrailEvent {
+                at_ms: now,
+                event: kind.into(),
+                user: Some(user.to_owned()),
+                device: device.map(str::to_owned),
+                detail: None,
+            };
+            append_trail(&tx, channel, id, &event).map_err(storage)?;
+        }
+        recorded.push(id);
+    }
+    tx.commit().map_err(storage)?;
+    Ok(recorded)
 }
 
 fn storage(e: impl std::fmt::Display) -> BrokerError {
@@ -303,6 +395,7 @@ impl EmbeddedBroker {
             live,
             health: watch::Sender::new(BrokerHealth::Up),
             retention,
+            receipt_writer: tokio::sync::Semaphore::new(1),
         };
         broker.spawn_age_trimmer();
         Ok(broker)
@@ -655,50 +748,21 @@ impl Broker for EmbeddedBroker {
     ) -> Result<Vec<Cursor>, BrokerError> {
         let (channel, ids, user) = (channel.clone(), ids.to_vec(), user.to_owned());
         let device = device.map(str::to_owned);
+        let _turn = self.receipt_writer.acquire().await.map_err(storage)?;
         self.blocking(move |store| {
-            let tx = store.conn.transaction().map_err(storage)?;
-            let now = now_ms();
-            let mut recorded = Vec::with_capacity(ids.len());
-            for id in ids {
-                let stored = tx
-                    .query_row(
-                        "SELECT 1 FROM messages WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
-                        params![channel.as_str(), id.ms, id.seq],
-                        |_| Ok(()),
-                    )
-                    .optional()
-                    .map_err(storage)?
-                    .is_some();
-                if !stored {
-                    continue;
-                }
-                tx.execute(
-                    "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
-                )
+            // Receipts commit without waiting for the disk (WAL, synchronous=NORMAL): the next
+            // publish's commit syncs them, and a power cut in between forgets a receipt, never a
+            // notification: an acknowledgement lost so makes the chain remind again, not go quiet.
+            store
+                .conn
+                .execute_batch("PRAGMA synchronous=NORMAL")
                 .map_err(storage)?;
-                let first_on_device = tx
-                    .execute(
-                        "INSERT OR IGNORE INTO device_receipts (channel, ms, seq, user, device, kind)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![channel.as_str(), id.ms, id.seq, user, device.as_deref().unwrap_or_default(), kind.as_str()],
-                    )
-                    .map_err(storage)?
-                    > 0;
-                if first_on_device {
-                    let event = TrailEvent {
-                        at_ms: now,
-                        event: kind.into(),
-                        user: Some(user.clone()),
-                        device: device.clone(),
-                        detail: None,
-                    };
-                    append_trail(&tx, &channel, id, &event).map_err(storage)?;
-                }
-                recorded.push(id);
-            }
-            tx.commit().map_err(storage)?;
-            Ok(recorded)
+            let recorded = record_receipts(store, &channel, &ids, &user, device.as_deref(), kind);
+            store
+                .conn
+                .execute_batch("PRAGMA synchronous=FULL")
+                .map_err(storage)?;
+            recorded
         })
         .await
     }
@@ -860,10 +924,11 @@ impl Broker for EmbeddedBroker {
                 .map_err(storage)?
             };
             let mut claimed = Vec::with_capacity(due.len());
+            let lease_until_ms = now_ms + lease.as_millis() as u64;
             for (channel, ms, seq, step, policy) in due {
                 tx.execute(
                     "UPDATE steps SET due = ?5 WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND step = ?4",
-                    params![channel, ms, seq, step, now_ms + lease.as_millis() as u64],
+                    params![channel, ms, seq, step, lease_until_ms],
                 )
                 .map_err(write_failed)?;
                 let parsed = (|| {
@@ -872,6 +937,7 @@ impl Broker for EmbeddedBroker {
                         id: Cursor::new(ms, seq),
                         step: step.parse().ok()?,
                         policy: serde_json::from_str(&policy).ok()?,
+                        lease_until_ms,
                     })
                 })();
                 match parsed {
@@ -883,6 +949,38 @@ impl Broker for EmbeddedBroker {
             Ok(claimed)
         })
         .await
+    }
+
+    async fn renew_step(
+        &self,
+        step: &mut ClaimedStep,
+        lease_until_ms: u64,
+    ) -> Result<bool, BrokerError> {
+        let claimed = step.clone();
+        let renewed = self
+            .blocking(move |store| {
+                store
+                    .conn
+                    .execute(
+                        "UPDATE steps SET due = ?6
+                         WHERE channel = ?1 AND ms = ?2 AND seq = ?3 AND step = ?4 AND due = ?5",
+                        params![
+                            claimed.channel.as_str(),
+                            claimed.id.ms,
+                            claimed.id.seq,
+                            claimed.step.to_string(),
+                            claimed.lease_until_ms,
+                            lease_until_ms
+                        ],
+                    )
+                    .map(|changed| changed == 1)
+                    .map_err(write_failed)
+            })
+            .await?;
+        if renewed {
+            step.lease_until_ms = lease_until_ms;
+        }
+        Ok(renewed)
     }
 
     async fn finish_step(

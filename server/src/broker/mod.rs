@@ -247,6 +247,15 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ClaimedStep>, BrokerError>;
 
+    /// Extends a claim this node still holds to `lease_until_ms`; false when the claim ran out and
+    /// another node claimed the step since (or it was finished). On true, `step.lease_until_ms` is
+    /// the new time.
+    async fn renew_step(
+        &self,
+        step: &mut ClaimedStep,
+        lease_until_ms: u64,
+    ) -> Result<bool, BrokerError>;
+
     /// Finishes a claimed step: records its event and, while the chain is open, schedules `next`.
     async fn finish_step(
         &self,

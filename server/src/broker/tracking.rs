@@ -13,12 +13,22 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
-use wardline_protocol::{Channel, Cursor, Priority, ReceiptKind};
+use wardline_protocol::{Channel, ChannelKind, Cursor, Priority, ReceiptKind};
 
-/// How long a claimed step stays hidden from other nodes: longer than any step takes (an email's
-/// SMTP exchange is bounded at 10 s), short enough that a step whose node died runs a few seconds
-/// late, not minutes.
+/// How long a claimed step stays hidden from other nodes unless renewed: short enough that a step
+/// whose node died runs a few seconds late, not minutes. The node running a step renews its claim
+/// every [`STEP_RENEWAL`] while it runs, so a step slower than the lease (an SMTP server taking
+/// its time, Redis stalling) is still not taken by another.
 pub const STEP_LEASE: Duration = Duration::from_secs(15);
+
+/// How often a running step's claim is renewed: a third of the lease, so two renewals may fail
+/// (Redis briefly away) before another node can claim the step.
+pub const STEP_RENEWAL: Duration = Duration::from_secs(5);
+
+/// Devices of one user a notification's trail names: a person's phone, desktop, tablet and a few
+/// more. Receipts from further device ids (made up, say, to fill the trail) are recorded as the
+/// user's without a device, once per kind.
+pub const MAX_TRAIL_DEVICES_PER_USER: usize = 8;
 
 /// When a notification nobody acknowledged is sent again, escalated and emailed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -65,6 +75,27 @@ impl Policy {
     /// Whether it has any step at all.
     pub fn is_empty(&self) -> bool {
         self.first_steps().is_empty()
+    }
+}
+
+/// Why escalations of `source`'s notifications may not go to `target`, when they may not. An
+/// escalation carries the notification whole, patient details included, so it goes only to a
+/// clinician's own channel (`doctor:{id}:notifications`): never to `system:alerts` (every patient
+/// reads it), a patient's or an appointment's channel, nor back to the channel it came from.
+pub fn refused_escalation_target(source: Option<&Channel>, target: &Channel) -> Option<String> {
+    if source == Some(target) {
+        return Some(format!(
+            "{target} is the notification's own channel: escalate to a backup's"
+        ));
+    }
+    match target.kind() {
+        ChannelKind::Doctor(_) => None,
+        ChannelKind::Patient(_) | ChannelKind::Appointment(_) | ChannelKind::SystemAlerts => {
+            Some(format!(
+                "escalations go only to clinicians' own channels (doctor:{{id}}:notifications), \
+                 not {target}: an escalation carries the notification whole"
+            ))
+        }
     }
 }
 
@@ -163,6 +194,9 @@ pub struct ClaimedStep {
     pub step: Step,
     /// The chain's policy.
     pub policy: Policy,
+    /// When the claim runs out (Unix ms): the step's due time the claim set. It is also the claim's
+    /// fence: a renewal that finds another time there knows another node claimed the step since.
+    pub lease_until_ms: u64,
 }
 
 /// What happened to a notification.
@@ -276,6 +310,27 @@ mod tests {
         }
         assert!("repeat:x".parse::<Step>().is_err());
         assert!("dance".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn escalations_reach_only_other_clinicians_own_channels() {
+        let channel = |name: &str| Channel::parse(name).unwrap();
+        let source = channel("doctor:dr-smith:notifications");
+        assert_eq!(
+            refused_escalation_target(Some(&source), &channel("doctor:dr-jones:notifications")),
+            None
+        );
+        for target in [
+            "system:alerts",
+            "patient:p1:notifications",
+            "appointment:a1:updates",
+            "doctor:dr-smith:notifications",
+        ] {
+            assert!(
+                refused_escalation_target(Some(&source), &channel(target)).is_some(),
+                "{target} was allowed"
+            );
+        }
     }
 
     #[test]

@@ -10,8 +10,10 @@ use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 use std::time::Duration;
 
-/// The longest one SMTP exchange may take: well inside a claimed step's lease.
-const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one SMTP exchange may take: a hospital's server under load may take 10 s over a
+/// message, and one given up on while it delivers is sent again. The step's claim is renewed
+/// while it waits (see [`crate::broker::tracking::STEP_RENEWAL`]).
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An SMTP server and the sender address.
 #[derive(Clone)]
@@ -120,9 +122,51 @@ fn tls_with_ca(url: &str, ca_file: &Path) -> anyhow::Result<Tls> {
     Ok(with_tls(parameters))
 }
 
-/// Whether `address` reads as an email address.
+/// The longest display name an address may carry (`Dr Jones <jones@hospital.example>`): a name,
+/// not a paragraph; with the address it keeps each mailbox far below a header line's 998
+/// characters (RFC 5322).
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+
+/// Whether `address` reads as an email address, with a display name of at most
+/// [`MAX_DISPLAY_NAME_CHARS`].
 pub fn valid_address(address: &str) -> bool {
-    address.parse::<Mailbox>().is_ok()
+    address.parse::<Mailbox>().is_ok_and(|mailbox| {
+        mailbox
+            .name
+            .is_none_or(|name| name.chars().count() <= MAX_DISPLAY_NAME_CHARS)
+    })
+}
+
+/// Whether `address` is a valid address in one of `allowed_domains` (`--email-allowed-domains`:
+/// exact domains, any case; none allows nothing).
+pub fn allowed_address(address: &str, allowed_domains: &[String]) -> bool {
+    let Ok(mailbox) = address.parse::<Mailbox>() else {
+        return false;
+    };
+    valid_address(address)
+        && allowed_domains
+            .iter()
+            .any(|domain| domain.eq_ignore_ascii_case(mailbox.email.domain()))
+}
+
+/// Why `address` may not be emailed, for an error message.
+pub fn refusal(address: &str, allowed_domains: &[String]) -> String {
+    if !valid_address(address) {
+        format!(
+            "`escalation.email_to`: not an email address (with a display name of at most \
+             {MAX_DISPLAY_NAME_CHARS} characters): {address}"
+        )
+    } else if allowed_domains.is_empty() {
+        format!(
+            "`escalation.email_to`: {address}: the relay emails no domain until its administrator \
+             names the hospital's (--email-allowed-domains)"
+        )
+    } else {
+        format!(
+            "`escalation.email_to`: {address} is not in a domain the relay may email ({})",
+            allowed_domains.join(", ")
+        )
+    }
 }
 
 /// `url` without its password, for messages.
@@ -185,6 +229,51 @@ mod tests {
     #[test]
     fn addresses_are_checked() {
         assert!(valid_address("oncall@hospital.example"));
+        assert!(valid_address("Dr Jones <jones@hospital.example>"));
         assert!(!valid_address("not an address"));
+        let long_name = format!("{} <jones@hospital.example>", "J".repeat(65));
+        assert!(
+            !valid_address(&long_name),
+            "a display name over 64 characters"
+        );
+    }
+
+    #[test]
+    fn only_allowed_domains_are_emailed() {
+        let allowed = vec!["Hospital.example".to_owned()];
+        assert!(allowed_address("oncall@hospital.example", &allowed));
+        assert!(allowed_address(
+            "Dr Jones <jones@HOSPITAL.example>",
+            &allowed
+        ));
+        assert!(!allowed_address("someone@elsewhere.example", &allowed));
+        assert!(
+            !allowed_address("x@evil.hospital.example", &allowed),
+            "exact domains only"
+        );
+        assert!(
+            !allowed_address("oncall@hospital.example", &[]),
+            "none allows nothing"
+        );
+        assert!(refusal("oncall@hospital.example", &[]).contains("--email-allowed-domains"));
+    }
+
+    #[test]
+    fn every_header_line_of_an_email_to_many_long_names_is_within_998_characters() {
+        let mut builder = Message::builder()
+            .from("wardline@localhost".parse().unwrap())
+            .subject("Wardline: a critical result for dr-smith is waiting for acknowledgement");
+        for n in 0..10 {
+            let name = format!("{n}{}", "é".repeat(MAX_DISPLAY_NAME_CHARS - 1));
+            let local = "a".repeat(64);
+            let address = format!("{name} <{local}@hospital.example>");
+            assert!(valid_address(&address));
+            builder = builder.to(address.parse().unwrap());
+        }
+        let message = builder.body(String::from("body")).unwrap().formatted();
+        let text = String::from_utf8(message).unwrap();
+        for line in text.split("\r\n") {
+            assert!(line.len() <= 998, "a {}-character line: {line}", line.len());
+        }
     }
 }

@@ -10,16 +10,20 @@
 
 pub mod email;
 
+use crate::auth::Claims;
 use crate::broker::tracking::{
-    ClaimedStep, Policy, ReceiptSync, STEP_LEASE, Step, TrailEvent, TrailKind,
+    ClaimedStep, Policy, ReceiptSync, STEP_LEASE, STEP_RENEWAL, Step, TrailEvent, TrailKind,
 };
 use crate::broker::{Broker, BrokerError, Live, Publish, StoredMessage, now_ms};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use email::{Email, Mailer};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use wardline_protocol::frame::rfc3339_millis;
 use wardline_protocol::{Channel, ChannelKind, Cursor, Priority, ReceiptKind};
 
@@ -30,8 +34,20 @@ pub const EMAIL_ATTEMPTS: u32 = 4;
 /// escalated and emailed, and a device that rings all night for one result is a device people mute.
 pub const MAX_REMINDERS: u32 = 30;
 
-/// Steps claimed per round: a backlog (after an outage) is worked through a batch a second.
+/// Most ids one write of receipts records (a receipt may carry 1,000).
+const RECEIPT_WRITE_PART: usize = 100;
+
+/// Steps claimed per round at most.
 const CLAIM_BATCH: usize = 64;
+
+/// Steps one node runs at once: enough that reminders and emails to a slow SMTP server leave
+/// room for the next escalation, few enough that a backlog after an outage does not open
+/// hundreds of SMTP connections.
+pub const MAX_RUNNING_STEPS: usize = 32;
+
+/// How long steps under way may take to finish once the relay shuts down: an SMTP exchange's
+/// deadline and a little more.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(email::SMTP_TIMEOUT.as_secs() + 2);
 
 /// What the loop needs besides the broker.
 #[derive(Debug, Clone)]
@@ -40,28 +56,45 @@ pub struct Escalation {
     pub mailer: Option<Mailer>,
     /// How long after a failed email the next attempt is made.
     pub email_retry: Duration,
+    /// The domains emails may go to: checked again when sending, so a chain stored before the
+    /// administrator narrowed them emails nobody outside.
+    pub email_allowed_domains: Vec<String>,
 }
 
-/// Records receipts and acts on them: an acknowledgement closes the notification's chain (and the
-/// chain of the notification it escalated), a decline escalates at once, and what a person did is
-/// sent to the user's other devices. Answers the ids recorded.
+/// Records `actor`'s receipts and acts on them: what a person did is sent to the user's other
+/// devices, and where the actor may settle the channel's chains ([`Claims::can_settle`]: the
+/// recipient of a personal channel, its publishers) an acknowledgement closes the notification's
+/// chain (and the chain of the notification it escalated) and a decline escalates at once. A
+/// reader of a shared channel (`system:alerts`) records receipts of their own that act for nobody
+/// else. Answers the ids recorded.
 pub async fn record_receipts(
     broker: &dyn Broker,
     channel: &Channel,
     ids: &[Cursor],
-    user: &str,
+    actor: &Claims,
     device: Option<&str>,
     kind: ReceiptKind,
 ) -> Result<Vec<Cursor>, BrokerError> {
-    let recorded = broker
-        .record_receipts(channel, ids, user, device, kind)
-        .await?;
+    let user = actor.sub.as_str();
+    // An id repeated in one receipt is recorded once; long receipts are written a part at a time,
+    // so a publish waiting for the store waits for one part, not for a thousand ids.
+    let mut seen = HashSet::with_capacity(ids.len());
+    let ids: Vec<Cursor> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let mut recorded = Vec::with_capacity(ids.len());
+    for part in ids.chunks(RECEIPT_WRITE_PART) {
+        recorded.extend(
+            broker
+                .record_receipts(channel, part, user, device, kind)
+                .await?,
+        );
+    }
     if recorded.is_empty() {
         return Ok(recorded);
     }
+    let settles = actor.can_settle(channel);
     let mut closed = Vec::new();
     match kind {
-        ReceiptKind::Acknowledged => {
+        ReceiptKind::Acknowledged if settles => {
             for id in &recorded {
                 for (closed_channel, closed_id) in broker.acknowledge(channel, *id, user).await? {
                     if (&closed_channel, closed_id) != (channel, *id) {
@@ -81,7 +114,7 @@ pub async fn record_receipts(
                 }
             }
         }
-        ReceiptKind::Declined => {
+        ReceiptKind::Declined if settles => {
             for id in &recorded {
                 broker
                     .advance_step(channel, *id, Step::Escalate, now_ms())
@@ -151,37 +184,111 @@ pub async fn no_device_online(
 }
 
 /// Runs this node's share of the escalation steps until `shutdown` turns true.
+///
+/// Steps run side by side, at most [`MAX_RUNNING_STEPS`] at once, each in its own task: a slow
+/// SMTP server or a burst of reminders cannot hold up an unrelated escalation. The loop claims
+/// only as many steps as it can start at once (a claimed step waiting its turn here would let its
+/// lease run out and another node run it too), and each running step renews its claim every
+/// [`STEP_RENEWAL`] while it runs. On shutdown, steps under way get [`SHUTDOWN_GRACE`] to finish
+/// (an email half sent is better finished than sent again by another node).
 pub async fn run(
     broker: Arc<dyn Broker>,
     escalation: Escalation,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_RUNNING_STEPS));
+    let mut running = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a full batch more steps are probably due: claim again as soon as a slot is free.
+    let mut backlog = false;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|stopping| *stopping) => return,
+            _ = tick.tick(), if !backlog => {}
+            Ok(_) = slots.clone().acquire_owned(), if backlog => {}
+            Some(_) = running.join_next() => continue,
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
-        let claimed = match broker.claim_steps(now_ms(), STEP_LEASE, CLAIM_BATCH).await {
+        let free = slots.available_permits().min(CLAIM_BATCH);
+        backlog = false;
+        if free == 0 {
+            backlog = true;
+            continue;
+        }
+        let claimed = match broker.claim_steps(now_ms(), STEP_LEASE, free).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim escalation steps; retrying in a second");
                 continue;
             }
         };
+        backlog = claimed.len() == free;
         for step in claimed {
-            match run_step(broker.as_ref(), &escalation, &step).await {
-                Ok(()) => Metrics::inc(&metrics.escalation_steps_total),
-                Err(e) => {
-                    Metrics::inc(&metrics.escalation_failures_total);
-                    tracing::warn!(
-                        channel = %step.channel, id = %step.id, step = %step.step, error = %e,
-                        "escalation step failed; it runs again when its claim runs out"
-                    );
+            let slot = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("no more steps are claimed than slots are free");
+            let (broker, escalation, metrics) =
+                (broker.clone(), escalation.clone(), metrics.clone());
+            running.spawn(async move {
+                run_claimed(broker.as_ref(), &escalation, &metrics, step).await;
+                drop(slot);
+            });
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            steps = running.len(),
+            "escalation steps still running at shutdown; they run again on another node when their claims run out"
+        );
+    }
+}
+
+/// Runs one claimed step while renewing its claim, and counts the outcome.
+async fn run_claimed(
+    broker: &dyn Broker,
+    escalation: &Escalation,
+    metrics: &Metrics,
+    claimed: ClaimedStep,
+) {
+    let mut lease = claimed.clone();
+    let step = run_step(broker, escalation, &claimed);
+    tokio::pin!(step);
+    let mut renewal = tokio::time::interval_at(Instant::now() + STEP_RENEWAL, STEP_RENEWAL);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut step => break outcome,
+            _ = renewal.tick() => {
+                let until = now_ms() + STEP_LEASE.as_millis() as u64;
+                match broker.renew_step(&mut lease, until).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        channel = %claimed.channel, id = %claimed.id, step = %claimed.step,
+                        "an escalation step's claim ran out while it ran: another node may run it too"
+                    ),
+                    Err(e) => tracing::warn!(
+                        channel = %claimed.channel, id = %claimed.id, step = %claimed.step, error = %e,
+                        "could not renew an escalation step's claim; retrying"
+                    ),
                 }
             }
+        }
+    };
+    match outcome {
+        Ok(()) => Metrics::inc(&metrics.escalation_steps_total),
+        Err(e) => {
+            Metrics::inc(&metrics.escalation_failures_total);
+            tracing::warn!(
+                channel = %claimed.channel, id = %claimed.id, step = %claimed.step, error = %e,
+                "escalation step failed; it runs again when its claim runs out"
+            );
         }
     }
 }
@@ -240,9 +347,16 @@ async fn run_step(
             broker.finish_step(claimed, Some(event), None).await
         }
         Step::Email(attempt) => {
-            let to = &claimed.policy.email_to;
+            let allowed = &escalation.email_allowed_domains;
+            let (to, refused): (Vec<String>, Vec<String>) = claimed
+                .policy
+                .email_to
+                .iter()
+                .cloned()
+                .partition(|address| email::allowed_address(address, allowed));
             let result = match &escalation.mailer {
-                Some(mailer) => mailer.send(to, &escalation_email(&message, now)).await,
+                _ if to.is_empty() => Err(email::refusal(&refused.join(", "), allowed)),
+                Some(mailer) => mailer.send(&to, &escalation_email(&message, now)).await,
                 None => Err("no SMTP server is configured (--smtp-url)".to_owned()),
             };
             let (event, next) = match result {
@@ -250,7 +364,11 @@ async fn run_step(
                     TrailEvent::relay(now, TrailKind::EmailSent, format!("to {}", to.join(", "))),
                     None,
                 ),
-                Err(e) if attempt < EMAIL_ATTEMPTS && escalation.mailer.is_some() => {
+                Err(e)
+                    if attempt < EMAIL_ATTEMPTS
+                        && escalation.mailer.is_some()
+                        && !to.is_empty() =>
+                {
                     let retry = escalation.email_retry;
                     (
                         TrailEvent::relay(

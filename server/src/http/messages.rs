@@ -1,9 +1,11 @@
 //! A notification's fate, for the publisher: `GET /v1/messages/{channel}/{id}` answers its state
 //! (open until a person acknowledges it) and its trail (published, delivered to which device,
 //! displayed, read, acknowledged or declined, repeated, escalated, emailed); `GET /v1/messages`
-//! lists the chains still open.
+//! lists the chains still open. Its recipient and the readers of a shared channel see what is
+//! theirs of it ([`as_seen_by`]).
 
 use crate::AppState;
+use crate::auth::Claims;
 use crate::broker::tracking::{ChainState, TrailEvent, TrailKind};
 use crate::broker::{Broker, now_ms};
 use crate::error::ApiError;
@@ -117,13 +119,46 @@ pub async fn message(
         .map_err(|e: CursorError| ApiError::new(ErrorCode::BadCursor, e.to_string()))?;
     status(state.hub.broker().as_ref(), channel, id)
         .await?
-        .map(Json)
+        .map(|status| Json(as_seen_by(status, &claims)))
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,
                 "no such notification: never published on this channel, or pruned with its history",
             )
         })
+}
+
+/// What `viewer` may see of a notification's state and trail. Services and administrators see it
+/// all. The recipient of a personal channel sees every event, but other users' devices and where
+/// the chain escalated or emailed to only as that it did (a backup's channel, staff addresses).
+/// A reader of a shared channel (`system:alerts`) sees that it was published and their own
+/// entries: nothing of who else received it, on which device.
+fn as_seen_by(mut status: MessageStatus, viewer: &Claims) -> MessageStatus {
+    if viewer.can_read_stats() {
+        return status;
+    }
+    let me = viewer.sub.as_str();
+    let mine = |entry: &TrailEntry| entry.user.as_deref() == Some(me);
+    if viewer.can_settle(&status.channel) {
+        for entry in status.trail.iter_mut() {
+            let names_others = matches!(
+                entry.event,
+                TrailKind::Escalated | TrailKind::EmailSent | TrailKind::EmailFailed
+            );
+            if entry.user.is_some() && !mine(entry) {
+                entry.device = None;
+                entry.detail = None;
+            } else if names_others {
+                entry.detail = None;
+            }
+        }
+    } else {
+        status
+            .trail
+            .retain(|entry| entry.event == TrailKind::Published || mine(entry));
+        status.acknowledged_by = status.acknowledged_by.filter(|user| user == me);
+    }
+    status
 }
 
 /// A notification's state and trail, if the relay still knows it.

@@ -4,9 +4,10 @@
 
 use crate::AppState;
 use crate::broker::Publish;
-use crate::broker::tracking::Policy;
+use crate::broker::tracking::{Policy, refused_escalation_target};
 use crate::config::EscalationConfig;
 use crate::error::ApiError;
+use crate::escalation::email;
 use crate::http::{authenticate, json_body};
 use crate::metrics::Metrics;
 use axum::Json;
@@ -66,22 +67,66 @@ const MAX_ESCALATION_TARGETS: usize = 10;
 /// not one to expire; longer values would overflow the brokers' millisecond times.
 pub const MAX_TTL_S: u64 = 366 * 24 * 3600;
 
-/// The policy a publish asks for, on top of the relay's defaults; checked.
+/// Publishes naming their own `email_to` one publisher may make a minute (and at once): an
+/// administrator's token must not turn the relay into a mass mailer, even within the hospital.
+pub const EMAIL_PUBLISHES_PER_MINUTE: u32 = 20;
+
+/// The policy a publish to `source` asks for, on top of the relay's defaults; checked. A refusal
+/// says why, with its code.
 fn escalation_policy(
     config: &EscalationConfig,
+    source: &Channel,
     priority: Priority,
     requested: Option<Option<Policy>>,
-) -> Result<Option<Policy>, String> {
+) -> Result<Option<Policy>, (ErrorCode, String)> {
+    let invalid = |reason: String| (ErrorCode::InvalidRequest, reason);
+    // The defaults were checked at start; an escalation to the notification's own channel is
+    // dropped from them rather than refusing the notification.
+    let default_targets = || {
+        let defaults = config.defaults.escalate_to.iter();
+        defaults
+            .filter(|c| *c != source.as_str())
+            .cloned()
+            .collect()
+    };
     let policy = match requested {
-        None => return Ok(config.default_for(priority)),
+        None => {
+            return Ok(config.default_for(priority).map(|mut policy| {
+                policy.escalate_to = default_targets();
+                policy
+            }));
+        }
         Some(None) => return Ok(None),
         Some(Some(requested)) => {
             let defaults = &config.defaults;
+            for target in &requested.escalate_to {
+                let channel = Channel::parse(target)
+                    .map_err(|e| invalid(format!("`escalation.escalate_to`: {e}")))?;
+                if let Some(reason) = refused_escalation_target(Some(source), &channel) {
+                    return Err((
+                        ErrorCode::EscalationTargetRefused,
+                        format!("`escalation.escalate_to`: {reason}"),
+                    ));
+                }
+            }
+            if let Some(bad) = requested.email_to.iter().find(|a| !email::valid_address(a)) {
+                return Err(invalid(email::refusal(bad, &config.email_allowed_domains)));
+            }
+            if let Some(refused) = requested
+                .email_to
+                .iter()
+                .find(|a| !email::allowed_address(a, &config.email_allowed_domains))
+            {
+                return Err((
+                    ErrorCode::EmailNotAllowed,
+                    email::refusal(refused, &config.email_allowed_domains),
+                ));
+            }
             Policy {
                 repeat_every_s: requested.repeat_every_s.or(defaults.repeat_every_s),
                 escalate_after_s: requested.escalate_after_s.or(defaults.escalate_after_s),
                 escalate_to: if requested.escalate_to.is_empty() {
-                    defaults.escalate_to.clone()
+                    default_targets()
                 } else {
                     requested.escalate_to
                 },
@@ -102,29 +147,17 @@ fn escalation_policy(
         if let Some(seconds) = seconds
             && !(1..=MAX_TTL_S).contains(&seconds)
         {
-            return Err(format!(
+            return Err(invalid(format!(
                 "`escalation.{name}` must be from 1 to {MAX_TTL_S} seconds, not {seconds}"
-            ));
+            )));
         }
     }
     if policy.escalate_to.len() > MAX_ESCALATION_TARGETS
         || policy.email_to.len() > MAX_ESCALATION_TARGETS
     {
-        return Err(format!(
+        return Err(invalid(format!(
             "`escalation` may name at most {MAX_ESCALATION_TARGETS} channels and {MAX_ESCALATION_TARGETS} addresses"
-        ));
-    }
-    for channel in &policy.escalate_to {
-        Channel::parse(channel).map_err(|e| format!("`escalation.escalate_to`: {e}"))?;
-    }
-    if let Some(bad) = policy
-        .email_to
-        .iter()
-        .find(|a| !crate::escalation::email::valid_address(a))
-    {
-        return Err(format!(
-            "`escalation.email_to`: not an email address: {bad}"
-        ));
+        )));
     }
     Ok(Some(policy).filter(|p| !p.is_empty()))
 }
@@ -286,8 +319,25 @@ async fn try_publish(
     let priority = request
         .priority
         .unwrap_or_else(|| Priority::default_for(&message));
-    let escalation = escalation_policy(&state.config.escalation, priority, request.escalation)
-        .map_err(|reason| fail(name, ErrorCode::InvalidRequest, reason))?;
+    let names_email = matches!(&request.escalation, Some(Some(p)) if !p.email_to.is_empty());
+    let escalation = escalation_policy(
+        &state.config.escalation,
+        &channel,
+        priority,
+        request.escalation,
+    )
+    .map_err(|(code, reason)| fail(name, code, reason))?;
+    if names_email && !state.email_limiter.allow(claims.sub.clone()) {
+        Metrics::inc(&state.metrics().rate_limited_total);
+        return Err(fail(
+            name,
+            ErrorCode::RateLimited,
+            format!(
+                "at most {EMAIL_PUBLISHES_PER_MINUTE} publishes a minute may name `escalation.email_to`; \
+                 retry later, or leave it out for the relay's default addresses"
+            ),
+        ));
+    }
     if let Some(policy) = &escalation
         && let Some(target) = policy
             .escalate_to

@@ -154,7 +154,7 @@ pub async fn record_receipts(
         ));
     }
     let channel = parse_channel(&request.channel)?;
-    if !claims.can_read(&channel) {
+    if !claims.can_record_receipts(&channel) {
         return Err(ApiError::new(
             ErrorCode::ChannelForbidden,
             format!("the token does not grant channel {channel}"),
@@ -170,7 +170,7 @@ pub async fn record_receipts(
         state.hub.broker().as_ref(),
         &channel,
         &ids,
-        &claims.sub,
+        &claims,
         device,
         request.kind,
     )

@@ -362,9 +362,11 @@ async fn drive(
                     let expires = session.claims().exp;
                     let handled =
                         Box::pin(handle_inbound(socket, session, state, mode, message, &mut frames)).await;
-                    // A refreshed token moves the expiry; nothing else does.
+                    // A refreshed token moves the expiry; nothing else does. A new sleep rather
+                    // than `Instant::now() + time_left`: that sum panics past what an Instant
+                    // holds, where `sleep` saturates (the token's `exp` is bounded, too).
                     if session.claims().exp != expires {
-                        expiry.as_mut().reset(Instant::now() + session.claims().time_left());
+                        expiry.set(sleep(session.claims().time_left()));
                     }
                     handled
                 }
@@ -536,13 +538,21 @@ async fn handle_v1(
             Ok(())
         }
         ClientFrame::Received { channel, ids } => {
-            record(socket, session, channel, ids, ReceiptKind::Received).await
+            record(socket, session, state, channel, ids, ReceiptKind::Received).await
         }
         ClientFrame::Ack { channel, ids } => {
-            record(socket, session, channel, ids, ReceiptKind::Acknowledged).await
+            record(
+                socket,
+                session,
+                state,
+                channel,
+                ids,
+                ReceiptKind::Acknowledged,
+            )
+            .await
         }
         ClientFrame::Receipt { channel, ids, kind } => {
-            record(socket, session, channel, ids, kind).await
+            record(socket, session, state, channel, ids, kind).await
         }
         ClientFrame::Refresh { token } => {
             let refreshed = match state.auth.verify(&token).await {
@@ -564,13 +574,25 @@ async fn handle_v1(
     }
 }
 
+/// Records a receipt frame's receipts. Receipts are limited per user, across all their
+/// connections and `POST /v1/receipts` alike: a user with many connections cannot write more.
 async fn record(
     socket: &mut WebSocket,
     session: &mut Session,
+    state: &AppState,
     channel: String,
     ids: Vec<String>,
     kind: ReceiptKind,
 ) -> Result<(), Stop> {
+    if !state.receipt_limiter.allow(session.claims().sub.clone()) {
+        Metrics::inc(&state.metrics().rate_limited_total);
+        let error = error_frame(
+            ErrorCode::RateLimited,
+            "too many receipts for this user; send them again in a second".to_owned(),
+            Some(channel),
+        );
+        return send_frame(socket, session, &error).await;
+    }
     match session.record_receipts(&channel, &ids, kind).await {
         Ok((channel, ids, unknown)) => {
             let frame = ServerFrame::Recorded {

@@ -22,7 +22,9 @@
 mod recorder;
 pub mod target;
 
-use super::tracking::{Chain, ChainState, ClaimedStep, Policy, Step, TrailEvent};
+use super::tracking::{
+    Chain, ChainState, ClaimedStep, MAX_TRAIL_DEVICES_PER_USER, Policy, Step, TrailEvent,
+};
 use super::{
     Broker, BrokerError, BrokerHealth, ChannelEnd, HistoryPage, Live, LiveSender, Publish,
     Published, Receipt, Retention, StoredMessage,
@@ -68,9 +70,12 @@ const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
 /// Records receipts for the notifications the stream holds. KEYS: stream, then each id's receipts
 /// hash. ARGV: field (`<kind>:<user>`), time ms, hash ttl s, the device's field
-/// (`device:<kind>:<device>:<user>`), the trail event (JSON), the trail key's prefix, then the ids.
-/// The first receipt of a kind per user is what `GET /v1/receipts` shows; the first per device goes
-/// into the trail. Returns the ids recorded.
+/// (`device:<kind>:<device>:<user>`), the trail event (JSON), the trail key's prefix, the field
+/// marking the device as named (`named:<device>:<user>`, '' without a device), the field counting
+/// the user's devices named (`devices:<user>`), the most a user may name
+/// ([`MAX_TRAIL_DEVICES_PER_USER`]), the device-less field and trail event used past it, then the
+/// ids. The first receipt of a kind per user is what `GET /v1/receipts` shows; the first per
+/// device goes into the trail. Returns the ids recorded.
 const RECEIPTS_SCRIPT: &str = include_str!("receipts.lua");
 
 /// Escalation chains (see [`super::tracking`]): a chain is the hash `wardline:{<channel>}:chain:<id>`
@@ -86,6 +91,10 @@ const CHAIN_KEY_TAIL: &str = "}:chain:";
 /// Claims due steps. KEYS: steps, open. ARGV: now ms, lease ms, limit, chain key head and tail.
 /// Returns `[step, channel, id, policy]` per step claimed.
 const CLAIM_SCRIPT: &str = include_str!("claim.lua");
+
+/// Renews a claim still held. KEYS: steps. ARGV: the step's member, the claim's lease (its score
+/// when claimed), the new lease. Returns 1 when renewed, 0 when another node claimed it since.
+const RENEW_STEP_SCRIPT: &str = include_str!("renew_step.lua");
 
 /// Finishes a step. KEYS: steps, chain, trail. ARGV: the step's member, the trail event ('' for
 /// none), the next step's member ('' for none), its due time ms, the trail's ttl s.
@@ -934,6 +943,10 @@ impl Broker for RedisBroker {
             device: device.map(str::to_owned),
             detail: None,
         };
+        let without_device = TrailEvent {
+            device: None,
+            ..event.clone()
+        };
         // One hash per notification: field `<kind>:<user>`, value the time, first write wins.
         let mut command = redis::cmd("EVAL");
         command
@@ -953,7 +966,16 @@ impl Broker for RedisBroker {
                 device.unwrap_or_default()
             ))
             .arg(event.to_json())
-            .arg(format!("wardline:{{{channel}}}:trail:"));
+            .arg(format!("wardline:{{{channel}}}:trail:"))
+            .arg(
+                device
+                    .map(|d| format!("named:{d}:{user}"))
+                    .unwrap_or_default(),
+            )
+            .arg(format!("devices:{user}"))
+            .arg(MAX_TRAIL_DEVICES_PER_USER)
+            .arg(format!("device:{}::{user}", kind.as_str()))
+            .arg(without_device.to_json());
         for id in ids {
             command.arg(id.to_string());
         }
@@ -1094,6 +1116,7 @@ impl Broker for RedisBroker {
             .await
             .map_err(unavailable)?;
         let mut steps = Vec::with_capacity(claimed.len());
+        let lease_until_ms = now_ms + lease.as_millis() as u64;
         for (step, channel, id, policy) in claimed {
             let parsed = (|| {
                 Some(ClaimedStep {
@@ -1101,6 +1124,7 @@ impl Broker for RedisBroker {
                     channel: Channel::parse(&channel).ok()?,
                     id: id.parse().ok()?,
                     policy: serde_json::from_str::<Policy>(&policy).ok()?,
+                    lease_until_ms,
                 })
             })();
             match parsed {
@@ -1111,6 +1135,28 @@ impl Broker for RedisBroker {
             }
         }
         Ok(steps)
+    }
+
+    async fn renew_step(
+        &self,
+        step: &mut ClaimedStep,
+        lease_until_ms: u64,
+    ) -> Result<bool, BrokerError> {
+        let mut conn = self.shared.commands.get();
+        let renewed: i64 = redis::cmd("EVAL")
+            .arg(RENEW_STEP_SCRIPT)
+            .arg(1)
+            .arg(STEPS_KEY)
+            .arg(step_member(step.step, &step.channel, step.id))
+            .arg(step.lease_until_ms)
+            .arg(lease_until_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if renewed == 1 {
+            step.lease_until_ms = lease_until_ms;
+        }
+        Ok(renewed == 1)
     }
 
     async fn finish_step(
