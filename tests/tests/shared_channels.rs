@@ -340,3 +340,62 @@ async fn a_shared_trail_shows_each_reader_their_own(kind: BrokerKind) -> anyhow:
     Ok(())
 }
 on_both_brokers!(a_shared_trail_shows_each_reader_their_own);
+
+/// One patient on four connections sending receipt frames (finding 6): the frames draw on one
+/// bucket for the user (`--frame-burst 5`, `--frames-per-s 1`), whatever the connection, so past
+/// the burst they are refused with 42901 on every connection (each connection alone is within its
+/// own frame limit); an id repeated in one frame is recorded once; another user is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipt_frames_are_limited_per_user_across_connections() -> anyhow::Result<()> {
+    let relay = Relay::embedded(&["--frame-burst", "5", "--frames-per-s", "1"]).await?;
+    let id = publish(&relay, ALERTS, Value::Null).await;
+    let patient = token("pt-1", "patient", &[], 3600);
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(V1Client::connect(&relay.ws_url(""), "pt-1", &patient).await?);
+    }
+    let repeated = vec![id.clone(); 50];
+    let (mut recorded, mut limited) = (0, 0);
+    for _ in 0..3 {
+        for connection in &mut connections {
+            connection
+                .send(&wardline_protocol::ClientFrame::Receipt {
+                    channel: ALERTS.into(),
+                    ids: repeated.clone(),
+                    kind: wardline_protocol::ReceiptKind::Displayed,
+                })
+                .await?;
+            match connection.frame().await? {
+                ServerFrame::Recorded { ids, .. } => {
+                    assert_eq!(ids.len(), 1, "a repeated id is recorded once: {ids:?}");
+                    recorded += 1;
+                }
+                ServerFrame::Error { code, .. } => {
+                    assert_eq!(code, wardline_protocol::ErrorCode::RateLimited);
+                    limited += 1;
+                }
+                other => anyhow::bail!("{other:?}"),
+            }
+        }
+    }
+    // Twelve frames within a second or two: the burst of five and at most two more refilled.
+    assert!(
+        (5..=7).contains(&recorded),
+        "{recorded} recorded, {limited} refused"
+    );
+    assert_eq!(recorded + limited, 12);
+    let other = token("pt-2", "patient", &[], 3600);
+    let mut second = V1Client::connect(&relay.ws_url(""), "pt-2", &other).await?;
+    second
+        .send(&wardline_protocol::ClientFrame::Receipt {
+            channel: ALERTS.into(),
+            ids: vec![id.clone()],
+            kind: wardline_protocol::ReceiptKind::Displayed,
+        })
+        .await?;
+    assert!(
+        matches!(second.frame().await?, ServerFrame::Recorded { .. }),
+        "another user is served"
+    );
+    Ok(())
+}
