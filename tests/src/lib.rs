@@ -655,6 +655,17 @@ pub fn show_stderr_on_failure(stderr: tokio::process::ChildStderr, name: &'stati
     });
 }
 
+/// The events named `event` in a notification's trail, as `GET /v1/messages/{channel}/{id}`
+/// answered it.
+pub fn trail_events<'a>(status: &'a Value, event: &str) -> Vec<&'a Value> {
+    status["trail"]
+        .as_array()
+        .expect("a trail")
+        .iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
 /// A HealthHub notification of each type, numbered.
 pub fn critical_lab_result(n: usize) -> Value {
     json!({"type": "critical_lab_result", "urgent": true, "result_id": format!("r{n}"),

@@ -14,7 +14,7 @@ use wardline_tests::receiver::{Listener, inbox_path, list, run};
 use wardline_tests::smtp::{SmtpServer, SmtpTls};
 use wardline_tests::{
     BrokerKind, RedisServer, Relay, WAIT, critical_lab_result, free_port, on_both_brokers, setup,
-    token, wrapped_relay_command,
+    token, trail_events, wrapped_relay_command,
 };
 
 const SMITH: &str = "doctor:dr-smith:notifications";
@@ -33,16 +33,6 @@ async fn status(relay: &Relay, channel: &str, id: &str) -> Value {
     body
 }
 
-/// The trail's events named `event`.
-fn events<'a>(status: &'a Value, event: &str) -> Vec<&'a Value> {
-    status["trail"]
-        .as_array()
-        .expect("a trail")
-        .iter()
-        .filter(|e| e["event"] == event)
-        .collect()
-}
-
 /// Seconds from the notification's publishing to a trail event.
 fn seconds_after_publish(status: &Value, event: &Value) -> f64 {
     let at = |text: &Value| {
@@ -52,7 +42,7 @@ fn seconds_after_publish(status: &Value, event: &Value) -> f64 {
             .unwrap()
             .as_secs_f64()
     };
-    at(&event["at"]) - at(&events(status, "published")[0]["at"])
+    at(&event["at"]) - at(&trail_events(status, "published")[0]["at"])
 }
 
 /// Waits until the notification's status satisfies `done`; answers it.
@@ -237,13 +227,13 @@ async fn an_unacknowledged_result_is_repeated_escalated_and_emailed_once_across_
     assert_eq!(escalations.len(), 1, "escalated once: {escalations:?}");
 
     // The trail: every step once, each with its time, within 5 s of when it was due.
-    let escalated = events(&later, "escalated");
+    let escalated = trail_events(&later, "escalated");
     assert_eq!(escalated.len(), 1, "{later:#}");
     assert!(
         escalated[0]["detail"].as_str().unwrap().contains(BACKUP),
         "{later:#}"
     );
-    let sent = events(&later, "email_sent");
+    let sent = trail_events(&later, "email_sent");
     assert_eq!(sent.len(), 1, "{later:#}");
     let due = [(&escalated[0], 7.0), (&sent[0], 9.0)];
     for (event, at) in due {
@@ -254,7 +244,7 @@ async fn an_unacknowledged_result_is_repeated_escalated_and_emailed_once_across_
             event["event"]
         );
     }
-    let reminders: Vec<&str> = events(&later, "repeated")
+    let reminders: Vec<&str> = trail_events(&later, "repeated")
         .iter()
         .map(|e| e["detail"].as_str().unwrap())
         .collect();
@@ -262,13 +252,13 @@ async fn an_unacknowledged_result_is_repeated_escalated_and_emailed_once_across_
     let mut distinct = reminders.clone();
     distinct.dedup();
     assert_eq!(distinct, reminders, "each reminder once, in order");
-    let delivered = events(&later, "delivered");
+    let delivered = trail_events(&later, "delivered");
     assert!(
         delivered.len() >= 2 && delivered.iter().all(|e| e["user"] == "dr-smith"),
         "both devices' receipts, each naming its device: {later:#}"
     );
     assert_ne!(delivered[0]["device"], delivered[1]["device"]);
-    let acknowledged = events(&later, "acknowledged");
+    let acknowledged = trail_events(&later, "acknowledged");
     assert_eq!(acknowledged.len(), 1, "{later:#}");
     assert_eq!(acknowledged[0]["user"], "dr-backup");
     for event in later["trail"].as_array().unwrap() {
@@ -308,13 +298,13 @@ async fn a_decline_escalates_at_once(kind: BrokerKind) -> anyhow::Result<()> {
     let escalation = c.notifications(1).await?.remove(0);
     assert_eq!(escalation["message"]["original"]["id"], id.as_str());
     let status = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-        !events(s, "escalated").is_empty()
+        !trail_events(s, "escalated").is_empty()
     })
     .await;
-    let declined = events(&status, "declined");
+    let declined = trail_events(&status, "declined");
     assert_eq!(declined.len(), 1, "{status:#}");
     assert_eq!(declined[0]["user"], "dr-smith");
-    let waited = seconds_after_publish(&status, events(&status, "escalated")[0])
+    let waited = seconds_after_publish(&status, trail_events(&status, "escalated")[0])
         - seconds_after_publish(&status, declined[0]);
     assert!(waited < 5.0, "escalated {waited:.1} s after the decline");
     assert_eq!(
@@ -363,7 +353,7 @@ async fn no_device_online_is_answered_and_escalates_early(kind: BrokerKind) -> a
     assert_eq!(reply["recipients_count"], 0, "{reply}");
     let id = reply["message_id"].as_str().unwrap().to_owned();
     let status = status(&relay, SMITH, &id).await;
-    let offline = events(&status, "no_device_online");
+    let offline = trail_events(&status, "no_device_online");
     assert_eq!(offline.len(), 1, "{status:#}");
     assert!(
         offline[0]["detail"]
@@ -374,10 +364,10 @@ async fn no_device_online_is_answered_and_escalates_early(kind: BrokerKind) -> a
     );
     c.notifications(1).await?;
     let status = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-        !events(s, "escalated").is_empty()
+        !trail_events(s, "escalated").is_empty()
     })
     .await;
-    let after = seconds_after_publish(&status, events(&status, "escalated")[0]);
+    let after = seconds_after_publish(&status, trail_events(&status, "escalated")[0]);
     assert!((3.5..8.0).contains(&after), "escalated after {after:.1} s");
     Ok(())
 }
@@ -653,10 +643,10 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     .unwrap();
     let id = publish_emailing(&relay).await;
     let failed = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-        !events(s, "email_failed").is_empty()
+        !trail_events(s, "email_failed").is_empty()
     })
     .await;
-    let detail = events(&failed, "email_failed")[0]["detail"]
+    let detail = trail_events(&failed, "email_failed")[0]["detail"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -666,11 +656,11 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     );
     let smtp = SmtpServer::start_on(port).await.unwrap();
     let sent = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-        !events(s, "email_sent").is_empty()
+        !trail_events(s, "email_sent").is_empty()
     })
     .await;
     assert_eq!(smtp.wait_for_messages(1, WAIT).await.unwrap().len(), 1);
-    assert!(events(&sent, "email_failed").len() < 4, "{sent:#}");
+    assert!(trail_events(&sent, "email_failed").len() < 4, "{sent:#}");
     assert!(
         relay.log().contains("escalation email failed"),
         "the relay's log says it"
@@ -690,10 +680,10 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     .unwrap();
     let id = publish_emailing(&relay).await;
     let gave_up = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-        events(s, "email_failed").len() == 4
+        trail_events(s, "email_failed").len() == 4
     })
     .await;
-    let last = events(&gave_up, "email_failed")[3]["detail"]
+    let last = trail_events(&gave_up, "email_failed")[3]["detail"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -703,8 +693,8 @@ async fn a_failed_email_is_retried_three_times_and_said_in_the_trail() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let later = status(&relay, SMITH, &id).await;
-    assert_eq!(events(&later, "email_failed").len(), 4, "{later:#}");
-    assert!(events(&later, "email_sent").is_empty());
+    assert_eq!(trail_events(&later, "email_failed").len(), 4, "{later:#}");
+    assert!(trail_events(&later, "email_sent").is_empty());
 }
 
 /// A hospital's SMTP server speaks TLS with a certificate from the hospital's own CA and asks for a
@@ -735,11 +725,11 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
         .unwrap();
         let id = publish_emailing(&relay).await;
         let sent = wait_for_status(&relay, SMITH, &id, WAIT, |s| {
-            !events(s, "email_sent").is_empty() || !events(s, "email_failed").is_empty()
+            !trail_events(s, "email_sent").is_empty() || !trail_events(s, "email_failed").is_empty()
         })
         .await;
         assert!(
-            events(&sent, "email_failed").is_empty(),
+            trail_events(&sent, "email_failed").is_empty(),
             "{tls:?}: the email went through at the first attempt: {sent:#}"
         );
         let messages = smtp.wait_for_messages(1, WAIT).await.unwrap();
@@ -761,10 +751,10 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
         .unwrap();
         let id = publish_emailing(&untrusting).await;
         let failed = wait_for_status(&untrusting, SMITH, &id, WAIT, |s| {
-            !events(s, "email_failed").is_empty()
+            !trail_events(s, "email_failed").is_empty()
         })
         .await;
-        let detail = events(&failed, "email_failed")[0]["detail"].to_string();
+        let detail = trail_events(&failed, "email_failed")[0]["detail"].to_string();
         assert!(
             detail.to_lowercase().contains("certificate"),
             "{tls:?}: {detail}"
@@ -784,10 +774,10 @@ async fn escalation_emails_go_through_a_tls_smtp_server_with_a_private_ca_and_a_
         .unwrap();
         let id = publish_emailing(&refused).await;
         let failed = wait_for_status(&refused, SMITH, &id, WAIT, |s| {
-            !events(s, "email_failed").is_empty()
+            !trail_events(s, "email_failed").is_empty()
         })
         .await;
-        let detail = events(&failed, "email_failed")[0]["detail"].to_string();
+        let detail = trail_events(&failed, "email_failed")[0]["detail"].to_string();
         assert!(detail.contains("535"), "{tls:?}: {detail}");
         assert_eq!(
             smtp.messages().len(),

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 use wardline_tests::smtp::SmtpServer;
-use wardline_tests::{RedisServer, Relay, critical_lab_result, token};
+use wardline_tests::{RedisServer, Relay, critical_lab_result, token, trail_events};
 
 const SMITH: &str = "doctor:dr-smith:notifications";
 const BACKUP: &str = "doctor:dr-backup:notifications";
@@ -37,13 +37,7 @@ async fn events(relay: &Relay, channel: &str, id: &str, event: &str) -> Vec<Valu
         .get(&format!("/v1/messages/{channel}/{id}"), Some(&service()))
         .await;
     assert_eq!(code, 200, "{status}");
-    status["trail"]
-        .as_array()
-        .expect("a trail")
-        .iter()
-        .filter(|e| e["event"] == event)
-        .cloned()
-        .collect()
+    trail_events(&status, event).into_iter().cloned().collect()
 }
 
 /// Waits until every notification of `ids` on `channel` has an `event` in its trail.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use wardline_protocol::ServerFrame;
 use wardline_tests::client::V1Client;
 use wardline_tests::smtp::SmtpServer;
-use wardline_tests::{BrokerKind, Relay, WAIT, critical_lab_result, on_both_brokers, setup, token};
+use wardline_tests::{
+    BrokerKind, Relay, WAIT, critical_lab_result, on_both_brokers, setup, token, trail_events,
+};
 
 const ALERTS: &str = "system:alerts";
 const SMITH: &str = "doctor:dr-smith:notifications";
@@ -54,15 +56,6 @@ async fn status_as(relay: &Relay, token: &str, channel: &str, id: &str) -> Value
         .await;
     assert_eq!(code, 200, "{status}");
     status
-}
-
-fn events<'a>(status: &'a Value, event: &str) -> Vec<&'a Value> {
-    status["trail"]
-        .as_array()
-        .expect("a trail")
-        .iter()
-        .filter(|e| e["event"] == event)
-        .collect()
 }
 
 /// Publishes a critical result on `channel` with `escalation` as a service; answers its id.
@@ -116,7 +109,7 @@ async fn readers_of_a_shared_channel_do_not_acknowledge_it_for_everyone(
     assert_eq!(status["state"], "open", "{status:#}");
     assert_eq!(status["acknowledged_by"], Value::Null, "{status:#}");
     // Each acknowledgement is in the trail as that user's own.
-    assert_eq!(events(&status, "acknowledged").len(), 2, "{status:#}");
+    assert_eq!(trail_events(&status, "acknowledged").len(), 2, "{status:#}");
 
     record(&relay, &admin, ALERTS, &id, "acknowledged", "ops-console").await;
     let status = status_as(&relay, &service(), ALERTS, &id).await;
@@ -144,7 +137,7 @@ async fn a_readers_decline_of_a_shared_notification_escalates_nothing(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = status_as(&relay, &service(), ALERTS, &id).await;
     assert!(
-        events(&status, "escalated").is_empty(),
+        trail_events(&status, "escalated").is_empty(),
         "a patient's decline escalated it: {status:#}"
     );
 
@@ -152,7 +145,7 @@ async fn a_readers_decline_of_a_shared_notification_escalates_nothing(
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let status = status_as(&relay, &service(), ALERTS, &id).await;
-        if !events(&status, "escalated").is_empty() {
+        if !trail_events(&status, "escalated").is_empty() {
             break;
         }
         assert!(
@@ -229,8 +222,8 @@ async fn a_recipients_trail_names_no_one_else(kind: BrokerKind) -> anyhow::Resul
     let deadline = tokio::time::Instant::now() + WAIT;
     let escalation_id = loop {
         let status = status_as(&relay, &service(), PATIENT, &id).await;
-        let emailed = !events(&status, "email_sent").is_empty();
-        if let Some(escalated) = events(&status, "escalated").first()
+        let emailed = !trail_events(&status, "email_sent").is_empty();
+        if let Some(escalated) = trail_events(&status, "escalated").first()
             && emailed
         {
             let detail = escalated["detail"].as_str().expect("where it escalated to");
@@ -271,7 +264,7 @@ async fn a_recipients_trail_names_no_one_else(kind: BrokerKind) -> anyhow::Resul
     assert_eq!(mine["state"], "acknowledged", "{mine:#}");
     for step in ["escalated", "email_sent", "delivered", "acknowledged"] {
         assert_eq!(
-            events(&mine, step).len(),
+            trail_events(&mine, step).len(),
             1,
             "the recipient sees {step}: {mine:#}"
         );
@@ -308,7 +301,7 @@ async fn a_shared_trail_shows_each_reader_their_own(kind: BrokerKind) -> anyhow:
         let status = status_as(&relay, token, ALERTS, &id).await;
         let text = status.to_string();
         assert!(text.contains(me), "{status:#}");
-        assert_eq!(events(&status, "published").len(), 1, "{status:#}");
+        assert_eq!(trail_events(&status, "published").len(), 1, "{status:#}");
         for other in others {
             assert!(
                 !text.contains(other),

@@ -210,6 +210,26 @@ async fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
     }
 }
 
+/// Asks for a secret on the terminal and reads it without showing it. Echo is off before the
+/// prompt appears: rpassword turns it off only after writing the prompt, and whatever is typed or
+/// pasted in between would be shown (and kept in the terminal's scrollback).
+fn read_hidden(prompt: &str) -> std::io::Result<String> {
+    #[cfg(unix)]
+    {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let tty = std::fs::File::open("/dev/tty")?;
+        let before = tcgetattr(&tty)?;
+        let mut quiet = before.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        tcsetattr(&tty, OptionalActions::Now, &quiet)?;
+        let secret = rpassword::prompt_password(prompt);
+        tcsetattr(&tty, OptionalActions::Now, &before)?;
+        secret
+    }
+    #[cfg(not(unix))]
+    rpassword::prompt_password(prompt)
+}
+
 async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
     let server = relay_url(
         &cli.server
@@ -221,7 +241,7 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
         Some(token) => token,
         // On a terminal: asked for, and not shown as it is typed (nor kept in the shell's history).
         None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
-            rpassword::prompt_password(format!("Token for {user} at {server} (not shown): "))
+            read_hidden(&format!("Token for {user} at {server} (not shown): "))
                 .context("reading the token")?
         }
         None => {
