@@ -45,12 +45,17 @@ impl TokenBucket {
 
     /// Takes a token if one is left.
     pub fn try_take(&mut self) -> bool {
+        self.try_take_n(1)
+    }
+
+    /// Takes `n` tokens if that many are left (none otherwise).
+    pub fn try_take_n(&mut self, n: u32) -> bool {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= f64::from(n) {
+            self.tokens -= f64::from(n);
             true
         } else {
             false
@@ -94,6 +99,13 @@ impl<K: Hash + Eq> RateLimiter<K> {
 
     /// Whether `key` may go on now.
     pub fn allow(&self, key: K) -> bool {
+        self.allow_n(key, 1)
+    }
+
+    /// Whether `key` may go on now with something that costs `n` tokens; a cost above the burst
+    /// takes a full bucket (so that it can pass at all).
+    pub fn allow_n(&self, key: K, n: u32) -> bool {
+        let n = n.min(self.burst);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 10_000 {
             buckets.retain(|_, bucket| !bucket.is_full());
@@ -101,7 +113,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
         buckets
             .entry(key)
             .or_insert_with(|| TokenBucket::with_rate(self.rate, self.burst))
-            .try_take()
+            .try_take_n(n)
     }
 }
 

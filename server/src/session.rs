@@ -393,7 +393,8 @@ impl Session {
             self.hub.broker().as_ref(),
             &channel,
             &ids,
-            &self.claims,
+            &self.claims.sub,
+            self.claims.can_settle(&channel),
             self.device.as_deref(),
             kind,
         )

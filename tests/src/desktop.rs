@@ -225,6 +225,23 @@ impl NotificationServer {
         }
     }
 
+    /// Waits until a Notify call whose summary starts with `summary` was made; fails after
+    /// [`crate::WAIT`] naming what it waited for and the calls made.
+    pub async fn wait_for_call(&self, summary: &str) -> anyhow::Result<NotifyCall> {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        loop {
+            let calls = self.calls();
+            if let Some(call) = calls.iter().find(|c| c.summary.starts_with(summary)) {
+                return Ok(call.clone());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no Notify call whose summary starts with {summary:?}; the calls made: {calls:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Emits `ActionInvoked`, as when the person clicks the action.
     pub async fn invoke_action(&self, id: u32, action: &str) -> anyhow::Result<()> {
         let iface = self

@@ -101,16 +101,10 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
     relay.publish(DOCTOR_CHANNEL, &json_note()).await;
     let (_, reply) = relay.publish(DOCTOR_CHANNEL, &critical_lab_result(1)).await;
     let id = reply["message_id"].as_str().unwrap().to_owned();
-    let call = loop {
-        let calls = notifications.wait_for_calls(1).await.unwrap();
-        if let Some(call) = calls
-            .into_iter()
-            .find(|c| c.summary.starts_with("Critical lab result"))
-        {
-            break call;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let call = notifications
+        .wait_for_call("Critical lab result")
+        .await
+        .unwrap();
     assert_eq!((call.urgency, call.expire_timeout), (Some(2), 0));
     let first = app
         .wait_for_text("#list li", "Critical lab result — BMP for Bob Wilson", WAIT)

@@ -4,9 +4,11 @@ use crate::deps::{
     TAURI_PACKAGES, build_ui, ensure_apt, ensure_python_websockets, run as run_command,
     without_colour, workspace_root,
 };
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Lines of the run's output that a healthy run must not print (tracebacks, ERROR lines, colour
 /// codes), gathered while they are echoed.
@@ -173,18 +175,44 @@ fn run_watched(command: &mut Command, alarming: &Alarming) -> Result<(), String>
     }
 }
 
+/// Longest one test binary may run; past it the binary is stopped and the run fails, naming its
+/// tests that never finished. The slowest binary (the escalation tests) takes about 2.5 minutes
+/// on a 2-core CI machine. More than a minute, so that libtest has named every test still running
+/// ("has been running for over 60 seconds") by then.
+const TEST_BINARY_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Runs `cargo test --workspace`, its output echoed and watched, and ends with one summary line
 /// over all test binaries (cargo's own last line is that of whichever binary ran last, often one
 /// with no tests).
 fn run_tests(alarming: &Alarming) -> Result<(), String> {
-    let mut child = without_colour(&mut cargo())
-        .args(["test", "--workspace"])
+    cargo_test(
+        cargo().args(["test", "--workspace"]),
+        TEST_BINARY_DEADLINE,
+        alarming,
+    )
+}
+
+/// Runs `command` (a `cargo test`) with every test binary under `deadline` (`timeout`, as cargo's
+/// runner), its output echoed and watched. A binary past its deadline fails the run with the names
+/// of the tests it never finished.
+fn cargo_test(
+    command: &mut Command,
+    deadline: Duration,
+    alarming: &Alarming,
+) -> Result<(), String> {
+    let runner = format!(
+        "target.'cfg(unix)'.runner = ['timeout', '--kill-after=10s', '{}s']",
+        deadline.as_secs()
+    );
+    let mut child = without_colour(command)
+        .args(["--config", &runner])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cargo test: {e}"))?;
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
-    let counter = Arc::clone(&counts);
+    let unfinished = Arc::new(Mutex::new(BTreeSet::new()));
+    let (counter, running) = (Arc::clone(&counts), Arc::clone(&unfinished));
     let out = echo_watched(
         child.stdout.take().expect("piped"),
         std::io::stdout(),
@@ -195,6 +223,7 @@ fn run_tests(alarming: &Alarming) -> Result<(), String> {
                 counts.0 += result_count(rest, " passed");
                 counts.1 += result_count(rest, " failed");
             }
+            follow_running(line, &mut running.lock().expect("not poisoned"));
         },
     );
     let err = echo_watched(
@@ -207,10 +236,32 @@ fn run_tests(alarming: &Alarming) -> Result<(), String> {
     let _ = (out.join(), err.join());
     let (passed, failed) = *counts.lock().expect("not poisoned");
     println!("{passed} passed, {failed} failed");
+    let unfinished = std::mem::take(&mut *unfinished.lock().expect("not poisoned"));
     if status.success() {
         Ok(())
+    } else if !unfinished.is_empty() {
+        let names: Vec<String> = unfinished.into_iter().collect();
+        Err(format!(
+            "cargo test failed ({status}): its test binary was stopped at its {} s deadline with \
+             these tests never finished: {}",
+            deadline.as_secs(),
+            names.join(", ")
+        ))
     } else {
         Err(format!("cargo test failed ({status})"))
+    }
+}
+
+/// Follows libtest's lines: a test named as running for over a minute is added to `running`, and
+/// taken out when its result (`test NAME ... ok`) comes.
+fn follow_running(line: &str, running: &mut BTreeSet<String>) {
+    let Some(rest) = line.strip_prefix("test ") else {
+        return;
+    };
+    if let Some(name) = rest.strip_suffix(" has been running for over 60 seconds") {
+        running.insert(name.to_owned());
+    } else if let Some((name, _)) = rest.split_once(" ... ") {
+        running.remove(name);
     }
 }
 
@@ -237,4 +288,54 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ));
     }
     run_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_named_as_running_stay_unfinished_until_their_result() {
+        let mut running = BTreeSet::new();
+        for line in [
+            "test slow has been running for over 60 seconds",
+            "test stuck has been running for over 60 seconds",
+            "test slow ... ok",
+            "test result: ok. 1 passed; 0 failed",
+        ] {
+            follow_running(line, &mut running);
+        }
+        assert_eq!(running.into_iter().collect::<Vec<_>>(), ["stuck"]);
+    }
+
+    /// A crate of its own with one test that ends and one that never does, run as the test
+    /// command runs the workspace's tests with a 70 s deadline: the run fails within it (plus
+    /// the 10 s `timeout` allows before killing) and names the test that never ended.
+    #[test]
+    fn a_test_that_never_ends_fails_the_run_with_its_name() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[package]\nname = \"hangs\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n[workspace]\n",
+        )
+        .expect("written");
+        std::fs::create_dir(dir.path().join("src")).expect("made");
+        std::fs::write(
+            dir.path().join("src/lib.rs"),
+            "//! A test that never ends.\n#[test]\nfn ends() {}\n\
+             #[test]\nfn waits_forever() { loop { std::thread::park(); } }\n",
+        )
+        .expect("written");
+        let started = std::time::Instant::now();
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command.current_dir(dir.path()).arg("test");
+        let error = cargo_test(&mut command, Duration::from_secs(70), &Alarming::default())
+            .expect_err("a test that never ends fails the run");
+        assert!(error.ends_with("never finished: waits_forever"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -10,7 +10,6 @@
 
 pub mod email;
 
-use crate::auth::Claims;
 use crate::broker::tracking::{
     ClaimedStep, Policy, ReceiptSync, STEP_LEASE, STEP_RENEWAL, Step, TrailEvent, TrailKind,
 };
@@ -37,6 +36,14 @@ pub const MAX_REMINDERS: u32 = 30;
 /// Most ids one write of receipts records (a receipt may carry 1,000).
 const RECEIPT_WRITE_PART: usize = 100;
 
+/// What a receipt of `ids` costs from its user's receipt limit: a token per write it takes (a
+/// hundred distinct ids), so that a user's receipts cost the store the same whether they come a
+/// few ids at a time or a thousand.
+pub fn receipt_cost<T: std::hash::Hash + Eq>(ids: &[T]) -> u32 {
+    let distinct = ids.iter().collect::<HashSet<_>>().len();
+    distinct.div_ceil(RECEIPT_WRITE_PART).max(1) as u32
+}
+
 /// Steps claimed per round at most.
 const CLAIM_BATCH: usize = 64;
 
@@ -61,8 +68,8 @@ pub struct Escalation {
     pub email_allowed_domains: Vec<String>,
 }
 
-/// Records `actor`'s receipts and acts on them: what a person did is sent to the user's other
-/// devices, and where the actor may settle the channel's chains ([`Claims::can_settle`]: the
+/// Records `user`'s receipts and acts on them: what a person did is sent to the user's other
+/// devices, and where the user `settles` the channel's chains (`Claims::can_settle`: the
 /// recipient of a personal channel, its publishers) an acknowledgement closes the notification's
 /// chain (and the chain of the notification it escalated) and a decline escalates at once. A
 /// reader of a shared channel (`system:alerts`) records receipts of their own that act for nobody
@@ -71,11 +78,11 @@ pub async fn record_receipts(
     broker: &dyn Broker,
     channel: &Channel,
     ids: &[Cursor],
-    actor: &Claims,
+    user: &str,
+    settles: bool,
     device: Option<&str>,
     kind: ReceiptKind,
 ) -> Result<Vec<Cursor>, BrokerError> {
-    let user = actor.sub.as_str();
     // An id repeated in one receipt is recorded once; long receipts are written a part at a time,
     // so a publish waiting for the store waits for one part, not for a thousand ids.
     let mut seen = HashSet::with_capacity(ids.len());
@@ -91,7 +98,6 @@ pub async fn record_receipts(
     if recorded.is_empty() {
         return Ok(recorded);
     }
-    let settles = actor.can_settle(channel);
     let mut closed = Vec::new();
     match kind {
         ReceiptKind::Acknowledged if settles => {

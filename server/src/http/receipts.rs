@@ -139,18 +139,20 @@ pub async fn record_receipts(
     body: Bytes,
 ) -> Result<Json<Recorded>, ApiError> {
     let claims = authenticate(&state, None, &headers).await?;
-    if !state.receipt_limiter.allow(claims.sub.clone()) {
-        Metrics::inc(&state.metrics().rate_limited_total);
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many receipt requests for this user; retry in a second",
-        ));
-    }
     let request: RecordReceipts = json_body(&body)?;
     if request.ids.len() > MAX_RECEIPT_IDS {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             format!("at most {MAX_RECEIPT_IDS} ids per request"),
+        ));
+    }
+    // The user's receipts over HTTP and every connection draw on one limit, a token per write.
+    let cost = crate::escalation::receipt_cost(&request.ids);
+    if !state.receipt_limiter.allow_n(claims.sub.clone(), cost) {
+        Metrics::inc(&state.metrics().rate_limited_total);
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many receipt requests for this user; retry in a second",
         ));
     }
     let channel = parse_channel(&request.channel)?;
@@ -170,7 +172,8 @@ pub async fn record_receipts(
         state.hub.broker().as_ref(),
         &channel,
         &ids,
-        &claims,
+        &claims.sub,
+        claims.can_settle(&channel),
         device,
         request.kind,
     )

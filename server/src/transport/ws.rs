@@ -21,6 +21,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
+use wardline_protocol::limits::MAX_RECEIPT_IDS;
 use wardline_protocol::{
     ClientFrame, ErrorCode, MAX_INBOUND_FRAME_BYTES, ReceiptKind, SUBPROTOCOL_RAW, SUBPROTOCOL_V1,
     ServerFrame, close,
@@ -575,7 +576,8 @@ async fn handle_v1(
 }
 
 /// Records a receipt frame's receipts. Receipts are limited per user, across all their
-/// connections and `POST /v1/receipts` alike: a user with many connections cannot write more.
+/// connections and `POST /v1/receipts` alike, by the writes they take (a token per hundred ids): a
+/// user with many connections or long receipts cannot write more.
 async fn record(
     socket: &mut WebSocket,
     session: &mut Session,
@@ -584,7 +586,13 @@ async fn record(
     ids: Vec<String>,
     kind: ReceiptKind,
 ) -> Result<(), Stop> {
-    if !state.receipt_limiter.allow(session.claims().sub.clone()) {
+    // A receipt longer than allowed is refused as such (40005) below, whatever the limit.
+    let cost = crate::escalation::receipt_cost(&ids);
+    if ids.len() <= MAX_RECEIPT_IDS
+        && !state
+            .receipt_limiter
+            .allow_n(session.claims().sub.clone(), cost)
+    {
         Metrics::inc(&state.metrics().rate_limited_total);
         let error = error_frame(
             ErrorCode::RateLimited,
