@@ -185,37 +185,45 @@ const TEST_BINARY_DEADLINE: Duration = Duration::from_secs(600);
 /// over all test binaries (cargo's own last line is that of whichever binary ran last, often one
 /// with no tests).
 fn run_tests(alarming: &Alarming) -> Result<(), String> {
-    cargo_test(
+    let (passed, failed, outcome) = cargo_test(
         cargo().args(["test", "--workspace"]),
         TEST_BINARY_DEADLINE,
         alarming,
-    )
+        (std::io::stdout(), std::io::stderr()),
+    );
+    println!("{passed} passed, {failed} failed");
+    outcome
 }
 
 /// Runs `command` (a `cargo test`) with every test binary under `deadline` (`timeout`, as cargo's
-/// runner), its output echoed and watched. A binary past its deadline fails the run with the names
-/// of the tests it never finished.
+/// runner), its output echoed to `stdout` and `stderr` and watched; answers the tests passed and
+/// failed, and the outcome. A binary past its deadline fails the run with the names of the tests it
+/// never finished.
 fn cargo_test(
     command: &mut Command,
     deadline: Duration,
     alarming: &Alarming,
-) -> Result<(), String> {
+    (stdout, stderr): (impl Write + Send + 'static, impl Write + Send + 'static),
+) -> (u64, u64, Result<(), String>) {
     let runner = format!(
         "target.'cfg(unix)'.runner = ['timeout', '--kill-after=10s', '{}s']",
         deadline.as_secs()
     );
-    let mut child = without_colour(command)
+    let child = without_colour(command)
         .args(["--config", &runner])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cargo test: {e}"))?;
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return (0, 0, Err(format!("cargo test: {e}"))),
+    };
     let counts = Arc::new(Mutex::new((0u64, 0u64)));
     let unfinished = Arc::new(Mutex::new(BTreeSet::new()));
     let (counter, running) = (Arc::clone(&counts), Arc::clone(&unfinished));
     let out = echo_watched(
         child.stdout.take().expect("piped"),
-        std::io::stdout(),
+        stdout,
         alarming,
         move |line| {
             if let Some(rest) = line.strip_prefix("test result: ") {
@@ -228,16 +236,18 @@ fn cargo_test(
     );
     let err = echo_watched(
         child.stderr.take().expect("piped"),
-        std::io::stderr(),
+        stderr,
         alarming,
         |_| {},
     );
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => return (0, 0, Err(format!("cargo test: {e}"))),
+    };
     let _ = (out.join(), err.join());
     let (passed, failed) = *counts.lock().expect("not poisoned");
-    println!("{passed} passed, {failed} failed");
     let unfinished = std::mem::take(&mut *unfinished.lock().expect("not poisoned"));
-    if status.success() {
+    let outcome = if status.success() {
         Ok(())
     } else if !unfinished.is_empty() {
         let names: Vec<String> = unfinished.into_iter().collect();
@@ -249,7 +259,8 @@ fn cargo_test(
         ))
     } else {
         Err(format!("cargo test failed ({status})"))
-    }
+    };
+    (passed, failed, outcome)
 }
 
 /// Follows libtest's lines: a test named as running for over a minute is added to `running`, and
@@ -329,8 +340,13 @@ mod tests {
         let started = std::time::Instant::now();
         let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         command.current_dir(dir.path()).arg("test");
-        let error = cargo_test(&mut command, Duration::from_secs(70), &Alarming::default())
-            .expect_err("a test that never ends fails the run");
+        let (_, _, outcome) = cargo_test(
+            &mut command,
+            Duration::from_secs(70),
+            &Alarming::default(),
+            (std::io::sink(), std::io::sink()),
+        );
+        let error = outcome.expect_err("a test that never ends fails the run");
         assert!(error.ends_with("never finished: waits_forever"), "{error}");
         assert!(
             started.elapsed() < Duration::from_secs(150),
