@@ -27,6 +27,20 @@ async fn publish_emailing(
         .await
 }
 
+/// An SMTP server, and a relay emailing through it to hospital.example.
+async fn emailing_relay() -> (SmtpServer, Relay) {
+    let smtp = SmtpServer::start().await.unwrap();
+    let relay = Relay::embedded(&[
+        "--email-allowed-domains",
+        "hospital.example",
+        "--smtp-url",
+        &smtp.url(),
+    ])
+    .await
+    .unwrap();
+    (smtp, relay)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_address_is_emailed_until_the_hospitals_domains_are_named() {
     let service = token("backend", "service", &[], 3600);
@@ -81,16 +95,7 @@ async fn no_address_is_emailed_until_the_hospitals_domains_are_named() {
 /// refused with 429 and the SMTP server sees only the 20 accepted ones' emails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_names_addresses_in_at_most_twenty_publishes_a_minute() {
-    let smtp = SmtpServer::start().await.unwrap();
-    let url = smtp.url();
-    let relay = Relay::embedded(&[
-        "--email-allowed-domains",
-        "hospital.example",
-        "--smtp-url",
-        &url,
-    ])
-    .await
-    .unwrap();
+    let (smtp, relay) = emailing_relay().await;
     let admin = token("ops", "admin", &[], 3600);
     let mut accepted = 0;
     let mut limited = 0;
@@ -132,16 +137,7 @@ async fn a_publisher_names_addresses_in_at_most_twenty_publishes_a_minute() {
 /// email whose every header line is within 998 characters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn display_names_are_bounded_and_headers_folded() {
-    let smtp = SmtpServer::start().await.unwrap();
-    let url = smtp.url();
-    let relay = Relay::embedded(&[
-        "--email-allowed-domains",
-        "hospital.example",
-        "--smtp-url",
-        &url,
-    ])
-    .await
-    .unwrap();
+    let (smtp, relay) = emailing_relay().await;
     let service = token("backend", "service", &[], 3600);
     let long = format!("{} <oncall@hospital.example>", "A".repeat(5000));
     let (code, reply) = publish_emailing(&relay, &service, SMITH, &[&long]).await;
