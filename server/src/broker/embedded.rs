@@ -234,51 +234,66 @@ fn record_receipts(
     let tx = store.conn.transaction().map_err(storage)?;
     let now = now_ms();
     let mut recorded = Vec::with_capacity(ids.len());
-    for &id in ids {
-        let stored = tx
-            .query_row(
-                "SELECT 1 FROM messages WHERE channel = ?1 AND ms = ?2 AND seq = ?3",
-                params![channel.as_str(), id.ms, id.seq],
-                |_| Ok(()),
+    {
+        // Prepared once per connection, not per id: a write of a hundred ids holds the store (and
+        // the publishes waiting for it) for as short a time as it can.
+        let mut is_stored = tx
+            .prepare_cached("SELECT 1 FROM messages WHERE channel = ?1 AND ms = ?2 AND seq = ?3")
+            .map_err(storage)?;
+        let mut insert_receipt = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .optional()
-            .map_err(storage)?
-            .is_some();
-        if !stored {
-            continue;
-        }
-        tx.execute(
-            "INSERT OR IGNORE INTO receipts (channel, ms, seq, user, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![channel.as_str(), id.ms, id.seq, user, kind.as_str(), now],
-        )
-        .map_err(storage)?;
-        let device = trail_device(&tx, channel, id, user, device).map_err(storage)?;
-        let first_on_device = tx
-            .execute(
+            .map_err(storage)?;
+        let mut insert_device_receipt = tx
+            .prepare_cached(
                 "INSERT OR IGNORE INTO device_receipts (channel, ms, seq, user, device, kind)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
+            )
+            .map_err(storage)?;
+        for &id in ids {
+            let stored = is_stored
+                .query_row(params![channel.as_str(), id.ms, id.seq], |_| Ok(()))
+                .optional()
+                .map_err(storage)?
+                .is_some();
+            if !stored {
+                continue;
+            }
+            insert_receipt
+                .execute(params![
+                    channel.as_str(),
+                    id.ms,
+                    id.seq,
+                    user,
+                    kind.as_str(),
+                    now
+                ])
+                .map_err(storage)?;
+            let device = trail_device(&tx, channel, id, user, device).map_err(storage)?;
+            let first_on_device = insert_device_receipt
+                .execute(params![
                     channel.as_str(),
                     id.ms,
                     id.seq,
                     user,
                     device.unwrap_or_default(),
                     kind.as_str()
-                ],
-            )
-            .map_err(storage)?
-            > 0;
-        if first_on_device {
-            let event = TrailEvent {
-                at_ms: now,
-                event: kind.into(),
-                user: Some(user.to_owned()),
-                device: device.map(str::to_owned),
-                detail: None,
-            };
-            append_trail(&tx, channel, id, &event).map_err(storage)?;
+                ])
+                .map_err(storage)?
+                > 0;
+            if first_on_device {
+                let event = TrailEvent {
+                    at_ms: now,
+                    event: kind.into(),
+                    user: Some(user.to_owned()),
+                    device: device.map(str::to_owned),
+                    detail: None,
+                };
+                append_trail(&tx, channel, id, &event).map_err(storage)?;
+            }
+            recorded.push(id);
         }
-        recorded.push(id);
     }
     tx.commit().map_err(storage)?;
     Ok(recorded)
@@ -531,11 +546,9 @@ fn append_trail(
     id: Cursor,
     event: &TrailEvent,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO trail (channel, ms, seq, event) VALUES (?1, ?2, ?3, ?4)",
-        params![channel.as_str(), id.ms, id.seq, event.to_json()],
-    )
-    .map(|_| ())
+    conn.prepare_cached("INSERT INTO trail (channel, ms, seq, event) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![channel.as_str(), id.ms, id.seq, event.to_json()])
+        .map(|_| ())
 }
 
 /// Closes a chain if it is open; answers whether it was.

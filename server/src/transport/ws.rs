@@ -19,6 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 use wardline_protocol::limits::MAX_RECEIPT_IDS;
@@ -491,6 +492,11 @@ async fn handle_v1(
     state: &AppState,
     text: &str,
 ) -> Result<(), Stop> {
+    // A receipt frame is charged to its user's receipt limit before its ids (up to a thousand)
+    // are read: a flood of them from the user's connections costs the relay a scan of each.
+    if let Err(channel) = charge_receipt_frame(state, session.claims(), text) {
+        return refuse_receipt(socket, session, state, channel).await;
+    }
     let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
         Err(e) => {
@@ -539,21 +545,13 @@ async fn handle_v1(
             Ok(())
         }
         ClientFrame::Received { channel, ids } => {
-            record(socket, session, state, channel, ids, ReceiptKind::Received).await
+            record(socket, session, channel, ids, ReceiptKind::Received).await
         }
         ClientFrame::Ack { channel, ids } => {
-            record(
-                socket,
-                session,
-                state,
-                channel,
-                ids,
-                ReceiptKind::Acknowledged,
-            )
-            .await
+            record(socket, session, channel, ids, ReceiptKind::Acknowledged).await
         }
         ClientFrame::Receipt { channel, ids, kind } => {
-            record(socket, session, state, channel, ids, kind).await
+            record(socket, session, channel, ids, kind).await
         }
         ClientFrame::Refresh { token } => {
             let refreshed = match state.auth.verify(&token).await {
@@ -575,32 +573,93 @@ async fn handle_v1(
     }
 }
 
-/// Records a receipt frame's receipts. Receipts are limited per user, across all their
-/// connections and `POST /v1/receipts` alike, by the writes they take (a token per hundred ids): a
-/// user with many connections or long receipts cannot write more.
-async fn record(
+/// What a `wardline.v1` frame says besides its ids, and how many ids it has: what a receipt costs
+/// is known without parsing them (other fields are skipped, not kept).
+#[derive(Deserialize)]
+struct FrameHead<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ids: IdCount,
+}
+
+/// How many elements a JSON array has, counted without keeping them.
+#[derive(Default)]
+struct IdCount(usize);
+
+impl<'de> Deserialize<'de> for IdCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<IdCount, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = IdCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IdCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(IdCount(n))
+            }
+        }
+        deserializer.deserialize_seq(Counter)
+    }
+}
+
+/// Takes what a receipt frame costs from its user's receipt limit (shared by their connections
+/// and `POST /v1/receipts`), reading only its head; `Err` with the frame's channel when the user
+/// is out of receipts. Frames that are not receipts, that cannot be read (the full parse says why)
+/// or that carry more ids than allowed (refused as such, 40005, whatever the limit) cost nothing.
+fn charge_receipt_frame(
+    state: &AppState,
+    claims: &Claims,
+    text: &str,
+) -> Result<(), Option<String>> {
+    let Ok(head) = serde_json::from_str::<FrameHead>(text) else {
+        return Ok(());
+    };
+    let is_receipt = matches!(&*head.op, "received" | "ack" | "receipt");
+    if !is_receipt || head.ids.0 > MAX_RECEIPT_IDS {
+        return Ok(());
+    }
+    let cost = crate::escalation::receipt_cost(head.ids.0);
+    if state.receipt_limiter.allow_n(claims.sub.clone(), cost) {
+        Ok(())
+    } else {
+        Err(head.channel.map(Cow::into_owned))
+    }
+}
+
+/// Answers a receipt frame from a user out of receipts.
+async fn refuse_receipt(
     socket: &mut WebSocket,
     session: &mut Session,
     state: &AppState,
+    channel: Option<String>,
+) -> Result<(), Stop> {
+    Metrics::inc(&state.metrics().rate_limited_total);
+    let error = error_frame(
+        ErrorCode::RateLimited,
+        "too many receipts for this user; send them again in a second",
+        channel,
+    );
+    send_frame(socket, session, &error).await
+}
+
+/// Records a receipt frame's receipts (charged to the user's limit by [`charge_receipt_frame`]).
+async fn record(
+    socket: &mut WebSocket,
+    session: &mut Session,
     channel: String,
     ids: Vec<String>,
     kind: ReceiptKind,
 ) -> Result<(), Stop> {
-    // A receipt longer than allowed is refused as such (40005) below, whatever the limit.
-    let cost = crate::escalation::receipt_cost(&ids);
-    if ids.len() <= MAX_RECEIPT_IDS
-        && !state
-            .receipt_limiter
-            .allow_n(session.claims().sub.clone(), cost)
-    {
-        Metrics::inc(&state.metrics().rate_limited_total);
-        let error = error_frame(
-            ErrorCode::RateLimited,
-            "too many receipts for this user; send them again in a second".to_owned(),
-            Some(channel),
-        );
-        return send_frame(socket, session, &error).await;
-    }
     match session.record_receipts(&channel, &ids, kind).await {
         Ok((channel, ids, unknown)) => {
             let frame = ServerFrame::Recorded {
@@ -615,5 +674,35 @@ async fn record(
             let error = error_frame(e.code(), e.to_string(), Some(channel));
             send_frame(socket, session, &error).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frames_head_counts_its_ids_without_keeping_them() {
+        let ids: Vec<String> = (0..250).map(|n| format!("17000000000{n:02}-0")).collect();
+        let text = serde_json::to_string(&ClientFrame::Receipt {
+            channel: "system:alerts".into(),
+            ids,
+            kind: ReceiptKind::Read,
+        })
+        .unwrap();
+        let head: FrameHead = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (&*head.op, head.channel.as_deref(), head.ids.0),
+            ("receipt", Some("system:alerts"), 250)
+        );
+        assert_eq!(crate::escalation::receipt_cost(head.ids.0), 3);
+        let ping: FrameHead = serde_json::from_str(r#"{"op":"ping"}"#).unwrap();
+        assert_eq!((&*ping.op, ping.channel, ping.ids.0), ("ping", None, 0));
+        assert_eq!(
+            crate::escalation::receipt_cost(0),
+            1,
+            "a receipt costs a token at least"
+        );
+        assert!(serde_json::from_str::<FrameHead>(r#"{"op":"ack","ids":7}"#).is_err());
     }
 }
