@@ -312,6 +312,22 @@ pub fn not_receiving_alert(offline_for: std::time::Duration) -> Alert {
     }
 }
 
+/// The alarm raised when this device stopped receiving on a failure of its own (the inbox cannot be
+/// written, the receiver stopped): it replaces and is withdrawn like the "not receiving" alarm.
+pub fn failed_alert(reason: &str) -> Alert {
+    Alert {
+        summary: "Wardline stopped receiving".into(),
+        body: format!(
+            "{reason}. Nothing new reaches this device until it is fixed; use another device meanwhile."
+        ),
+        urgency: Urgency::Critical,
+        persistent: true,
+        sound: Some("alarm-clock-elapsed"),
+        notification: None,
+        acknowledgeable: false,
+    }
+}
+
 /// Raises OS alerts.
 pub trait Alerter: Send + Sync {
     /// Raises one alert; returns when the OS accepted it (not when the person reacts). An alert

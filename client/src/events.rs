@@ -51,11 +51,15 @@ pub enum Event {
         /// Which host, why, and what to do.
         reason: String,
     },
-    /// The subscription stopped on a failure of this device (the inbox cannot be written): nothing
-    /// more is received until it is fixed.
+    /// This device stopped receiving on a failure of its own (the inbox cannot be written: a full
+    /// disk; the receiver stopped unexpectedly): nothing more arrives until it is fixed. A critical
+    /// OS alert says so once; when `retrying`, the subscription tries again with backoff and
+    /// [`Event::Connected`] and [`Event::ReceivingAgain`] follow once something is stored again.
     Failed {
         /// What failed.
         reason: String,
+        /// Whether it is tried again (a cause that can clear), or the subscription ended.
+        retrying: bool,
     },
     /// Notifications were acknowledged on this device (stored; the relay hears of it when connected).
     Acknowledged {
@@ -140,16 +144,33 @@ pub enum ConnectionState {
     Untrusted,
     /// The subscription was stopped (signed out, the app or `listen` ended).
     Stopped,
+    /// Not receiving on a failure of this device (see [`Event::Failed`]); the detail says why.
+    Failed,
 }
 
+/// Where the connection stands now and why: what a running subscription holds in memory, since
+/// the inbox, where it is also kept for other processes, may be what failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// The state.
+    pub connection: ConnectionState,
+    /// Why, or the relay when connected.
+    pub detail: String,
+}
+
+/// A running subscription's [`LinkState`], shared with whoever started it (who sets it when the
+/// subscription itself ended unexpectedly).
+pub type SharedLinkState = std::sync::Arc<std::sync::Mutex<LinkState>>;
+
 impl ConnectionState {
-    const ALL: [ConnectionState; 6] = [
+    const ALL: [ConnectionState; 7] = [
         ConnectionState::NeverStarted,
         ConnectionState::Connected,
         ConnectionState::Reconnecting,
         ConnectionState::SignInRequired,
         ConnectionState::Untrusted,
         ConnectionState::Stopped,
+        ConnectionState::Failed,
     ];
 
     /// Its name, as stored and sent.
@@ -161,6 +182,7 @@ impl ConnectionState {
             ConnectionState::SignInRequired => "sign_in_required",
             ConnectionState::Untrusted => "untrusted",
             ConnectionState::Stopped => "stopped",
+            ConnectionState::Failed => "failed",
         }
     }
 
@@ -171,9 +193,12 @@ impl ConnectionState {
             .find(|s| s.as_str() == name)
     }
 
-    /// In words, for people: "sign in required".
+    /// In words, for people: "sign in required", "not receiving".
     pub fn in_words(self) -> String {
-        self.as_str().replace('_', " ")
+        match self {
+            ConnectionState::Failed => "not receiving".into(),
+            other => other.as_str().replace('_', " "),
+        }
     }
 }
 

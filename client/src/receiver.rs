@@ -5,7 +5,7 @@ use crate::alert::{
     AlertAction, AlertSettings, Alerter, DesktopAlerter, QuietHours, SharedAlertSettings,
 };
 use crate::config::{self, Settings};
-use crate::events::{ConnectionState, Event};
+use crate::events::{ConnectionState, Event, LinkState, SharedLinkState};
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
 use crate::inbox_handle::InboxHandle;
 use crate::subscription::{Acknowledger, Options, Subscription, TokenHandle};
@@ -102,6 +102,8 @@ struct Running {
     server: String,
     user: String,
     token: TokenHandle,
+    /// Where its connection stands (set here when the subscription ended unexpectedly).
+    state: SharedLinkState,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -256,9 +258,14 @@ impl Receiver {
                 Some(Arc::new(DesktopAlerter::new(actions)))
             }
         };
-        if let Some(alerter) = alerter {
+        if let Some(alerter) = alerter.clone() {
             subscription = subscription.with_alerter(alerter, self.alert_settings.clone());
         }
+        let state: SharedLinkState = Arc::new(Mutex::new(LinkState {
+            connection: ConnectionState::NeverStarted,
+            detail: String::new(),
+        }));
+        subscription = subscription.with_link_state(state.clone());
         let mut events = subscription.events();
         let forward = self.events.clone();
         tokio::spawn(async move {
@@ -274,22 +281,30 @@ impl Receiver {
             }
         });
         let (stop, stopped) = oneshot::channel();
-        let failed = self.events.clone();
+        let failure = Failure {
+            events: self.events.clone(),
+            state: state.clone(),
+            inbox: self.inbox.clone(),
+            alerter,
+        };
         let task = tokio::spawn(async move {
             let stop = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = subscription.run(stop).await {
-                tracing::error!(error = %e, "the subscription stopped");
-                let _ = failed.send(Event::Failed {
-                    reason: e.to_string(),
-                });
-            }
+            // Its own task, so that a panic in it is seen here rather than lost with it.
+            let run = tokio::spawn(async move { subscription.run(stop).await });
+            let reason = match run.await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("the receiver stopped unexpectedly ({e})"),
+            };
+            failure.report(reason).await;
         });
         *self.running.lock().expect("receiver lock") = Some(Running {
             server: server.to_owned(),
             user: user.to_owned(),
             token,
+            state,
             stop,
             task,
         });
@@ -460,11 +475,14 @@ impl Receiver {
 
     /// Where things stand.
     pub async fn status(&self) -> Result<Status, ReceiverError> {
-        let (user, server) = {
+        let (user, server, link) = {
             let running = self.running.lock().expect("receiver lock");
             (
                 running.as_ref().map(|r| r.user.clone()),
                 running.as_ref().map(|r| r.server.clone()),
+                running
+                    .as_ref()
+                    .map(|r| r.state.lock().expect("link state lock").clone()),
             )
         };
         let (connection, detail, counts, gaps, not_receiving) = self
@@ -479,19 +497,62 @@ impl Receiver {
                 ))
             })
             .await?;
+        // A running subscription's state is the truth; the inbox keeps the last one stored (by
+        // this process before, or by another).
+        let link = link
+            .filter(|link| link.connection != ConnectionState::NeverStarted)
+            .unwrap_or_else(|| LinkState {
+                connection: connection
+                    .as_deref()
+                    .and_then(ConnectionState::parse)
+                    .unwrap_or(ConnectionState::NeverStarted),
+                detail: detail.unwrap_or_default(),
+            });
         Ok(Status {
             user,
             server,
-            connection: connection
-                .as_deref()
-                .and_then(ConnectionState::parse)
-                .unwrap_or(ConnectionState::NeverStarted),
-            detail: detail.unwrap_or_default(),
+            connection: link.connection,
+            detail: link.detail,
             counts,
             gaps,
             alerts: self.alert_settings(),
             not_receiving_since: not_receiving.and_then(|since| since.parse().ok()),
         })
+    }
+}
+
+/// Says that a subscription ended on a failure (an invalid relay address, a panic): nothing more is
+/// received until the person signs in again or the app restarts.
+struct Failure {
+    events: broadcast::Sender<Event>,
+    state: SharedLinkState,
+    inbox: InboxHandle,
+    alerter: Option<Arc<dyn Alerter>>,
+}
+
+impl Failure {
+    async fn report(self, reason: String) {
+        tracing::error!(%reason, "the subscription stopped");
+        *self.state.lock().expect("link state lock") = LinkState {
+            connection: ConnectionState::Failed,
+            detail: reason.clone(),
+        };
+        let stored = reason.clone();
+        let _ = self
+            .inbox
+            .call(move |inbox| {
+                inbox.set_state("connection", ConnectionState::Failed.as_str())?;
+                inbox.set_state("detail", &stored)
+            })
+            .await;
+        if let Some(alerter) = self.alerter {
+            let alert = crate::alert::failed_alert(&reason);
+            let _ = tokio::task::spawn_blocking(move || alerter.raise(&alert)).await;
+        }
+        let _ = self.events.send(Event::Failed {
+            reason,
+            retrying: false,
+        });
     }
 }
 

@@ -202,16 +202,12 @@ impl Subscription {
             .await?;
         self.post_receipts(&http, ReceiptKind::Declined, pending.declined)
             .await?;
-        self.set_state(
-            crate::events::ConnectionState::Connected,
-            &format!(
-                "{} (Server-Sent Events: the WebSocket was refused)",
-                self.options.server
-            ),
-        )
-        .await;
         self.online().await?;
-        self.connected("sse").await;
+        let detail = format!(
+            "{} (Server-Sent Events: the WebSocket was refused)",
+            self.options.server
+        );
+        self.connected("sse", &detail).await;
         let chunks = response
             .bytes_stream()
             .map(|chunk| chunk.map_err(|e| e.to_string()));

@@ -16,10 +16,14 @@
 //!   the old token's expiry; every later connection uses it.
 //! - Acknowledgements are stored in the inbox first ([`Acknowledger`]) and sent from there.
 //! - A gap the relay reports is stored and announced, never hidden.
+//! - A failure of this device (the inbox cannot be written: a full disk) is never "connected": the
+//!   state is `failed` with the reason (held in memory, stored where it can be), announced once
+//!   with a critical OS alert, and tried again with backoff; "connected" comes back only once
+//!   something is stored again, and what the relay sent meanwhile is resumed from the cursors.
 
 use crate::alert::{Alerter, SharedAlertSettings, alerts_for};
 use crate::backoff::Backoff;
-use crate::events::{ConnectionState, Event};
+use crate::events::{ConnectionState, Event, LinkState, SharedLinkState};
 use crate::inbox::{Inbox, InboxError, Row, now_ms};
 use crate::inbox_handle::InboxHandle;
 use crate::tls::Trust;
@@ -63,6 +67,10 @@ struct Link {
     offline_since: Instant,
     offline_since_ms: u64,
     alarmed: bool,
+    /// While this device fails to store what arrives: why.
+    failure: Option<String>,
+    /// Connected while failing (the transport and the detail): announced once something is stored.
+    unproven: Option<(&'static str, String)>,
 }
 
 /// Why `run` returned.
@@ -119,6 +127,8 @@ pub(crate) enum Outcome {
     SignIn(String),
     /// The relay's certificate cannot be trusted.
     Untrusted(String),
+    /// This device failed (the inbox cannot be written): try again with backoff.
+    Failed(String),
 }
 
 /// A notification, by channel and id (as acknowledged from an alert's action, the app, …).
@@ -198,6 +208,8 @@ pub struct Subscription {
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     pub(crate) acknowledger: Acknowledger,
     link: std::sync::Mutex<Link>,
+    /// Where the connection stands, for [`crate::receiver::Receiver::status`].
+    state: SharedLinkState,
     /// This installation's id, read from the inbox when the subscription runs.
     device: std::sync::OnceLock<String>,
     /// Notifications alerted for, not yet receipted as `displayed` (best effort: not kept).
@@ -278,7 +290,13 @@ impl Subscription {
                 offline_since: Instant::now(),
                 offline_since_ms: now_ms(),
                 alarmed: false,
+                failure: None,
+                unproven: None,
             }),
+            state: Arc::new(std::sync::Mutex::new(LinkState {
+                connection: ConnectionState::NeverStarted,
+                detail: String::new(),
+            })),
             device: std::sync::OnceLock::new(),
             displayed: std::sync::Mutex::new(Vec::new()),
             clock_skew: std::sync::Mutex::new(None),
@@ -310,6 +328,13 @@ impl Subscription {
         self
     }
 
+    /// Keeps where the connection stands in `state` (which its owner reads, and sets when the
+    /// subscription ended unexpectedly).
+    pub fn with_link_state(mut self, state: SharedLinkState) -> Subscription {
+        self.state = state;
+        self
+    }
+
     /// Sends what `acknowledger` stores (one that outlives this subscription, as an app's does).
     pub fn with_acknowledger(mut self, acknowledger: Acknowledger) -> Subscription {
         self.acknowledger = acknowledger;
@@ -337,10 +362,14 @@ impl Subscription {
         self.inbox.call(work).await
     }
 
-    /// Records the connection state for `wardline status` in another process (best effort: status
-    /// is informative, the notifications are what must not be lost).
+    /// Sets the connection state, and records it for `wardline status` in another process (best
+    /// effort: the inbox may be what failed; the notifications are what must not be lost).
     pub(crate) async fn set_state(&self, connection: ConnectionState, detail: &str) {
         let detail = detail.to_owned();
+        *self.state.lock().expect("link state lock") = LinkState {
+            connection,
+            detail: detail.clone(),
+        };
         let _ = self
             .with_inbox(move |inbox| {
                 let now = now_ms().to_string();
@@ -378,13 +407,39 @@ impl Subscription {
         self.device.get().map(String::as_str).unwrap_or_default()
     }
 
-    /// The connection works: announces it, and clears the "not receiving" alarm if it was raised.
-    pub(crate) async fn connected(&self, transport: &'static str) {
-        let was_alarmed = {
+    /// The connection works (`detail`: where to): announces it, and clears the "not receiving"
+    /// alarm if it was raised; while this device is failing, only once something is stored.
+    pub(crate) async fn connected(&self, transport: &'static str, detail: &str) {
+        {
             let mut link = self.link.lock().expect("link lock");
             link.connected = true;
-            std::mem::take(&mut link.alarmed)
+            if link.failure.is_some() {
+                link.unproven = Some((transport, detail.to_owned()));
+                return;
+            }
+        }
+        self.announce_connected(transport, detail).await;
+    }
+
+    /// Something was stored: a connection made while failing is announced now.
+    async fn proven(&self) {
+        let unproven = {
+            let mut link = self.link.lock().expect("link lock");
+            let unproven = link.unproven.take();
+            if unproven.is_some() {
+                link.failure = None;
+            }
+            unproven
         };
+        if let Some((transport, detail)) = unproven {
+            tracing::info!("storing again");
+            self.announce_connected(transport, &detail).await;
+        }
+    }
+
+    async fn announce_connected(&self, transport: &'static str, detail: &str) {
+        self.set_state(ConnectionState::Connected, detail).await;
+        let was_alarmed = std::mem::take(&mut self.link.lock().expect("link lock").alarmed);
         self.emit(Event::Connected { transport });
         self.catch_up_on_other_devices().await;
         if was_alarmed {
@@ -519,21 +574,51 @@ impl Subscription {
         });
     }
 
+    /// This device failed to store what arrives: says so (once per failure, and again when the
+    /// reason changes) with a critical OS alert; the caller tries again.
+    async fn failed(&self, reason: &str) {
+        let (first, changed) = {
+            let mut link = self.link.lock().expect("link lock");
+            let first = link.failure.is_none();
+            let changed = link.failure.as_deref() != Some(reason);
+            link.failure = Some(reason.to_owned());
+            link.unproven = None;
+            // The failure's alarm stands for the offline one too.
+            let raise = !link.alarmed;
+            link.alarmed = true;
+            (first && raise, changed)
+        };
+        if !changed {
+            return;
+        }
+        tracing::error!(%reason, "not receiving: this device cannot store what arrives");
+        if first && let Some((alerter, _)) = self.alerter.clone() {
+            let alert = crate::alert::failed_alert(reason);
+            let _ = tokio::task::spawn_blocking(move || alerter.raise(&alert)).await;
+        }
+        self.emit(Event::Failed {
+            reason: reason.to_owned(),
+            retrying: true,
+        });
+    }
+
     /// Keeps the subscription alive until the token is refused, the relay cannot be trusted or
-    /// `shutdown` completes.
+    /// `shutdown` completes; a failure of this device (the inbox) is tried again.
     pub async fn run(
         &self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Ended, SubscriptionError> {
         self.bases()?;
-        let device = self.with_inbox(|inbox| inbox.device_id()).await?;
-        let _ = self.device.set(device);
         let mut backoff = Backoff::new();
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
             let started = Instant::now();
             let attempt = async {
+                if self.device.get().is_none() {
+                    let device = self.with_inbox(|inbox| inbox.device_id()).await?;
+                    let _ = self.device.set(device);
+                }
                 self.emit(Event::Connecting {
                     transport: "websocket",
                 });
@@ -549,7 +634,9 @@ impl Subscription {
             tokio::pin!(attempt);
             let outcome = loop {
                 tokio::select! {
-                    outcome = &mut attempt => break outcome?,
+                    outcome = &mut attempt => {
+                        break outcome.unwrap_or_else(|e: SubscriptionError| Outcome::Failed(e.to_string()))
+                    }
                     _ = &mut shutdown => {
                         self.set_state(ConnectionState::Stopped, "").await;
                         return Ok(Ended::Shutdown);
@@ -577,25 +664,42 @@ impl Subscription {
                 }
                 Outcome::Retry { reason, pace } => (reason, pace),
                 Outcome::WebSocketRefused(reason) => (reason, Pace::Backoff),
+                Outcome::Failed(reason) => {
+                    self.failed(&reason).await;
+                    (reason, Pace::Backoff)
+                }
             };
             if started.elapsed() >= STABLE {
                 backoff.reset();
             }
             let delay = delay(pace, &mut backoff, &mut rand::rng());
-            self.set_state(
-                ConnectionState::Reconnecting,
-                &format!("{reason}; retrying in {} s", delay.as_secs()),
-            )
-            .await;
-            let offline_since = self.with_inbox(|inbox| inbox.state("online_until")).await?;
-            let offline_since = offline_since
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(now_ms);
-            self.emit(Event::Reconnecting {
-                in_ms: delay.as_millis() as u64,
-                reason,
-                offline_since,
-            });
+            let failure = self.link.lock().expect("link lock").failure.clone();
+            if let Some(failure) = failure {
+                // Until something is stored again, this device is failing, whatever else happens.
+                self.set_state(
+                    ConnectionState::Failed,
+                    &format!("{failure}; retrying in {} s", delay.as_secs()),
+                )
+                .await;
+            } else {
+                self.set_state(
+                    ConnectionState::Reconnecting,
+                    &format!("{reason}; retrying in {} s", delay.as_secs()),
+                )
+                .await;
+                let offline_since = self
+                    .with_inbox(|inbox| inbox.state("online_until"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(now_ms);
+                self.emit(Event::Reconnecting {
+                    in_ms: delay.as_millis() as u64,
+                    reason,
+                    offline_since,
+                });
+            }
             // Acknowledgements made meanwhile are in the inbox: the next connection sends them.
             let wait = tokio::time::sleep(delay);
             tokio::pin!(wait);
@@ -658,6 +762,7 @@ impl Subscription {
         }
         received.extend(self.store(batch).await?);
         self.online().await?;
+        self.proven().await;
         Ok(group(received))
     }
 

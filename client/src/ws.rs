@@ -160,13 +160,8 @@ impl Subscription {
                 }
             }
         }
-        self.set_state(
-            crate::events::ConnectionState::Connected,
-            &self.options.server,
-        )
-        .await;
         self.online().await?;
-        self.connected("websocket").await;
+        self.connected("websocket", &self.options.server).await;
         let ping_every = self.options.heartbeat;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);

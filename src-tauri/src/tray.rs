@@ -1,4 +1,5 @@
-//! The tray (desktop): an icon that says connected, reconnecting, offline or critical waiting, and a
+//! The tray (desktop): an icon that says connected, reconnecting, offline (or not receiving: a
+//! failure of this device, with why) or critical waiting, and a
 //! menu that starts with the same in words and the unread count (Linux's AppIndicator shows no
 //! tooltips, so the tooltip only repeats it), then Open, Pause non-critical alerts (1 h / until
 //! morning) or Resume them, Sign out, Quit.
@@ -183,10 +184,14 @@ pub async fn reflect(app: &AppHandle, events: &[Event]) {
                 ConnectionState::NeverStarted
                 | ConnectionState::SignInRequired
                 | ConnectionState::Untrusted
-                | ConnectionState::Stopped => "offline",
+                | ConnectionState::Stopped
+                | ConnectionState::Failed => "offline",
             }
         };
         let state = match status.not_receiving_since {
+            _ if status.connection == ConnectionState::Failed => {
+                format!("Not receiving: {}", status.detail)
+            }
             Some(since) => format!(
                 "Not receiving critical results (offline since {})",
                 local_time(since)

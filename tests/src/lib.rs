@@ -8,6 +8,7 @@ pub mod client;
 pub mod desktop;
 pub mod proxy;
 pub mod receiver;
+pub mod small_disk;
 pub mod smtp;
 pub mod static_server;
 pub mod tray;

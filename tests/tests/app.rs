@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 use wardline_tests::desktop::{HangingKeychain, NotificationServer, SessionBus};
+use wardline_tests::small_disk::SmallDisk;
 use wardline_tests::tray::TrayHost;
 use wardline_tests::webdriver::{Display, Driver, Session};
 use wardline_tests::{RedisServer, Relay, WAIT, critical_lab_result, free_port, token};
@@ -164,6 +165,99 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
         .await
         .unwrap();
     desktop.app.close().await.unwrap();
+}
+
+/// The inbox on a small disk that fills up while notifications arrive (issue 22): the window and
+/// the tray say "Not receiving" with the reason within 5 s, and one critical alert says Wardline
+/// stopped receiving; nothing says "Connected" while it cannot store. Freed, it is connected again
+/// and has what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_never_shown_as_connected_and_what_came_meanwhile_arrives_once_freed() {
+    let _one = ONE_APP_AT_A_TIME.lock().await;
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let disk = SmallDisk::mount(8 << 20).unwrap();
+    let db = disk.path().join("inbox.sqlite3");
+    let desktop = SignedInApp::start(&relay.base, &[("WARDLINE_DB", db.to_str().unwrap())]).await;
+    let (app, notifications, tray) = (&desktop.app, &desktop.notifications, &desktop.tray);
+    relay.publish(DOCTOR_CHANNEL, &padded_note(0)).await;
+    app.wait_for_text("#list", "Patient-00", WAIT)
+        .await
+        .unwrap();
+
+    let filler = disk.fill().unwrap();
+    let full_since = std::time::Instant::now();
+    // Notifications keep coming, each larger than what the inbox's files have room for.
+    let publishing = async {
+        for n in 1..=10 {
+            relay.publish(DOCTOR_CHANNEL, &padded_note(n)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let watching = async {
+        let banner = app
+            .wait_for_text("#banner", "Not receiving", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(banner.contains("full"), "the banner says why: {banner}");
+        let entry = tray.wait_for_entry("Not receiving: ").await.unwrap();
+        let within = full_since.elapsed();
+        assert!(
+            within < Duration::from_secs(5),
+            "the tray said {:?} only after {within:?}",
+            entry.label
+        );
+        let alarm = notifications
+            .wait_for_call("Wardline stopped receiving")
+            .await
+            .unwrap();
+        assert_eq!(alarm.urgency, Some(2), "{alarm:?}");
+        app.screenshot(&shots().join("5-disk-full.png"))
+            .await
+            .unwrap();
+    };
+    tokio::join!(publishing, watching);
+    // Retrying meanwhile, it still cannot store: never "Connected".
+    app.wait_until_text(
+        "#banner",
+        |text| text.contains("Connected"),
+        Duration::from_secs(3),
+    )
+    .await
+    .expect_err("the banner said Connected while nothing could be stored");
+
+    std::fs::remove_file(filler).unwrap();
+    app.wait_for_text("#list", "Patient-10", Duration::from_secs(60))
+        .await
+        .unwrap();
+    app.wait_for_text("#banner", "Connected", WAIT)
+        .await
+        .unwrap();
+    tray.wait_for_entry("Connected").await.unwrap();
+    let list = app
+        .wait_for_text("#list", "Patient-01", WAIT)
+        .await
+        .unwrap();
+    for n in 1..=10 {
+        let name = format!("Patient-{n:02}");
+        assert!(list.contains(&name), "{name} is missing: {list}");
+    }
+    let critical: Vec<_> = notifications
+        .calls()
+        .into_iter()
+        .filter(|call| call.urgency == Some(2))
+        .collect();
+    assert_eq!(
+        critical.len(),
+        1,
+        "one critical alert, the failure's: {critical:?}"
+    );
+    desktop.app.close().await.unwrap();
+}
+
+/// A note for `Patient-{n:02}` with 16 KB of text.
+fn padded_note(n: usize) -> serde_json::Value {
+    serde_json::json!({"type": "appointment_requested", "patient_name": format!("Patient-{n:02}"),
+                       "reason": "x".repeat(16_000)})
 }
 
 fn json_note() -> serde_json::Value {

@@ -116,6 +116,18 @@ describe("the banner", () => {
     expect(aboutConnection(untrusted)).toBe(true);
     expect(banner(status(), untrusted, 0)).toEqual({ kind: "critical", text: `Not connected: ${reason}` });
   });
+
+  it("never says connected while this device fails to store, whatever the connection does", () => {
+    const failing = status({ connection: "failed", detail: "the inbox failed: database or disk is full; retrying in 4 s" });
+    const connecting = { event: "connecting" as const, transport: "websocket" };
+    expect(banner(failing, connecting, 0)).toEqual({
+      kind: "critical",
+      text: "Not receiving: the inbox failed: database or disk is full; retrying in 4 s",
+    });
+    const failed = { event: "failed" as const, reason: "the receiver stopped unexpectedly", retrying: false };
+    expect(aboutConnection(failed)).toBe(true);
+    expect(banner(status({ connection: "stopped" }), failed, 0).text).toBe("Not receiving: the receiver stopped unexpectedly");
+  });
 });
 
 describe("the detail view", () => {

@@ -75,7 +75,7 @@ export function trailLine(event: TrailEvent, timeZone?: string): string {
 }
 
 /** Where the connection stands (the receiver's ConnectionState). */
-export type ConnectionState = "never_started" | "connected" | "reconnecting" | "sign_in_required" | "untrusted" | "stopped";
+export type ConnectionState = "never_started" | "connected" | "reconnecting" | "sign_in_required" | "untrusted" | "stopped" | "failed";
 
 export interface Status {
   user: string | null;
@@ -105,6 +105,7 @@ export type WardlineEvent =
   | { event: "notification_stored"; notification: Row }
   | { event: "sign_in_required"; reason: string }
   | { event: "untrusted"; reason: string }
+  | { event: "failed"; reason: string; retrying: boolean }
   | { event: "acknowledged"; channel: string; ids: string[] }
   | { event: "signed_out" }
   | { event: "alert_opened"; channel: string | null; id: string | null }
@@ -118,7 +119,7 @@ export type WardlineEvent =
 
 /** Whether an event says something about the connection (what the banner follows). */
 export const aboutConnection = (event: WardlineEvent): boolean =>
-  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "untrusted", "signed_out", "not_receiving", "receiving_again"].includes(
+  ["connecting", "connected", "reconnecting", "gap_detected", "sign_in_required", "untrusted", "failed", "signed_out", "not_receiving", "receiving_again"].includes(
     event.event,
   );
 
@@ -178,6 +179,10 @@ function connectionBanner(status: Status, last: WardlineEvent | null): Banner {
   if (status.user === null) return { kind: "warn", text: "Not signed in" };
   if (last?.event === "sign_in_required") return { kind: "critical", text: `Sign-in required — ${last.reason}` };
   if (last?.event === "untrusted") return { kind: "critical", text: `Not connected: ${last.reason}` };
+  // A failure of this device (a full disk) outlasts the reconnections it tries: until the receiver
+  // says it stores again, nothing arrives.
+  if (status.connection === "failed") return { kind: "critical", text: `Not receiving: ${status.detail}` };
+  if (last?.event === "failed") return { kind: "critical", text: `Not receiving: ${last.reason}` };
   if (last?.event === "not_receiving")
     return { kind: "critical", text: `You are not receiving critical results — offline since ${time(last.offline_since)}` };
 

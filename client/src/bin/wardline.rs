@@ -373,7 +373,11 @@ fn describe_event(event: &Event) -> Option<String> {
         ),
         Event::SignInRequired { reason } => format!("sign-in required: {reason}"),
         Event::Untrusted { reason } => format!("stopped: {reason}"),
-        Event::Failed { reason } => format!("stopped: {reason}"),
+        Event::Failed {
+            reason,
+            retrying: true,
+        } => format!("NOT RECEIVING: {reason}; retrying"),
+        Event::Failed { reason, .. } => format!("stopped: {reason}"),
         Event::AlertSettingsChanged { alerts } => format!(
             "alerts: quiet hours {}, sound {}, {}",
             alerts
@@ -524,7 +528,7 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
                             return Ok(3);
                         }
                         Event::Untrusted { .. } => return Ok(4),
-                        Event::Failed { .. } => return Ok(2),
+                        Event::Failed { retrying: false, .. } => return Ok(2),
                         _ => {}
                     }
                 }
