@@ -1,10 +1,10 @@
-//! The receiver's settings file (`$XDG_CONFIG_HOME/wardline/config.toml`): which relay and which user,
+//! The receiver's settings file (where: [`crate::Place`]): which relay and which user,
 //! written by `wardline login` (or the app's sign-in), and the person's alert settings. Never the
 //! token: that lives in the OS keychain.
 
 use crate::alert::AlertSettings;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What the receiver remembers between runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,15 +16,6 @@ pub struct Settings {
     /// Quiet hours, sound, pause.
     #[serde(default)]
     pub alerts: AlertSettings,
-}
-
-/// Where the settings file is.
-pub fn default_path() -> PathBuf {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("wardline/config.toml")
 }
 
 impl Settings {

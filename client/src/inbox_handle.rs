@@ -10,7 +10,6 @@
 //! while a row is being written.
 
 use crate::inbox::{Inbox, InboxError};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// A cheap, cloneable handle to one inbox.
@@ -35,14 +34,6 @@ impl InboxHandle {
             }
         };
         InboxHandle { inbox, reader }
-    }
-
-    /// Opens (or creates) the inbox at `path` on a blocking thread.
-    pub async fn open(path: &Path) -> Result<InboxHandle, InboxError> {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Inbox::open(&path).map(InboxHandle::new))
-            .await
-            .map_err(|e| InboxError::Gone(e.to_string()))?
     }
 
     /// Runs `work` on the inbox off the async workers and returns its result.

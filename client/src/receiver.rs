@@ -1,58 +1,26 @@
-//! `Receiver`: the receiver as an app uses it — one inbox, one subscription that starts at sign-in
-//! and stops at sign-out, and one stream of events that outlives both. No Tauri in it.
+//! `Receiver`: the receiver as the app and the command line use it, opened by the door
+//! ([`crate::Wardline`]) — one inbox, one subscription that starts at sign-in and stops at
+//! sign-out, one stream of events that outlives both, one receipt path (acknowledge, decline,
+//! read: stored first, then told to the relay) and one status with one liveness rule. No Tauri.
 
+use crate::account::Accounts;
+use crate::account::SignedIn;
 use crate::alert::{
     AlertAction, AlertSettings, Alerter, DesktopAlerter, QuietHours, SharedAlertSettings,
 };
-use crate::config::{self, Settings};
+use crate::config::Settings;
+use crate::error::ReceiverError;
 use crate::events::{ConnectionState, Event, LinkState, SharedLinkState};
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};
 use crate::inbox_handle::InboxHandle;
+use crate::listener_lock::ListenerLock;
+use crate::place::Place;
 use crate::subscription::{Acknowledger, Options, Subscription, TokenHandle};
-use crate::tls::Trust;
 use crate::{http, secrets};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use wardline_protocol::{ReceiptKind, Sensitive};
-
-/// Why a receiver operation failed, with a stable code for the UI.
-#[derive(Debug, thiserror::Error)]
-pub enum ReceiverError {
-    /// The inbox failed.
-    #[error(transparent)]
-    Inbox(#[from] InboxError),
-    /// The relay refused the token or could not be reached at sign-in.
-    #[error("{0}")]
-    SignIn(String),
-    /// The OS keychain failed.
-    #[error(transparent)]
-    Keychain(#[from] secrets::SecretError),
-    /// Not signed in.
-    #[error("not signed in")]
-    NotSignedIn,
-    /// The settings file could not be read or written.
-    #[error("settings: {0}")]
-    Settings(String),
-    /// The relay could not answer (unreachable, or it refused the request).
-    #[error("{0}")]
-    Relay(String),
-}
-
-impl ReceiverError {
-    /// A stable code for the UI.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ReceiverError::Inbox(_) => "inbox",
-            ReceiverError::SignIn(_) => "sign_in",
-            ReceiverError::Keychain(_) => "keychain",
-            ReceiverError::NotSignedIn => "not_signed_in",
-            ReceiverError::Settings(_) => "settings",
-            ReceiverError::Relay(_) => "relay",
-        }
-    }
-}
 
 /// Which OS alerts the subscription raises (always under the person's alert settings).
 #[derive(Clone)]
@@ -87,6 +55,8 @@ pub struct Status {
     pub connection: ConnectionState,
     /// Details (why reconnecting, when next).
     pub detail: String,
+    /// When (Unix ms) a listener last stored a change of the connection's state.
+    pub changed_at: Option<u64>,
     /// Counts.
     pub counts: Counts,
     /// History gaps reported.
@@ -96,6 +66,45 @@ pub struct Status {
     /// Since when (Unix ms) this device has not been receiving critical results: set when the
     /// "not receiving" alarm was raised, cleared when connected again.
     pub not_receiving_since: Option<u64>,
+    /// Whether a listener keeps the inbox: this process's subscription, or another process's
+    /// that was heard from within [`LISTENER_SILENCE`].
+    pub listener: Listener,
+}
+
+/// Who keeps the inbox filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listener {
+    /// This process's subscription.
+    Here,
+    /// Another process (the app, `wardline listen`), heard from lately.
+    Elsewhere,
+    /// None: the state shown is the last one a listener stored, when it last ran.
+    NotRunning,
+}
+
+/// A listener notes it is alive at every heartbeat (15 s): one silent for this long is not running.
+pub const LISTENER_SILENCE: Duration = Duration::from_secs(60);
+
+/// A receipt made here: the notifications it named, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipted {
+    /// The notifications (channel, id).
+    pub ids: Vec<crate::subscription::Acknowledgement>,
+    /// Whether the relay was told.
+    pub told: Told,
+}
+
+/// What became of a receipt made here (acknowledge, decline, read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    /// The running subscription tells the relay (or its next connection does).
+    BySubscription,
+    /// The relay recorded it.
+    Relay,
+    /// Stored here only, and why the relay was not told now: an acknowledgement or a decline is
+    /// told by the next listener that connects; a read is not told.
+    NotYet(String),
 }
 
 struct Running {
@@ -110,42 +119,40 @@ struct Running {
 
 /// One user's receiver.
 pub struct Receiver {
+    place: Place,
+    accounts: Accounts,
     inbox: InboxHandle,
     running: Mutex<Option<Running>>,
     events: broadcast::Sender<Event>,
     acknowledger: Acknowledger,
-    trust: Trust,
-    settings_path: PathBuf,
     alert_settings: SharedAlertSettings,
     offline_alarm: Mutex<Duration>,
+    /// The inbox's listener lock, once a subscription started: kept for the receiver's life, so
+    /// that a restart (a new sign-in) never races the subscription it replaces.
+    listener_lock: Mutex<Option<ListenerLock>>,
 }
 
 impl Receiver {
-    /// Opens the inbox at `db`, with the settings file at its default place and the OS trust store
-    /// (plus `WARDLINE_CA_FILE`, if set).
-    pub fn open(db: &Path) -> Result<Receiver, ReceiverError> {
-        let trust = Trust::from_env().map_err(|e| ReceiverError::Settings(e.to_string()))?;
-        Receiver::open_with(db, config::default_path(), trust)
-    }
-
-    /// Opens the inbox at `db` and the settings file at `settings_path`, trusting `trust`.
-    pub fn open_with(
-        db: &Path,
-        settings_path: PathBuf,
-        trust: Trust,
-    ) -> Result<Receiver, ReceiverError> {
-        let inbox = InboxHandle::new(Inbox::open(db)?);
-        let settings = Settings::load(&settings_path).map_err(ReceiverError::Settings)?;
+    /// Opens the inbox at the door's place (making it, in a directory of the user's alone, if
+    /// there is none) and reads the settings. Blocking: [`crate::Wardline::open`] runs it off the async
+    /// workers.
+    pub(crate) fn open(place: Place, accounts: Accounts) -> Result<Receiver, ReceiverError> {
+        place
+            .prepare()
+            .map_err(|e| ReceiverError::Settings(format!("{}: {e}", place.inbox().display())))?;
+        let inbox = InboxHandle::new(Inbox::open(place.inbox())?);
+        let settings = Settings::load(place.settings()).map_err(ReceiverError::Settings)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Receiver {
             acknowledger: Acknowledger::new(inbox.clone(), events.clone()),
             inbox,
             running: Mutex::new(None),
             events,
-            trust,
-            settings_path,
             alert_settings: Arc::new(RwLock::new(settings.alerts)),
             offline_alarm: Mutex::new(crate::subscription::OFFLINE_ALARM),
+            listener_lock: Mutex::new(None),
+            place,
+            accounts,
         })
     }
 
@@ -162,63 +169,35 @@ impl Receiver {
         Ok(self.inbox.call(work).await?)
     }
 
-    /// Runs `work` on the settings file off the async workers.
-    async fn with_settings<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Path) -> Result<T, String> + Send + 'static,
-    ) -> Result<T, ReceiverError> {
-        let path = self.settings_path.clone();
-        tokio::task::spawn_blocking(move || work(&path))
-            .await
-            .expect("settings task")
-            .map_err(ReceiverError::Settings)
-    }
-
-    /// Checks the token with the relay, keeps it in the OS keychain, remembers server and user, and
-    /// starts the subscription (see [`Receiver::start`]).
+    /// Checks the token with the relay, keeps it in the OS keychain, remembers server and user (see
+    /// [`Accounts::sign_in`]), and starts the subscription (see [`Receiver::start`]).
     pub async fn sign_in(
         &self,
         server: &str,
         user: &str,
         token: Sensitive<String>,
         alerts: Alerts,
-    ) -> Result<(), ReceiverError> {
-        let me = http::whoami(self.trust.http(), server, &token)
-            .await
-            .map_err(|e| ReceiverError::SignIn(e.to_string()))?;
-        if me["user"].as_str() != Some(user) {
-            return Err(ReceiverError::SignIn(format!(
-                "the token is for user {}, not {user}",
-                me["user"]
-            )));
-        }
-        secrets::store_token(server, user, &token).await?;
-        let (remembered_server, remembered_user) = (server.to_owned(), user.to_owned());
-        self.with_settings(move |path| {
-            Settings::update(path, |settings| {
-                settings.server = Some(remembered_server);
-                settings.user = Some(remembered_user);
-            })
-        })
-        .await?;
-        self.start(server, user, token, alerts);
-        Ok(())
+    ) -> Result<SignedIn, ReceiverError> {
+        let signed_in = self.accounts.sign_in(server, user, &token).await?;
+        self.start(&signed_in.server, user, token, alerts);
+        Ok(signed_in)
     }
 
-    /// Starts with what `sign_in` remembered, if anything; returns whether it started.
+    /// Starts as the account the door resolves (given, or the last sign-in), if there is one;
+    /// returns whether it started.
     pub async fn resume(&self, alerts: Alerts) -> Result<bool, ReceiverError> {
-        let settings = self.with_settings(Settings::load).await?;
-        let (Some(server), Some(user)) = (settings.server, settings.user) else {
-            return Ok(false);
-        };
-        let Some(token) = secrets::load_token(&server, &user).await? else {
-            return Ok(false);
-        };
-        self.start(&server, &user, token, alerts);
-        Ok(true)
+        match self.accounts.account().await {
+            Ok(account) => {
+                self.start(&account.server, &account.user, account.token, alerts);
+                Ok(true)
+            }
+            Err(ReceiverError::NotSignedIn | ReceiverError::NoToken { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Starts the subscription (stopping any earlier one). Acknowledgements stored while none ran
+    /// Starts the subscription (stopping any earlier one); when another process listens on this
+    /// inbox already, says so ([`Event::Failed`]) and starts nothing. Acknowledgements stored while none ran
     /// are sent when it connects. When it already runs for this user at this relay, it takes the
     /// new token instead: presented on the open connection, which then outlives the old token,
     /// with no reconnect and nothing missed (`alerts` stay as they were).
@@ -233,13 +212,21 @@ impl Receiver {
                 return;
             }
         }
+        if let Err(reason) = self.take_listener_lock() {
+            tracing::error!(%reason, "not listening");
+            let _ = self.events.send(Event::Failed {
+                reason,
+                retrying: false,
+            });
+            return;
+        }
         self.stop();
         let options = Options {
             server: server.to_owned(),
             user: user.to_owned(),
             token,
             heartbeat: Duration::from_secs(15),
-            trust: self.trust.clone(),
+            trust: self.accounts.trust().clone(),
             offline_alarm: *self.offline_alarm.lock().expect("receiver lock"),
         };
         let mut subscription = Subscription::new(options, self.inbox.clone())
@@ -310,6 +297,16 @@ impl Receiver {
         });
     }
 
+    /// Takes the inbox's listener lock unless this receiver holds it already (another process
+    /// listening on this inbox is the error).
+    fn take_listener_lock(&self) -> Result<(), String> {
+        let mut lock = self.listener_lock.lock().expect("receiver lock");
+        if lock.is_none() {
+            *lock = Some(ListenerLock::take(self.place.inbox())?);
+        }
+        Ok(())
+    }
+
     /// Stops the subscription, if one runs (without waiting for it).
     pub fn stop(&self) {
         if let Some(running) = self.running.lock().expect("receiver lock").take() {
@@ -355,16 +352,20 @@ impl Receiver {
             .await
     }
 
-    /// Stops the subscription and removes the token from the keychain.
+    /// Stops the subscription, if one runs, and removes the account's token from the keychain.
     pub async fn sign_out(&self) -> Result<(), ReceiverError> {
         let running = self.running.lock().expect("receiver lock").take();
-        let Some(running) = running else {
-            return Err(ReceiverError::NotSignedIn);
+        let deleted = match running {
+            Some(running) => {
+                let _ = running.stop.send(());
+                secrets::delete_token(&running.server, &running.user)
+                    .await
+                    .map_err(ReceiverError::from)
+            }
+            None => self.accounts.sign_out().await.map(|_| ()),
         };
-        let _ = running.stop.send(());
-        let deleted = secrets::delete_token(&running.server, &running.user).await;
         let _ = self.events.send(Event::SignedOut);
-        Ok(deleted?)
+        deleted
     }
 
     /// Lists the inbox.
@@ -372,34 +373,136 @@ impl Receiver {
         Ok(self.inbox.read(move |inbox| inbox.list(&filter)).await?)
     }
 
-    /// Acknowledges notifications (ids as `channel/id` or bare ids): stored in the inbox at once,
-    /// whatever the subscription's state, and sent to the relay by the running subscription, or by
-    /// the next one when it connects.
-    pub async fn acknowledge(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
-        let resolved = self.with_inbox(move |inbox| inbox.resolve(&ids)).await?;
-        Ok(self.acknowledger.acknowledge(resolved).await?)
+    /// Acknowledges notifications (ids as `channel/id` or bare ids) ― see [`Receiver::receipt`].
+    pub async fn acknowledge(&self, ids: Vec<String>) -> Result<Receipted, ReceiverError> {
+        self.receipt(ReceiptKind::Acknowledged, ids).await
     }
 
-    /// Declines notifications ("not me / cannot now"; ids as `channel/id` or bare ids): stored in
-    /// the inbox at once and sent to the relay, which escalates them to the backup at once.
-    pub async fn decline(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
+    /// Declines notifications ("not me / cannot now"): the relay escalates them to the backup at
+    /// once ― see [`Receiver::receipt`].
+    pub async fn decline(&self, ids: Vec<String>) -> Result<Receipted, ReceiverError> {
+        self.receipt(ReceiptKind::Declined, ids).await
+    }
+
+    /// Marks notifications read: the trail shows it, and the user's other devices mark them read
+    /// too (best effort) ― see [`Receiver::receipt`].
+    pub async fn mark_read(&self, ids: Vec<String>) -> Result<Receipted, ReceiverError> {
+        self.receipt(ReceiptKind::Read, ids).await
+    }
+
+    /// The one receipt path. Stored in the inbox at once, whatever the connection's state; then,
+    /// where a subscription runs in this process, it tells the relay (an acknowledgement or a
+    /// decline is kept until the relay confirms it, and sent again by the next connection);
+    /// elsewhere (the command line) the relay is told over HTTP now, as the account the door
+    /// resolves. `kind` is acknowledged, declined or read.
+    async fn receipt(
+        &self,
+        kind: ReceiptKind,
+        ids: Vec<String>,
+    ) -> Result<Receipted, ReceiverError> {
         let resolved = self.with_inbox(move |inbox| inbox.resolve(&ids)).await?;
-        Ok(self.acknowledger.decline(resolved).await?)
+        let told = self.tell(kind, resolved.clone()).await?;
+        Ok(Receipted {
+            ids: resolved,
+            told,
+        })
+    }
+
+    async fn tell(
+        &self,
+        kind: ReceiptKind,
+        resolved: Vec<crate::subscription::Acknowledgement>,
+    ) -> Result<Told, ReceiverError> {
+        match kind {
+            ReceiptKind::Declined => self.acknowledger.decline(resolved.clone()).await?,
+            ReceiptKind::Read => {
+                let marked = resolved.clone();
+                self.with_inbox(move |inbox| inbox.mark_read(&marked))
+                    .await?
+            }
+            _ => self.acknowledger.acknowledge(resolved.clone()).await?,
+        }
+        let running = {
+            let running = self.running.lock().expect("receiver lock");
+            running
+                .as_ref()
+                .filter(|r| !r.task.is_finished())
+                .map(|r| (r.server.clone(), r.token.current()))
+        };
+        let device = self.with_inbox(|inbox| inbox.device_id()).await?;
+        let client = self.accounts.trust().http().clone();
+        match (kind, running) {
+            // Read receipts are not the subscription's: told here, without holding up the window.
+            (ReceiptKind::Read, Some((server, token))) => {
+                tokio::spawn(async move {
+                    for (channel, ids) in crate::subscription::group(resolved) {
+                        let sent = http::send_receipts(
+                            &client,
+                            &server,
+                            &token,
+                            kind,
+                            &channel,
+                            &ids,
+                            Some(&device),
+                        );
+                        if let Err(reason) = sent.await {
+                            tracing::warn!(%reason, "the relay was not told of a notification read");
+                        }
+                    }
+                });
+                Ok(Told::BySubscription)
+            }
+            (_, Some(_)) => Ok(Told::BySubscription),
+            (_, None) => {
+                let account = match self.accounts.account().await {
+                    Ok(account) => account,
+                    Err(e) => return Ok(Told::NotYet(e.to_string())),
+                };
+                for (channel, ids) in crate::subscription::group(resolved) {
+                    let sent = http::send_receipts(
+                        &client,
+                        &account.server,
+                        &account.token,
+                        kind,
+                        &channel,
+                        &ids,
+                        Some(&device),
+                    );
+                    if let Err(reason) = sent.await {
+                        return Ok(Told::NotYet(reason));
+                    }
+                    if kind != ReceiptKind::Read {
+                        self.with_inbox(move |inbox| inbox.mark_synced(kind, &channel, &ids))
+                            .await?;
+                    }
+                }
+                Ok(Told::Relay)
+            }
+        }
     }
 
     /// A notification's state and trail as the relay keeps them (delivered, alerted, read,
-    /// acknowledged, repeated, escalated, emailed), asked with the running subscription's token.
+    /// acknowledged, repeated, escalated, emailed), asked with the running subscription's token,
+    /// or the account the door resolves.
     pub async fn trail(&self, id: String) -> Result<serde_json::Value, ReceiverError> {
-        let (server, token) = {
+        let running = {
             let running = self.running.lock().expect("receiver lock");
-            let running = running.as_ref().ok_or(ReceiverError::NotSignedIn)?;
-            (running.server.clone(), running.token.current())
+            running
+                .as_ref()
+                .map(|r| (r.server.clone(), r.token.current()))
+        };
+        let (server, token) = match running {
+            Some(running) => running,
+            None => {
+                let account = self.accounts.account().await?;
+                (account.server, account.token)
+            }
         };
         let resolved = self.with_inbox(move |inbox| inbox.resolve(&[id])).await?;
         let (channel, id) = resolved.into_iter().next().ok_or_else(|| {
             ReceiverError::Inbox(InboxError::NotFound("no such notification".into()))
         })?;
-        http::status(self.trust.http(), &server, &token, &channel, id)
+        http::status(self.accounts.trust().http(), &server, &token, &channel, id)
             .await
             .map_err(ReceiverError::Relay)
     }
@@ -411,44 +514,6 @@ impl Receiver {
         Ok(carry_out(action, &self.acknowledger, &self.events).await?)
     }
 
-    /// Marks notifications read, and tells the relay when signed in (best effort: the trail
-    /// shows it, and the user's other devices mark them read too).
-    pub async fn mark_read(&self, ids: Vec<String>) -> Result<(), ReceiverError> {
-        let (resolved, device) = self
-            .with_inbox(move |inbox| {
-                let resolved = inbox.resolve(&ids)?;
-                inbox.mark_read(&resolved)?;
-                Ok((resolved, inbox.device_id()?))
-            })
-            .await?;
-        let signed_in = {
-            let running = self.running.lock().expect("receiver lock");
-            running
-                .as_ref()
-                .map(|r| (r.server.clone(), r.token.current()))
-        };
-        if let Some((server, token)) = signed_in {
-            let client = self.trust.http().clone();
-            tokio::spawn(async move {
-                for (channel, ids) in crate::subscription::group(resolved) {
-                    let sent = http::send_receipts(
-                        &client,
-                        &server,
-                        &token,
-                        ReceiptKind::Read,
-                        &channel,
-                        &ids,
-                        Some(&device),
-                    );
-                    if let Err(reason) = sent.await {
-                        tracing::warn!(%reason, "the relay was not told of a notification read");
-                    }
-                }
-            });
-        }
-        Ok(())
-    }
-
     /// The alert settings in force.
     pub fn alert_settings(&self) -> AlertSettings {
         *self.alert_settings.read().expect("alert settings lock")
@@ -457,7 +522,8 @@ impl Receiver {
     /// Changes the alert settings: kept in the settings file, applied from the next alert on, and
     /// announced as [`Event::AlertSettingsChanged`].
     pub async fn set_alert_settings(&self, alerts: AlertSettings) -> Result<(), ReceiverError> {
-        self.with_settings(move |path| Settings::update(path, |settings| settings.alerts = alerts))
+        self.accounts
+            .with_settings(move |path| Settings::update(path, |settings| settings.alerts = alerts))
             .await?;
         *self.alert_settings.write().expect("alert settings lock") = alerts;
         let _ = self.events.send(Event::AlertSettingsChanged { alerts });
@@ -485,7 +551,7 @@ impl Receiver {
                     .map(|r| r.state.lock().expect("link state lock").clone()),
             )
         };
-        let (connection, detail, counts, gaps, not_receiving) = self
+        let (connection, detail, counts, gaps, not_receiving, updated_at, changed_at) = self
             .inbox
             .read(|inbox| {
                 Ok((
@@ -494,9 +560,12 @@ impl Receiver {
                     inbox.counts()?,
                     inbox.gaps()?,
                     inbox.state(crate::subscription::NOT_RECEIVING_SINCE)?,
+                    inbox.state("updated_at")?,
+                    inbox.state("changed_at")?,
                 ))
             })
             .await?;
+        let here = link.is_some();
         // A running subscription's state is the truth; the inbox keeps the last one stored (by
         // this process before, or by another).
         let link = link
@@ -508,15 +577,37 @@ impl Receiver {
                     .unwrap_or(ConnectionState::NeverStarted),
                 detail: detail.unwrap_or_default(),
             });
+        let ended = matches!(
+            link.connection,
+            ConnectionState::Stopped | ConnectionState::NeverStarted
+        );
+        let heard_ms = updated_at
+            .and_then(|at| at.parse::<u64>().ok())
+            .unwrap_or(0);
+        let listener = if here {
+            Listener::Here
+        } else if !ended
+            && crate::inbox::now_ms().saturating_sub(heard_ms)
+                <= LISTENER_SILENCE.as_millis() as u64
+        {
+            Listener::Elsewhere
+        } else {
+            Listener::NotRunning
+        };
         Ok(Status {
             user,
             server,
             connection: link.connection,
             detail: link.detail,
+            changed_at: changed_at.and_then(|at| at.parse().ok()),
             counts,
             gaps,
             alerts: self.alert_settings(),
-            not_receiving_since: not_receiving.and_then(|since| since.parse().ok()),
+            // An alarm a listener that no longer runs left standing is not news.
+            not_receiving_since: not_receiving
+                .and_then(|since| since.parse().ok())
+                .filter(|_| here || !ended),
+            listener,
         })
     }
 }

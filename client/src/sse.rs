@@ -69,7 +69,9 @@ impl SseParser {
         events
     }
 
-    /// The reconnection time the stream asked for, if it did.
+    /// The reconnection time the stream asked for, if it did (read so that the stream is parsed
+    /// as the standard says; the subscription's own backoff decides when to come back).
+    #[cfg(test)]
     pub fn retry(&self) -> Option<Duration> {
         self.retry
     }

@@ -208,7 +208,7 @@ pub struct Subscription {
     alerter: Option<(Arc<dyn Alerter>, SharedAlertSettings)>,
     pub(crate) acknowledger: Acknowledger,
     link: std::sync::Mutex<Link>,
-    /// Where the connection stands, for [`crate::receiver::Receiver::status`].
+    /// Where the connection stands, for the receiver's status.
     state: SharedLinkState,
     /// This installation's id, read from the inbox when the subscription runs.
     device: std::sync::OnceLock<String>,
@@ -339,11 +339,6 @@ impl Subscription {
     pub fn with_acknowledger(mut self, acknowledger: Acknowledger) -> Subscription {
         self.acknowledger = acknowledger;
         self
-    }
-
-    /// Where acknowledgements go: stored at once, told to the relay now or on the next connection.
-    pub fn acknowledger(&self) -> Acknowledger {
-        self.acknowledger.clone()
     }
 
     /// Follows what the subscription reports.

@@ -9,9 +9,9 @@ use crate::opening::AppReceiver;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tauri::{AppHandle, Manager, State};
-use wardline_client::alert::{AlertSettings, Pause};
-use wardline_client::inbox::{Filter, Row};
-use wardline_client::receiver::{Receiver, ReceiverError, Status};
+use wardline_client::{AlertSettings, Pause};
+use wardline_client::{Filter, Row};
+use wardline_client::{Receiver, ReceiverError, Status};
 use wardline_protocol::{Priority, Sensitive};
 
 /// An error as the window sees it.
@@ -75,10 +75,11 @@ pub async fn sign_in(
     user: String,
     token: String,
 ) -> Result<()> {
-    Ok(opened(&receiver)
+    opened(&receiver)
         .await?
         .sign_in(&server, &user, Sensitive::new(token), alerts.0.clone())
-        .await?)
+        .await?;
+    Ok(())
 }
 
 /// Signs out.
@@ -104,13 +105,15 @@ pub async fn inbox(receiver: State<'_, AppReceiver>, query: InboxQuery) -> Resul
 /// Acknowledges notifications (`channel/id`): stored at once, sent to the relay when it can be.
 #[tauri::command]
 pub async fn acknowledge(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
-    Ok(opened(&receiver).await?.acknowledge(ids).await?)
+    opened(&receiver).await?.acknowledge(ids).await?;
+    Ok(())
 }
 
 /// Declines notifications (`channel/id`): "not me / cannot now"; the relay escalates them at once.
 #[tauri::command]
 pub async fn decline(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
-    Ok(opened(&receiver).await?.decline(ids).await?)
+    opened(&receiver).await?.decline(ids).await?;
+    Ok(())
 }
 
 /// A notification's state and trail, from the relay.
@@ -122,7 +125,8 @@ pub async fn trail(receiver: State<'_, AppReceiver>, id: String) -> Result<serde
 /// Marks notifications read (`channel/id`).
 #[tauri::command]
 pub async fn mark_read(receiver: State<'_, AppReceiver>, ids: Vec<String>) -> Result<()> {
-    Ok(opened(&receiver).await?.mark_read(ids).await?)
+    opened(&receiver).await?.mark_read(ids).await?;
+    Ok(())
 }
 
 /// Connection state, counts and gaps.

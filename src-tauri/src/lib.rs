@@ -18,24 +18,21 @@ mod tray;
 use opening::AppReceiver;
 use std::sync::Arc;
 use tauri::Manager;
-use wardline_client::receiver::{Alerts, Receiver};
+use wardline_client::{Alerts, Place, Receiver, Trust, Wardline};
 
 /// The event every receiver event is forwarded on, to the window.
 pub const EVENT: &str = "wardline://event";
 
-/// Where the app keeps its inbox.
-fn inbox_path(app: &tauri::AppHandle) -> std::path::PathBuf {
-    match std::env::var_os("WARDLINE_DB") {
-        Some(path) => path.into(),
-        None => {
-            let dir = app.path().app_data_dir().unwrap_or_else(|_| ".".into());
-            // Patient details: a directory of the user's alone, also if it existed before.
-            if let Err(e) = wardline_client::private::private_dir(&dir) {
-                tracing::warn!(error = %e, dir = %dir.display(), "could not make the data directory private");
-            }
-            dir.join("inbox.sqlite3")
-        }
-    }
+/// The receiver's door: on a desktop the place the command line uses too (one inbox: `wardline
+/// ack` acts on what the window shows), on a phone the app's own data directory.
+fn door(app: &tauri::AppHandle) -> Result<Wardline, String> {
+    let trust = Trust::from_env().map_err(|e| e.to_string())?;
+    let place = if cfg!(mobile) {
+        Place::in_dir(&app.path().app_data_dir().unwrap_or_else(|_| ".".into()))
+    } else {
+        Place::desktop()
+    };
+    Ok(Wardline::new(place, trust))
 }
 
 /// The command-line flag autostart passes: start hidden in the tray.
@@ -89,28 +86,12 @@ fn without_gpu_disable_compositing() {
     eprintln!("wardline-app: could not restart without compositing: {error}");
 }
 
-/// Once the receiver is open: its events to the window and the tray, and the subscription.
-/// WARDLINE_SERVER, _USER and _TOKEN sign in without the keychain (kiosks, the demo, tests), as they
-/// do for the CLI; otherwise the last sign-in resumes.
+/// Once the receiver is open: its events to the window and the tray, and the subscription, as the
+/// account the door resolves (WARDLINE_SERVER, _USER and _TOKEN for kiosks, the demo and tests, as
+/// for the command line; otherwise the last sign-in).
 async fn start(handle: tauri::AppHandle, receiver: Arc<Receiver>, alerts: Alerts) {
     forward::spawn(handle, receiver.events());
-    let started = match (
-        std::env::var("WARDLINE_SERVER"),
-        std::env::var("WARDLINE_USER"),
-        std::env::var("WARDLINE_TOKEN"),
-    ) {
-        (Ok(server), Ok(user), Ok(token)) if !token.is_empty() => {
-            receiver.start(
-                &server,
-                &user,
-                wardline_protocol::Sensitive::new(token),
-                alerts,
-            );
-            Ok(true)
-        }
-        _ => receiver.resume(alerts).await,
-    };
-    if let Err(e) = started {
+    if let Err(e) = receiver.resume(alerts).await {
         tracing::warn!(error = %e, "could not resume the last sign-in");
     }
 }
@@ -160,7 +141,7 @@ pub fn run() {
             app.manage(AppAlerts(alerts.clone()));
             // Opening reads the inbox's key from the keychain and opens SQLite: not on this, the
             // main thread. Commands wait for it; what follows runs once it is open.
-            let (receiver, opening) = AppReceiver::open(inbox_path(app.handle()));
+            let (receiver, opening) = AppReceiver::open(door(app.handle()));
             app.manage(receiver);
             #[cfg(desktop)]
             tray::build(app.handle())?;

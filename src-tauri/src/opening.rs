@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use tokio::sync::watch;
-use wardline_client::receiver::Receiver;
+use wardline_client::{Receiver, Wardline};
 
 /// The app's receiver once open, or why it could not be opened.
 pub struct AppReceiver(watch::Sender<Option<Opened>>);
@@ -14,15 +14,20 @@ pub struct AppReceiver(watch::Sender<Option<Opened>>);
 type Opened = Result<Arc<Receiver>, String>;
 
 impl AppReceiver {
-    /// Opens the receiver on `db` on a blocking thread; the returned slot holds it when open.
-    pub fn open(db: std::path::PathBuf) -> (AppReceiver, impl Future<Output = Opened>) {
+    /// Opens the receiver through `wardline` (off the async workers; an error making the door is
+    /// an error opening); the returned slot holds it when open.
+    pub fn open(wardline: Result<Wardline, String>) -> (AppReceiver, impl Future<Output = Opened>) {
         let (slot, _) = watch::channel(None);
         let sender = slot.clone();
         let opening = async move {
-            let opened = tauri::async_runtime::spawn_blocking(move || Receiver::open(&db))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|opened| opened.map(Arc::new).map_err(|e| e.to_string()));
+            let opened = match wardline {
+                Ok(wardline) => wardline
+                    .open()
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
             sender.send_replace(Some(opened.clone()));
             opened
         };

@@ -11,9 +11,9 @@ use crate::EVENT;
 use crate::opening::AppReceiver;
 use tauri::{AppHandle, Emitter, Manager};
 use tauri_plugin_notification::{Action, ActionType, NotificationExt};
-use wardline_client::Event;
-use wardline_client::alert::{
-    ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, DECLINE_ACTION, NotificationRef, Urgency,
+use wardline_client::{
+    ACKNOWLEDGE_ACTION, Alert, AlertAction, Alerter, DECLINE_ACTION, Event, NotificationRef,
+    Urgency,
 };
 use wardline_protocol::{Channel, Cursor};
 

@@ -13,8 +13,8 @@ use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager};
 use wardline_client::ConnectionState;
 use wardline_client::Event;
-use wardline_client::alert::{MORNING_HOUR, Pause};
-use wardline_client::receiver::Status;
+use wardline_client::Status;
+use wardline_client::{MORNING_HOUR, Pause};
 
 const TRAY: &str = "wardline";
 

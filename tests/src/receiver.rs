@@ -214,13 +214,12 @@ pub fn inbox_path(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// An in-process receiver with its inbox and settings in `dir`, trusting the OS's authorities.
-pub fn open_receiver(dir: &tempfile::TempDir) -> wardline_client::receiver::Receiver {
-    wardline_client::receiver::Receiver::open_with(
-        &inbox_path(dir),
-        dir.path().join("config.toml"),
-        wardline_client::Trust::new(None).unwrap(),
-    )
-    .unwrap()
+pub async fn open_receiver(dir: &tempfile::TempDir) -> wardline_client::Receiver {
+    let place = wardline_client::Place::in_dir(dir.path()).with_inbox(inbox_path(dir));
+    wardline_client::Wardline::new(place, wardline_client::Trust::new(None).unwrap())
+        .open()
+        .await
+        .unwrap()
 }
 
 /// Waits (at most [`WAIT`]) for the first of the receiver's events that `wanted` accepts.

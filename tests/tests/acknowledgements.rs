@@ -4,8 +4,8 @@
 //! the real `wardline` binary.
 
 use std::time::Duration;
-use wardline_client::alert::AlertAction;
-use wardline_client::receiver::{Alerts, Receiver};
+use wardline_client::AlertAction;
+use wardline_client::{Alerts, Receiver};
 use wardline_client::{Event, Filter};
 use wardline_protocol::{Channel, Cursor, Sensitive};
 use wardline_tests::receiver::{Listener, inbox_path, open_receiver, run, wait_for_event};
@@ -41,7 +41,7 @@ async fn acknowledgements_after_the_subscription_stopped_and_while_the_relay_is_
         .unwrap();
     let base = relay.base.clone();
     let dir = tempfile::tempdir().unwrap();
-    let receiver = open_receiver(&dir);
+    let receiver = open_receiver(&dir).await;
     let mut events = receiver.events();
 
     // A token that expires in a few seconds: the relay closes with 4001 and the subscription

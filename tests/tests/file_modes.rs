@@ -6,9 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use wardline_client::AlertSettings;
 use wardline_client::Trust;
-use wardline_client::alert::AlertSettings;
-use wardline_client::receiver::Receiver;
+use wardline_client::{Place, Wardline};
 use wardline_tests::{Relay, WAIT, binary, critical_lab_result, token};
 
 /// The receiver's own directories: where it keeps the inbox and the settings (their parents,
@@ -124,7 +124,10 @@ async fn everything_the_receiver_creates_is_the_users_alone_even_after_wider_mod
     let settings = |db: PathBuf| {
         let config = config.clone();
         async move {
-            let receiver = Receiver::open_with(&db, config, Trust::new(None).unwrap()).unwrap();
+            let receiver = Wardline::new(Place::at(db, config), Trust::new(None).unwrap())
+                .open()
+                .await
+                .unwrap();
             receiver
                 .set_alert_settings(AlertSettings {
                     sound: false,

@@ -126,7 +126,8 @@ async fn the_token_lives_in_the_keychain_from_login_to_logout() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not signed in as d1"));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("not signed in as d1"), "{said}");
 }
 
 /// Done when 4 (the inbox): the inbox is encrypted at rest with a key kept in the OS keychain. Plain

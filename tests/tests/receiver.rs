@@ -202,6 +202,33 @@ async fn an_expired_token_stops_the_listener_with_a_clear_message() {
     assert!(status.contains("sign_in_required"), "{status}");
 }
 
+/// The command line and the app share an inbox; one listener at a time keeps it: a second
+/// `wardline listen` on it stops at once and names the process that listens, and the first one
+/// goes on receiving; once it ends, another may listen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_listener_on_one_inbox_says_which_process_listens_already() {
+    let relay = Relay::embedded(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = inbox_path(&dir);
+    let doctor = token("d1", "doctor", &[], 3600);
+    let mut first = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    let second = Listener::spawn(&relay.base, "d1", &doctor, &db).unwrap();
+    let (code, said) = second.exit().await.unwrap();
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("already listens on this inbox"), "{said}");
+    relay
+        .publish("doctor:d1:notifications", &json!({"type": "note", "n": 1}))
+        .await;
+    first.notifications(1).await.unwrap();
+    assert_eq!(first.stop().await.unwrap(), 0);
+    let third = Listener::start(&relay.base, "d1", &doctor, &db)
+        .await
+        .unwrap();
+    assert_eq!(third.stop().await.unwrap(), 0);
+}
+
 /// A file that is not an inbox, and an inbox another process holds locked: clear errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
@@ -231,7 +258,7 @@ async fn a_corrupt_or_locked_inbox_is_a_clear_error() {
     drop(listener);
     // Another process's exclusive transaction: this test's own connection, with the inbox's key
     // (beside it: no keychain here), held by a thread until the command has tried.
-    let key = std::fs::read_to_string(wardline_client::inbox_key::key_file(&db)).unwrap();
+    let key = std::fs::read_to_string(wardline_client::key_file(&db)).unwrap();
     let (locked, is_locked) = std::sync::mpsc::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
     let holder = {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use wardline_client::Alerts;
 use wardline_client::Event;
-use wardline_client::receiver::Alerts;
 use wardline_protocol::Sensitive;
 use wardline_tests::receiver::{open_receiver, wait_for_event};
 use wardline_tests::{Relay, WAIT, critical_lab_result, token};
@@ -14,7 +14,7 @@ use wardline_tests::{Relay, WAIT, critical_lab_result, token};
 async fn a_newer_token_keeps_the_open_connection_past_the_old_ones_expiry() {
     let relay = Relay::embedded(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let receiver = open_receiver(&dir);
+    let receiver = open_receiver(&dir).await;
     let mut events = receiver.events();
 
     let short = Sensitive::new(token("d1", "doctor", &[], 4));

@@ -1,19 +1,16 @@
 //! `wardline`: the receiver on the command line — `listen` keeps the subscription in the foreground;
 //! `list`, `ack`, `read` and `status` work on the inbox (and tell the relay about acknowledgements).
+//! Everything goes through the receiver's door ([`Wardline`], [`Receiver`]); this file only reads
+//! arguments and prints.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use wardline_client::alert::QuietHours;
-use wardline_client::config::{self, Settings};
-use wardline_client::http;
-use wardline_client::inbox::now_ms;
-use wardline_client::private;
-use wardline_client::receiver::{Alerts, Receiver};
-use wardline_client::secrets;
-use wardline_client::subscription;
-use wardline_client::{ConnectionState, Event, Filter, Inbox, InboxHandle, Row, Trust};
+use wardline_client::{
+    Alerts, ConnectionState, Event, Filter, Listener, Place, QuietHours, Receiver, ReceiverError,
+    Row, Told, Trust, Wardline, now_ms,
+};
 use wardline_protocol::{Priority, ReceiptKind, Sensitive};
 
 #[derive(Parser)]
@@ -32,7 +29,7 @@ struct Cli {
     /// Your user id (the token's subject).
     #[arg(long, global = true, env = "WARDLINE_USER")]
     user: Option<String>,
-    /// The inbox database (default: $XDG_DATA_HOME/wardline/inbox.sqlite3).
+    /// The inbox database (default: the one the app uses, $XDG_DATA_HOME/wardline/inbox.sqlite3).
     #[arg(long, global = true, env = "WARDLINE_DB")]
     db: Option<PathBuf>,
     /// A certificate authority to trust besides the system's (PEM), for a relay whose https
@@ -131,82 +128,32 @@ fn parse_priority(name: &str) -> Result<Priority, String> {
     Priority::parse(name).ok_or_else(|| format!("{name:?} is not low, normal, high or critical"))
 }
 
-fn default_db() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("wardline/inbox.sqlite3")
-}
-
-/// The certificates trusted for https:// relays: the system's, plus `--ca-file`.
-fn trust(cli: &Cli) -> anyhow::Result<Trust> {
-    Ok(Trust::new(cli.ca_file.as_deref())?)
-}
-
-/// The relay and user: flags and environment first, then what `wardline login` remembered.
-fn server_and_user(cli: &Cli) -> anyhow::Result<(String, String)> {
-    let settings = Settings::load(&config::default_path()).map_err(anyhow::Error::msg)?;
-    let server = cli.server.clone().or(settings.server).context(
-        "no relay: run `wardline login --server URL --user ID`, or give --server / WARDLINE_SERVER",
-    )?;
-    let user = cli.user.clone().or(settings.user).context(
-        "no user: run `wardline login --server URL --user ID`, or give --user / WARDLINE_USER",
-    )?;
-    Ok((relay_url(&server)?, user))
-}
-
-/// The relay's base URL as given, checked: `http://HOST:PORT` or `https://HOST[:PORT]`, and what to
-/// give instead when it is not.
-fn relay_url(given: &str) -> anyhow::Result<String> {
-    let url = given.trim().trim_end_matches('/');
-    for ws in ["ws://", "wss://"] {
-        if let Some(rest) = url.strip_prefix(ws) {
-            let http = if ws == "ws://" { "http" } else { "https" };
-            bail!(
-                "{url} is a WebSocket address: give the relay's base URL instead, {http}://{}",
-                rest.split('/').next().unwrap_or(rest)
-            );
-        }
-    }
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!(
-            "no scheme in {url:?}: use http://HOST:PORT (e.g. http://{url}), or https://HOST for a relay with TLS"
-        );
-    }
-    anyhow::ensure!(
-        !wardline_client::tls::host_of(url).is_empty(),
-        "no host in {url:?}: use http://HOST:PORT or https://HOST"
-    );
-    Ok(url.to_owned())
+/// The door, as the flags say: the inbox (`--db`, else the one the app uses), the trusted
+/// authorities (`--ca-file`) and the account (`--server`, `--user`, else the last sign-in).
+fn door(cli: &Cli) -> anyhow::Result<Wardline> {
+    let place = match &cli.db {
+        Some(db) => Place::desktop().with_inbox(db.clone()),
+        None => Place::desktop(),
+    };
+    let trust = Trust::new(cli.ca_file.as_deref())?;
+    Ok(Wardline::new(place, trust).with_account(cli.server.clone(), cli.user.clone()))
 }
 
 /// An exit code for an error: 3 when the relay refused the token (sign in again), 4 when its
 /// certificate cannot be trusted, 2 otherwise (see `--help`).
 fn exit_code(error: &anyhow::Error) -> i32 {
-    match error.downcast_ref::<http::TokenCheckError>() {
-        Some(http::TokenCheckError::Expired | http::TokenCheckError::Refused { .. }) => 3,
-        Some(http::TokenCheckError::Untrusted(_)) => 4,
+    match error.downcast_ref::<ReceiverError>() {
+        Some(ReceiverError::TokenRefused(_)) => 3,
+        Some(ReceiverError::Untrusted(_)) => 4,
         _ => 2,
     }
 }
 
-/// The token: `WARDLINE_TOKEN` (for servers and CI; the keychain is then not touched), else the
-/// OS keychain.
-async fn token(server: &str, user: &str) -> anyhow::Result<Sensitive<String>> {
-    if let Ok(token) = std::env::var("WARDLINE_TOKEN")
-        && !token.trim().is_empty()
-    {
-        return Ok(Sensitive::new(token.trim().to_owned()));
-    }
-    let stored = secrets::load_token(server, user).await.map_err(|e| {
-        anyhow::anyhow!("{e}: without a keychain on this machine, set WARDLINE_TOKEN instead")
-    })?;
-    match stored {
-        Some(token) => Ok(token),
-        None => bail!(
-            "not signed in as {user} at {server}: run `wardline login` (or set WARDLINE_TOKEN)"
-        ),
+/// A keychain that failed says what to do without one.
+fn without_keychain(error: ReceiverError, instead: &str) -> anyhow::Error {
+    match error {
+        ReceiverError::Keychain(e) => anyhow::anyhow!("{e}: {instead}"),
+        other => other.into(),
     }
 }
 
@@ -231,11 +178,12 @@ fn read_hidden(prompt: &str) -> std::io::Result<String> {
 }
 
 async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
-    let server = relay_url(
+    let server = wardline_client::relay_url(
         &cli.server
             .clone()
             .context("give --server URL (the relay's base URL, e.g. http://127.0.0.1:8851)")?,
-    )?;
+    )
+    .map_err(anyhow::Error::msg)?;
     let user = cli.user.clone().context("give --user ID")?;
     let token = match given {
         Some(token) => token,
@@ -253,25 +201,19 @@ async fn login(cli: &Cli, given: Option<String>) -> anyhow::Result<i32> {
         }
     };
     let token = Sensitive::new(token.trim().to_owned());
-    anyhow::ensure!(!token.expose().is_empty(), "no token given");
-    let me = http::whoami(trust(cli)?.http(), &server, &token).await?;
-    if me["user"].as_str() != Some(user.as_str()) {
-        bail!("the token is for user {}, not {user}", me["user"]);
-    }
-    secrets::store_token(&server, &user, &token)
+    let signed_in = door(cli)?
+        .sign_in(&server, &user, &token)
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: there is no usable keychain on this machine; set WARDLINE_TOKEN instead (the token is then never stored)"
+            without_keychain(
+                e,
+                "there is no usable keychain on this machine; set WARDLINE_TOKEN instead (the token is then never stored)",
             )
         })?;
-    Settings::update(&config::default_path(), |settings| {
-        settings.server = Some(server.clone());
-        settings.user = Some(user.clone());
-    })
-    .map_err(anyhow::Error::msg)?;
-    let role = me["role"].as_str().unwrap_or("?");
-    println!("signed in as {user} ({role}) at {server}; the token is in the OS keychain");
+    println!(
+        "signed in as {} ({}) at {}; the token is in the OS keychain",
+        signed_in.user, signed_in.role, signed_in.server
+    );
     Ok(0)
 }
 
@@ -285,12 +227,12 @@ fn row_json(row: &Row) -> serde_json::Value {
 
 /// `list --trail`: each row with what the relay knows of it (its state, who acknowledged it, its
 /// trail). A row the relay cannot say anything of (pruned, unreachable) says why instead.
-async fn list_with_trails(cli: &Cli, rows: Vec<Row>, json: bool) -> anyhow::Result<i32> {
-    let (server, user) = server_and_user(cli)?;
-    let token = token(&server, &user).await?;
-    let trust = trust(cli)?;
+async fn list_with_trails(receiver: &Receiver, rows: Vec<Row>, json: bool) -> anyhow::Result<i32> {
     for row in rows {
-        let status = http::status(trust.http(), &server, &token, &row.channel, row.id).await;
+        let status = receiver
+            .trail(format!("{}/{}", row.channel, row.id))
+            .await
+            .map_err(|e| e.to_string());
         if json {
             let mut line = row_json(&row);
             match status {
@@ -485,15 +427,14 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
         offline_alarm,
         show_details,
     } = run;
-    let (server, user) = server_and_user(cli)?;
-    let token = token(&server, &user).await?;
-    let db = inbox_path(cli)?;
-    let trust = trust(cli)?;
-    // Opening the inbox reads its key from the OS keychain: off the async workers.
-    let receiver = tokio::task::spawn_blocking(move || {
-        Receiver::open_with(&db, config::default_path(), trust)
-    })
-    .await??;
+    let wardline = door(cli)?;
+    let account = wardline.account().await.map_err(|e| {
+        without_keychain(
+            e,
+            "without a keychain on this machine, set WARDLINE_TOKEN instead",
+        )
+    })?;
+    let receiver = wardline.open().await?;
     receiver.purge_older_than(retention).await?;
     receiver.set_offline_alarm(offline_alarm);
     if show_details {
@@ -511,7 +452,7 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
         }
     };
     let mut events = receiver.events();
-    receiver.start(&server, &user, token, alerts);
+    receiver.start(&account.server, &account.user, account.token, alerts);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -553,91 +494,55 @@ async fn listen(cli: &Cli, run: ListenRun) -> anyhow::Result<i32> {
 
 /// `ack`, `decline` and `read`: stored in the inbox first, then told to the relay if signed in
 /// (else the listener tells it of an acknowledgement or decline when it connects).
-async fn ack(
-    cli: &Cli,
-    inbox: InboxHandle,
-    ids: Vec<String>,
-    kind: ReceiptKind,
-) -> anyhow::Result<i32> {
-    let (resolved, device) = inbox
-        .call(move |inbox| {
-            let resolved = inbox.resolve(&ids)?;
-            match kind {
-                ReceiptKind::Declined => inbox.mark_declined(&resolved)?,
-                ReceiptKind::Read => inbox.mark_read(&resolved)?,
-                _ => inbox.mark_acked(&resolved)?,
-            }
-            Ok((resolved, inbox.device_id()?))
-        })
-        .await?;
+async fn receipt(cli: &Cli, ids: Vec<String>, kind: ReceiptKind) -> anyhow::Result<i32> {
+    let receiver = door(cli)?.open_existing().await?;
+    let receipted = match kind {
+        ReceiptKind::Declined => receiver.decline(ids).await?,
+        ReceiptKind::Read => receiver.mark_read(ids).await?,
+        _ => receiver.acknowledge(ids).await?,
+    };
     let done = match kind {
         ReceiptKind::Declined => "declined",
         ReceiptKind::Read => "read",
         _ => "acknowledged",
     };
-    // Acknowledgements and declines are kept until the relay confirms them; a read is told once.
-    let later = if kind == ReceiptKind::Read {
-        "the relay was not told"
-    } else {
-        "the listener tells the relay when it connects"
-    };
-    let signed_in = match server_and_user(cli) {
-        Ok((server, user)) => token(&server, &user).await.map(|token| (token, server)),
-        Err(e) => Err(e),
-    };
-    let Ok((token, server)) = signed_in else {
-        eprintln!("wardline: {done} here; {later}");
-        return Ok(0);
-    };
-    let trust = trust(cli)?;
-    let client = trust.http();
-    for (channel, id) in &resolved {
-        let ids = [*id];
-        let sent = http::send_receipts(client, &server, &token, kind, channel, &ids, Some(&device));
-        match sent.await {
-            Ok(()) => {
-                let (synced, id) = (channel.clone(), *id);
-                inbox
-                    .call(move |inbox| inbox.mark_synced(kind, &synced, &[id]))
-                    .await?;
+    match receipted.told {
+        Told::Relay | Told::BySubscription => {
+            for (_, id) in &receipted.ids {
                 println!("{done} {id}");
             }
-            Err(reason) => eprintln!("wardline: {done} {id} here, but {reason}; {later}"),
+        }
+        Told::NotYet(reason) => {
+            // Acknowledgements and declines are kept until the relay confirms them; a read is told once.
+            let later = if kind == ReceiptKind::Read {
+                "the relay was not told"
+            } else {
+                "the listener tells the relay when it connects"
+            };
+            eprintln!("wardline: {done} here, but {reason}; {later}");
         }
     }
     Ok(0)
 }
 
-fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
-    let counts = inbox.counts()?;
-    let gaps = inbox.gaps()?;
-    let state = |key: &str| inbox.state(key).ok().flatten();
-    let updated_at: u64 = state("updated_at")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let known = state("connection")
-        .as_deref()
-        .and_then(ConnectionState::parse)
-        .unwrap_or(ConnectionState::NeverStarted);
-    let mut connection = known.to_string();
-    // A listener refreshes its state at every heartbeat; one silent for a minute is not running.
+async fn status(cli: &Cli, json: bool) -> anyhow::Result<i32> {
+    let status = door(cli)?.open_existing().await?.status().await?;
+    let (counts, gaps) = (&status.counts, &status.gaps);
+    let mut connection = status.connection.to_string();
     let ended = matches!(
-        known,
+        status.connection,
         ConnectionState::Stopped | ConnectionState::NeverStarted
     );
-    if !ended && now_ms().saturating_sub(updated_at) > 60_000 {
+    if status.listener == Listener::NotRunning && !ended {
         connection = format!("not running (last seen as {connection})");
     }
-    let detail = state("detail").unwrap_or_default();
-    let not_receiving_since: Option<u64> = state(subscription::NOT_RECEIVING_SINCE)
-        .and_then(|v| v.parse().ok())
-        .filter(|_| !ended);
+    let detail = &status.detail;
     if json {
         let value = serde_json::json!({
-            "connection": connection, "detail": detail, "changed_at": state("changed_at").and_then(|v| v.parse::<u64>().ok()),
+            "connection": connection, "detail": detail, "changed_at": status.changed_at,
             "total": counts.total, "unread": counts.unread, "unacked_critical": counts.unacked_critical,
             "last_received_at": counts.last_received_at, "gaps": gaps,
-            "not_receiving_since": not_receiving_since,
+            "not_receiving_since": status.not_receiving_since, "listener": status.listener,
         });
         println!("{value}");
     } else {
@@ -649,7 +554,7 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
                 format!(" — {detail}")
             }
         );
-        if let Some(since) = not_receiving_since {
+        if let Some(since) = status.not_receiving_since {
             let for_s = Duration::from_millis(now_ms().saturating_sub(since)).as_secs();
             println!("NOT RECEIVING critical results: no connection to the relay for {for_s} s");
         }
@@ -661,7 +566,7 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
             let ago = Duration::from_millis(now_ms().saturating_sub(last)).as_secs();
             println!("last notification: {ago} s ago");
         }
-        for gap in &gaps {
+        for gap in gaps {
             println!(
                 "HISTORY GAP on {} (after {}): some notifications may be missing",
                 gap.channel,
@@ -672,43 +577,11 @@ fn status(inbox: &Inbox, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Where the inbox is: `--db`, else the default path, in a directory of the user's alone.
-fn inbox_path(cli: &Cli) -> anyhow::Result<PathBuf> {
-    Ok(match &cli.db {
-        Some(path) => path.clone(),
-        None => {
-            let path = default_db();
-            if let Some(dir) = path.parent() {
-                private::private_dir(dir).with_context(|| dir.display().to_string())?;
-            }
-            path
-        }
-    })
-}
-
-/// The inbox a one-shot command works on (SQLite off the async runtime's threads).
-/// The inbox that `listen` made; the commands that read it never make an empty one.
-async fn open_inbox(cli: &Cli) -> anyhow::Result<InboxHandle> {
-    Ok(InboxHandle::open(&existing_inbox(cli)?).await?)
-}
-
-/// Where the inbox is, if `listen` has made it.
-fn existing_inbox(cli: &Cli) -> anyhow::Result<PathBuf> {
-    let path = inbox_path(cli)?;
-    anyhow::ensure!(
-        path.exists(),
-        "no inbox yet at {}: run `wardline listen` first (it makes the inbox and fills it)",
-        path.display()
-    );
-    Ok(path)
-}
-
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Login { token } => login(&cli, token.clone()).await,
         Command::Logout => {
-            let (server, user) = server_and_user(&cli)?;
-            secrets::delete_token(&server, &user).await?;
+            let (server, user) = door(&cli)?.sign_out().await?;
             println!(
                 "signed out: the token for {user} at {server} is no longer in the OS keychain"
             );
@@ -749,35 +622,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 limit: *limit,
                 ..Filter::default()
             };
-            let rows = open_inbox(&cli)
-                .await?
-                .call(move |inbox| inbox.list(&filter))
-                .await?;
+            let receiver = door(&cli)?.open_existing().await?;
+            let rows = receiver.list(filter).await?;
             if *trail {
-                return list_with_trails(&cli, rows, *json).await;
+                return list_with_trails(&receiver, rows, *json).await;
             }
             for row in rows {
                 print_row(&row, *json);
             }
             Ok(0)
         }
-        Command::Ack { ids } => {
-            let inbox = open_inbox(&cli).await?;
-            ack(&cli, inbox, ids.clone(), ReceiptKind::Acknowledged).await
-        }
-        Command::Decline { ids } => {
-            let inbox = open_inbox(&cli).await?;
-            ack(&cli, inbox, ids.clone(), ReceiptKind::Declined).await
-        }
-        Command::Read { ids } => {
-            let inbox = open_inbox(&cli).await?;
-            ack(&cli, inbox, ids.clone(), ReceiptKind::Read).await
-        }
-        Command::Status { json } => {
-            let json = *json;
-            let inbox = existing_inbox(&cli)?;
-            tokio::task::spawn_blocking(move || status(&Inbox::open(&inbox)?, json)).await?
-        }
+        Command::Ack { ids } => receipt(&cli, ids.clone(), ReceiptKind::Acknowledged).await,
+        Command::Decline { ids } => receipt(&cli, ids.clone(), ReceiptKind::Declined).await,
+        Command::Read { ids } => receipt(&cli, ids.clone(), ReceiptKind::Read).await,
+        Command::Status { json } => status(&cli, *json).await,
     }
 }
 
