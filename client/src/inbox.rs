@@ -10,7 +10,7 @@ use crate::inbox_key::{self, InboxKey};
 use crate::private;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use wardline_protocol::message::describe;
 use wardline_protocol::{Channel, Cursor, Notification, Priority, ReceiptKind};
 
@@ -244,13 +244,7 @@ pub struct PendingReceipts {
     pub declined: Vec<(Channel, Vec<Cursor>)>,
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub use wardline_protocol::now_ms;
 
 /// A row of `SELECT id_ms, id_seq, channel, type, priority, title, body, message, sent_at,
 /// received_at, read_at, acked_at`.

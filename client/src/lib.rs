@@ -15,8 +15,9 @@
 //! - `subscription`: the connection to the relay (reconnect with backoff, resume from cursors,
 //!   dead-connection and wake detection, receipts after commit, failures of this device), over a
 //!   WebSocket (`ws`) or, where proxies refuse those, Server-Sent Events (`sse`);
-//! - `alert`: which OS alerts to raise, and the desktop alerter; `freedesktop` (Linux, the BSDs):
-//!   its D-Bus side;
+//! - `desktop_alerter`: OS alerts through the desktop's notification service, over `freedesktop`
+//!   (Linux, the BSDs: the D-Bus side) or notify-rust; `alert`: which alerts to raise, and how
+//!   they read (no I/O);
 //! - `inbox`: the SQLite inbox (rows and cursors in one transaction, full-text search, receipts
 //!   still to send, gaps, status), encrypted at rest with a key from the OS keychain
 //!   (`inbox_key`); `inbox_handle`: how everything else reaches it, off the async workers;
@@ -36,6 +37,7 @@ mod alert;
 mod backoff;
 mod clock;
 mod config;
+mod desktop_alerter;
 mod error;
 mod events;
 #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]

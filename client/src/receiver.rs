@@ -5,10 +5,9 @@
 
 use crate::account::Accounts;
 use crate::account::SignedIn;
-use crate::alert::{
-    AlertAction, AlertSettings, Alerter, DesktopAlerter, QuietHours, SharedAlertSettings,
-};
+use crate::alert::{AlertAction, AlertSettings, Alerter, QuietHours, SharedAlertSettings};
 use crate::config::Settings;
+use crate::desktop_alerter::DesktopAlerter;
 use crate::error::ReceiverError;
 use crate::events::{ConnectionState, Event, LinkState, SharedLinkState};
 use crate::inbox::{Counts, Filter, Gap, Inbox, InboxError, Row};

@@ -11,6 +11,7 @@
 //! The protocol is documented with an example of every frame in `protocol/README.md`.
 
 pub mod channel;
+pub mod clock;
 pub mod cursor;
 pub mod error;
 pub mod frame;
@@ -19,6 +20,7 @@ pub mod message;
 pub mod sensitive;
 
 pub use channel::{Channel, ChannelError, ChannelKind, Role};
+pub use clock::now_ms;
 pub use cursor::{Cursor, CursorError};
 pub use error::{ErrorCode, Reconnect, close};
 pub use frame::{

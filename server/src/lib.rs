@@ -20,12 +20,14 @@
 //! - [`serve`]: the HTTP/1.1 server under the routes: accepting through a full file table, each
 //!   connection's header and write deadlines;
 //! - [`tls`]: https:// and wss:// on the same listener, the certificate re-read on SIGHUP;
-//! - [`keys`]: the identity provider's public keys (JWKS, PEM) tokens are checked with;
 //! - [`origins`]: CORS, and which browser origins may use the relay;
 //! - [`client_addr`]: the client's address through trusted proxies;
 //! - [`connection_caps`]: how many devices may be connected at once, per node, address and user;
 //! - [`data_dir`]: the relay's private directory (the secret, the embedded history);
-//! - [`auth`], [`config`], [`ratelimit`], [`metrics`], [`error`]: what the above lean on.
+//! - [`auth`] (with [`auth::keys`]: the identity provider's public keys, JWKS and PEM, tokens are
+//!   checked with), [`config`], [`ratelimit`], [`metrics`]: what the above lean on;
+//! - [`error`]: `ApiError`, a leaf: each module turns its own errors into it in its own file, and
+//!   `http` is the funnel every refusal leaves through.
 //!
 //! [`Relay::build`] connects the broker; [`Relay::serve`] takes a bound listener and a shutdown
 //! future, so tests bind port 0.
@@ -41,7 +43,6 @@ pub mod error;
 pub mod escalation;
 pub mod http;
 pub mod hub;
-pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod origins;
@@ -132,7 +133,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            error::funnel,
+            http::funnel::funnel,
         ))
         .layer(origins::cors(state.config.allowed_origins.as_deref()))
         .with_state(state)

@@ -207,7 +207,7 @@ impl Metrics {
 
     /// Records a live notification's frame handed to a socket (the latency from its publish).
     pub fn delivered(&self, published_ms: u64) {
-        let now = crate::broker::now_ms();
+        let now = wardline_protocol::now_ms();
         self.delivery_latency
             .observe(now.saturating_sub(published_ms) as f64 / 1000.0);
     }

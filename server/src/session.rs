@@ -413,3 +413,10 @@ impl Drop for Session {
         self.hub.leave(&channels, &self.subscriber);
     }
 }
+
+/// Refusals reach clients as the relay's errors (see [`crate::error`]).
+impl From<SessionError> for crate::error::ApiError {
+    fn from(e: SessionError) -> crate::error::ApiError {
+        crate::error::ApiError::new(e.code(), e.to_string())
+    }
+}

@@ -310,10 +310,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+pub use wardline_protocol::now_ms;
+
+/// Refusals reach clients as the relay's errors (see [`crate::error`]).
+impl From<BrokerError> for crate::error::ApiError {
+    fn from(e: BrokerError) -> crate::error::ApiError {
+        crate::error::ApiError::new(e.code(), e.to_string())
+    }
 }

@@ -1,5 +1,6 @@
 //! Plain HTTP endpoints: publishing, receipts, a notification's trail, stats, health and metrics.
 
+pub mod funnel;
 pub mod health;
 pub mod me;
 pub mod messages;

@@ -1,12 +1,14 @@
 //! Tokens: JWTs with `sub`, a role claim, `exp` and an optional `channels` list, as hospitals mint
 //! them with their own JWT libraries (HS256 with the shared secret) or their identity provider
-//! issues them (RS256, ES256, EdDSA, checked with [`crate::keys`]); where a request carries its
+//! issues them (RS256, ES256, EdDSA, checked with [`keys`]); where a request carries its
 //! token; what each role may do.
 
 use crate::config::JwtConfig;
-use crate::keys::PublicKeys;
+pub mod keys;
+
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use keys::PublicKeys;
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wardline_protocol::{Channel, ChannelKind, ErrorCode, Role, SUBPROTOCOL_BEARER_PREFIX};
@@ -356,6 +358,13 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Au
     seconds.map(Some).ok_or_else(|| {
         AuthError::Invalid(format!("`{name}` must be seconds since 1970, not {value}"))
     })
+}
+
+/// Refusals reach clients as the relay's errors (see [`crate::error`]).
+impl From<AuthError> for crate::error::ApiError {
+    fn from(e: AuthError) -> crate::error::ApiError {
+        crate::error::ApiError::new(e.code(), e.to_string())
+    }
 }
 
 #[cfg(test)]
