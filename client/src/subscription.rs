@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, broadcast, watch};
 use wardline_protocol::{
-    Channel, Cursor, Notification, ReceiptKind, Reconnect, Sensitive, ServerFrame,
+    Channel, Cursor, ErrorCode, Notification, ReceiptKind, Reconnect, Sensitive, ServerFrame,
 };
 
 /// Where and as whom to subscribe.
@@ -192,6 +192,15 @@ impl Acknowledger {
         Ok(())
     }
 
+    /// Asks the running subscription to send what waits again after `pause`.
+    pub(crate) fn send_again_after(&self, pause: Duration) {
+        let flush = self.flush.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            flush.notify_one();
+        });
+    }
+
     /// Completes when acknowledgements are waiting to be sent.
     pub(crate) async fn waiting(&self) {
         self.flush.notified().await
@@ -240,6 +249,10 @@ impl TokenHandle {
 /// The inbox state key of the relay's history epoch the stored cursors belong to: sent back when
 /// resuming, so that the relay can say when the history that held what this device missed is gone.
 pub(crate) const HISTORY_EPOCH: &str = "history_epoch";
+
+/// How long after a refusal for the user's receipt limit receipts are sent again: every limit of
+/// the relay refills at least a token a second.
+const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 
 /// A connection that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
@@ -903,6 +916,12 @@ impl Subscription {
                 channel,
             } => {
                 tracing::warn!(code = code.code(), %message, ?channel, "the relay refused a request");
+                // A receipt refused for the user's limit: acknowledgements and declines waiting in
+                // the inbox are sent again once the limit has refilled, not only by the next
+                // connection (a chain must not escalate an acknowledged result meanwhile).
+                if code == ErrorCode::RateLimited {
+                    self.acknowledger.send_again_after(RATE_LIMIT_PAUSE);
+                }
             }
             ServerFrame::Refreshed { expires_at } => {
                 tracing::info!(

@@ -133,3 +133,57 @@ async fn an_acknowledgement_made_while_signed_out_is_sent_at_the_next_sign_in() 
         .await
         .unwrap();
 }
+
+/// An acknowledgement the relay refuses for the user's receipt limit (42901: the user's other
+/// device spent it) is sent again once the limit refills, on the same connection: before, it
+/// waited in the inbox until the next connection, and the chain went on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_refused_for_the_receipt_limit_is_sent_again_within_seconds() {
+    let relay = Relay::embedded(&["--frame-burst", "4", "--frames-per-s", "1"])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = open_receiver(&dir).await;
+    let mut events = receiver.events();
+    let doctor = token("d1", "doctor", &[], 3600);
+    receiver.start(
+        &relay.base,
+        "d1",
+        Sensitive::new(doctor.clone()),
+        Alerts::Off,
+    );
+    wait_for_event(&mut events, |e| matches!(e, Event::Connected { .. })).await;
+    let id = publish_critical(&relay, 1).await;
+    wait_for_event(&mut events, |e| {
+        matches!(e, Event::NotificationStored { .. })
+    })
+    .await;
+
+    // The doctor's other device spends the user's receipts.
+    let mut other = wardline_tests::client::V1Client::connect(&relay.ws_url(""), "d1", &doctor)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..10 {
+        other
+            .send(&wardline_protocol::ClientFrame::Receipt {
+                channel: DOCTOR_CHANNEL.into(),
+                ids: vec![id.clone()],
+                kind: wardline_protocol::ReceiptKind::Displayed,
+            })
+            .await
+            .unwrap();
+        if let wardline_protocol::ServerFrame::Error { code, .. } = other.frame().await.unwrap() {
+            assert_eq!(code, wardline_protocol::ErrorCode::RateLimited);
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the user's receipt limit was never reached");
+
+    receiver.acknowledge(vec![id.clone()]).await.unwrap();
+    relay
+        .wait_for_receipt(DOCTOR_CHANNEL, &id, ("acknowledged", "d1"), || async {})
+        .await
+        .unwrap();
+}
