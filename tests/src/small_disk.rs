@@ -11,22 +11,38 @@ pub struct SmallDisk {
 }
 
 impl SmallDisk {
-    /// Mounts a tmpfs of `bytes` bytes, readable by its owner alone.
-    pub fn mount(bytes: u64) -> anyhow::Result<SmallDisk> {
-        let dir = tempfile::tempdir()?;
+    /// Mounts a tmpfs of `size` (as `mount` takes it: "768k", "8m"), readable by its owner alone.
+    pub fn mount(size: &str) -> anyhow::Result<SmallDisk> {
+        let disk = SmallDisk {
+            dir: tempfile::tempdir()?,
+        };
+        disk.run_mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "wardline-test",
+        ])?;
+        Ok(disk)
+    }
+
+    /// Mounts it again with `options` ("ro": a disk that turned read-only).
+    pub fn remount(&self, options: &str) -> anyhow::Result<()> {
+        self.run_mount(&["-o", &format!("remount,{options}")])
+    }
+
+    fn run_mount(&self, args: &[&str]) -> anyhow::Result<()> {
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},mode=0700"))
-            .arg("wardline-test")
-            .arg(dir.path())
+            .args(args)
+            .arg(self.dir.path())
             .status()
             .context("running mount")?;
         ensure!(
             status.success(),
-            "mounting a tmpfs at {} failed ({status}): the tests run as root",
-            dir.path().display()
+            "mount {args:?} at {} failed ({status}): the tests run as root",
+            self.dir.path().display()
         );
-        Ok(SmallDisk { dir })
+        Ok(())
     }
 
     /// Where it is mounted.

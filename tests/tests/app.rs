@@ -175,7 +175,7 @@ async fn the_app_alerts_pins_acknowledges_reports_offline_and_catches_up() {
 async fn a_full_disk_is_never_shown_as_connected_and_what_came_meanwhile_arrives_once_freed() {
     let _one = ONE_APP_AT_A_TIME.lock().await;
     let relay = Relay::embedded(&[]).await.unwrap();
-    let disk = SmallDisk::mount(8 << 20).unwrap();
+    let disk = SmallDisk::mount("8m").unwrap();
     let db = disk.path().join("inbox.sqlite3");
     let desktop = SignedInApp::start(&relay.base, &[("WARDLINE_DB", db.to_str().unwrap())]).await;
     let (app, notifications, tray) = (&desktop.app, &desktop.notifications, &desktop.tray);

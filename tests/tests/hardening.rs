@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wardline_protocol::{ClientFrame, ErrorCode, ServerFrame, SubscribeChannel};
 use wardline_tests::client::{SseClient, V1Client};
+use wardline_tests::small_disk::SmallDisk;
 use wardline_tests::{
     BrokerKind, RedisServer, Relay, SECRET, critical_lab_result, on_both_brokers, token, unix_now,
 };
@@ -738,65 +739,6 @@ async fn the_relay_warns_of_redis_settings_that_lose_history() {
     );
 }
 
-/// A tmpfs of a few hundred KiB mounted by the test (it runs as root), unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> anyhow::Result<SmallDisk> {
-        let dir = tempfile::tempdir()?;
-        let disk = SmallDisk { dir };
-        disk.run_mount(&[
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size},mode=0700"),
-            "tmpfs",
-        ])?;
-        Ok(disk)
-    }
-
-    fn remount(&self, options: &str) -> anyhow::Result<()> {
-        self.run_mount(&["-o", &format!("remount,{options}")])
-    }
-
-    fn run_mount(&self, args: &[&str]) -> anyhow::Result<()> {
-        let status = std::process::Command::new("mount")
-            .args(args)
-            .arg(self.dir.path())
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "mount {args:?} failed (the tests run as root)"
-        );
-        Ok(())
-    }
-
-    /// Fills the disk with a file; answers its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while file
-            .write_all(&chunk)
-            .and_then(|()| file.sync_data())
-            .is_ok()
-        {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// `/readyz` says whether a publish can be stored: with the data dir's disk full it answers 503
 /// saying the history cannot be written (and a publish is a 503 to retry, not a 500), and 200 once
 /// space is free again; a read-only data dir is refused at start with what to do. Before, the
@@ -804,11 +746,11 @@ impl Drop for SmallDisk {
 #[tokio::test]
 async fn readiness_is_whether_a_publish_can_be_stored() -> anyhow::Result<()> {
     let disk = SmallDisk::mount("768k")?;
-    let data_dir = disk.dir.path().join("relay");
+    let data_dir = disk.path().join("relay");
     std::fs::create_dir(&data_dir)?;
     let relay = Relay::start_in(&data_dir, None, &[], None).await?;
     assert_eq!(relay.get("/readyz", None).await.0, 200);
-    let filler = disk.fill();
+    let filler = disk.fill()?;
     let (status, body) = relay.get("/readyz", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], 50301, "{body}");
