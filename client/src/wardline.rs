@@ -25,12 +25,6 @@ impl Wardline {
         Wardline { place, accounts }
     }
 
-    /// The desktop's receiver: [`Place::desktop`], the OS trust store plus `WARDLINE_CA_FILE`.
-    pub fn desktop() -> Result<Wardline, ReceiverError> {
-        let trust = Trust::from_env().map_err(|e| ReceiverError::Settings(e.to_string()))?;
-        Ok(Wardline::new(Place::desktop(), trust))
-    }
-
     /// Acts as this relay and user rather than the remembered ones, where given.
     pub fn with_account(self, server: Option<String>, user: Option<String>) -> Wardline {
         Wardline {
